@@ -1,0 +1,690 @@
+"""Swin Transformer: Hierarchical Vision Transformer using Shifted Windows (Liu et al., ICCV 2021).
+
+Read top to bottom:
+  1. window geometry   - window_partition / window_reverse, the relative position index, the SW-MSA mask
+  2. WindowAttention   - W-MSA / SW-MSA with the learned relative position bias B
+  3. SwinBlock         - LN -> (S)W-MSA -> residual, LN -> MLP -> residual
+  4. PatchMerging      - 2x2 neighbourhood concat, LN, linear 4C -> 2C
+  5. SwinStage         - blocks alternating W-MSA / SW-MSA, then patch merging
+  6. SwinModel         - patch partition + linear embedding, four stages, final LN + average pool
+  7. heads             - SwinForImageClassification, SwinBackbone
+
+Inside the encoder, feature maps stay channels-last, (B, H, W, C); sequences (B, H*W, C) appear only at
+the API boundary. Self-contained on purpose (it imports only configuration_swin from this package):
+`save_pretrained` copies it next to the weights so `trust_remote_code=True` works without swin_hf.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput
+from transformers.utils import ModelOutput
+
+from .configuration_swin import SwinConfig
+
+# SW-MSA: logits between tokens from different regions of a cyclically shifted window get this added
+# (the official code's value; exp(-100) is zero in fp32 and bf16 alike).
+MASKED_LOGIT = -100.0
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Window geometry. Pure functions of sizes; cached per size, never stored in checkpoints.
+# --------------------------------------------------------------------------------------------------
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW, window*window, C), windows in row-major order. H, W multiples of window."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C)
+    return x.transpose(2, 3).reshape(B, (H // window) * (W // window), window * window, C)
+
+
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """(B, nW, window*window, C) -> (B, H, W, C); the inverse of window_partition."""
+    B, _, _, C = windows.shape
+    x = windows.view(B, height // window, width // window, window, window, C)
+    return x.transpose(2, 3).reshape(B, height, width, C)
+
+
+def _cached_geometry(build):
+    """Cache a tensor-building function per (sizes, device).
+
+    Built tensors are ordinary (not inference-mode) tensors, so a mask made under `torch.inference_mode`
+    can later serve a training step. Under torch.compile / export the builder is traced directly.
+    """
+    cached = functools.lru_cache(maxsize=128)(build)
+
+    @functools.wraps(build)
+    def get(*args):
+        if torch.compiler.is_compiling():
+            return build(*args)
+        with torch.inference_mode(False), torch.no_grad():
+            return cached(*args)
+
+    get.cache_clear = cached.cache_clear
+    return get
+
+
+@_cached_geometry
+def relative_position_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
+    """Index into the (2M-1)^2 bias table for every (query, key) pair of a window: (N, N), N = window^2.
+
+    The table is learned for windows of side M = table_window; a smaller window (a feature map smaller
+    than M) reads the centre of the table: exactly the offsets that occur.
+    """
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
+    ).flatten(1)  # (2, N)
+    offset = coords[:, :, None] - coords[:, None, :] + (table_window - 1)  # (2, N, N), each in [0, 2M-2]
+    return offset[0] * (2 * table_window - 1) + offset[1]  # (N, N)
+
+
+@_cached_geometry
+def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Additive SW-MSA mask, (nW, N, N): 0 within a region, MASKED_LOGIT across regions.
+
+    After the cyclic shift by `shift`, the last row/column band of windows holds tokens from up to three
+    regions per axis that were not adjacent in the image: [0, H-window), [H-window, H-shift), [H-shift, H).
+    """
+
+    def region(n: int) -> torch.Tensor:
+        i = torch.arange(n, device=device)
+        return (i >= n - window).long() + (i >= n - shift).long()
+
+    label = region(height)[:, None] * 3 + region(width)[None, :]  # (H, W)
+    label = window_partition(label[None, :, :, None], window)[0, :, :, 0]  # (nW, N)
+    different = label[:, None, :] != label[:, :, None]  # (nW, N, N)
+    return different.float() * MASKED_LOGIT
+
+
+def window_geometry(height: int, width: int, window_size: int, always_partition: bool) -> tuple[int, int]:
+    """(window, shift) for a stage whose feature map is height x width.
+
+    As in the official code, a map not larger than the window is attended as one window of its
+    smaller side, unshifted. `always_partition` (the official detection code, transformers'
+    SwinBackbone) keeps the full window and the shift and pads the map instead.
+    """
+    if not always_partition and min(height, width) <= window_size:
+        return min(height, width), 0
+    return window_size, window_size // 2
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Window attention (W-MSA, and SW-MSA when given the shift mask)
+# --------------------------------------------------------------------------------------------------
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside each window, plus a learned relative position bias B.
+
+    Attention(Q, K, V) = SoftMax(QK^T / sqrt(d) + B [+ mask]) V, B gathered from a (2M-1)^2 x heads table.
+    """
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int):
+        super().__init__()
+        self.config = config  # read at call time: `attn_implementation` can change after construction
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.window_size = config.window_size
+        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = config.attention_probs_dropout_prob
+        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
+        M = config.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * M - 1) ** 2, num_heads))
+
+    def relative_position_bias(self, window: int) -> torch.Tensor:
+        """B for windows of side `window`: (heads, N, N)."""
+        index = relative_position_index(window, self.window_size, self.relative_position_bias_table.device)
+        N = window * window
+        return self.relative_position_bias_table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+
+    def forward(
+        self, x: torch.Tensor, window: int, mask: torch.Tensor | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, nW, N, C) windows; mask: (nW, N, N) for SW-MSA. Returns (B, nW, N, C) and, if asked,
+        the attention probabilities (B*nW, heads, N, N)."""
+        B, nW, N, C = x.shape
+        h, d = self.num_heads, self.head_dim
+        # one fused projection; (3, B, nW, h, N, d) contiguous so every reshape below is a view
+        qkv = self.qkv(x).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).contiguous()
+        q, k, v = qkv.unbind(0)  # each (B, nW, h, N, d)
+
+        bias = self.relative_position_bias(window).to(q.dtype)  # (h, N, N)
+        if mask is None:
+            # W-MSA: one bias for every window -> fold windows into the batch and broadcast it
+            q, k, v = (t.view(B * nW, h, N, d) for t in (q, k, v))
+            bias = bias.unsqueeze(0)  # (1, h, N, N)
+        else:
+            # SW-MSA: bias + mask differ per window, not per sample -> fold windows into the heads,
+            # so the (nW*h, N, N) bias broadcasts over the batch instead of being copied per sample
+            q, k, v = (t.view(B, nW * h, N, d) for t in (q, k, v))
+            bias = (bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)).reshape(1, nW * h, N, N)
+
+        dropout = self.attn_drop if self.training else 0.0
+        weights = None
+        if need_weights or self.config._attn_implementation == "eager":
+            logits = (q * self.scale) @ k.transpose(-2, -1) + bias
+            probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            out = F.dropout(probs, dropout, self.training) @ v
+            weights = probs.view(B * nW, h, N, N) if need_weights else None
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+
+        out = out.view(B, nW, h, N, d).transpose(2, 3).reshape(B, nW, N, C)
+        return self.proj_drop(self.proj(out)), weights
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Swin block
+# --------------------------------------------------------------------------------------------------
+
+
+class SwinMLP(nn.Module):
+    def __init__(self, config: SwinConfig, dim: int):
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(GradientCheckpointingLayer):
+    """z' = (S)W-MSA(LN(z)) + z;  z = MLP(LN(z')) + z'.  Odd blocks of a stage (shifted=True) use SW-MSA."""
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, drop_path: float, shifted: bool):
+        super().__init__()
+        self.shifted = shifted
+        self.drop_path = drop_path
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = WindowAttention(config, dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = SwinMLP(config, dim)
+
+    def forward(
+        self, x: torch.Tensor, window: int, shift: int, mask: torch.Tensor | None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, H, W, C). `window`, `shift` and the SW-MSA `mask` come from the stage (shift/mask
+        are used only if this block is a shifted one)."""
+        B, H, W, C = x.shape
+        shift = shift if self.shifted else 0
+        shortcut = x
+        x = self.norm1(x)
+        # pad bottom/right to whole windows (as the references do; padded tokens are zeros)
+        pad_h, pad_w = (-H) % window, (-W) % window
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))  # cyclic shift
+        windows, weights = self.attn(
+            window_partition(x, window), window, mask if shift else None, need_weights
+        )  # (B, nW, N, C)
+        x = window_reverse(windows, window, Hp, Wp)  # (B, Hp, Wp, C)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        if pad_h or pad_w:
+            x = x[:, :H, :W]
+        x = shortcut + drop_path(x, self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        return x, weights
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Patch merging and 5. stages
+# --------------------------------------------------------------------------------------------------
+
+
+class PatchMerging(nn.Module):
+    """Concatenate each 2x2 neighbourhood (official order), LayerNorm, linear 4C -> 2C: halves H and W."""
+
+    def __init__(self, config: SwinConfig, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C); odd sizes are zero-padded bottom/right."""
+        H, W = x.shape[1:3]
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        # order (row, col): (0,0), (1,0), (0,1), (1,1) - the order pretrained reduction weights expect
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    """`depth` Swin blocks alternating W-MSA and SW-MSA, then (except in the last stage) patch merging."""
+
+    def __init__(self, config: SwinConfig, stage: int, drop_paths: list[float]):
+        super().__init__()
+        dim = config.embed_dim * 2**stage
+        self.window_size = config.window_size
+        self.blocks = nn.ModuleList(
+            SwinBlock(config, dim, config.num_heads[stage], p, shifted=i % 2 == 1) for i, p in enumerate(drop_paths)
+        )
+        self.downsample = PatchMerging(config, dim) if stage < len(config.depths) - 1 else None
+
+    def forward(
+        self, x: torch.Tensor, always_partition: bool = False, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x: (B, H, W, C) -> (downsampled output, output before downsampling, last block's attention)."""
+        H, W = x.shape[1:3]
+        window, shift = window_geometry(H, W, self.window_size, always_partition)
+        mask = None
+        if shift and len(self.blocks) > 1:  # one mask per stage, shared by its SW-MSA blocks
+            mask = shifted_window_mask(H + (-H) % window, W + (-W) % window, window, shift, x.device)
+        weights = None
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x, weights = block(x, window, shift, mask, need_weights and last)
+        before_downsampling = x
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x, before_downsampling, weights
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. The model
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SwinModelOutput(ModelOutput):
+    """Output of SwinModel.
+
+    Args:
+        last_hidden_state: (B, L, C) tokens of the last stage after the final LayerNorm, L = H/32 * W/32.
+        pooler_output: (B, C) average of `last_hidden_state` over tokens.
+        hidden_states: with `output_hidden_states`, (B, L_i, C_i) for the patch embedding and each stage's
+            output (after its patch merging).
+        reshaped_hidden_states: the same maps as (B, C_i, H_i, W_i).
+        attentions: with `output_attentions`, the attention probabilities of each stage's last block,
+            (B * num_windows, heads, M*M, M*M).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SwinImageClassifierOutput(ModelOutput):
+    """Output of SwinForImageClassification.
+
+    Args:
+        loss: with `labels`, cross-entropy (single label), BCE-with-logits (multi label) or MSE (regression).
+        logits: (B, num_labels) scores before softmax.
+        hidden_states, reshaped_hidden_states, attentions: as in SwinModelOutput.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class SwinPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, checkpoint loading and the PreTrainedModel plumbing shared by all heads."""
+
+    config_class = SwinConfig
+    base_model_prefix = "swin"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SwinBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The official initialisation: truncated normal (std = initializer_range) for linear/conv weights,
+        the relative position tables and the absolute position embedding; zero biases; LayerNorm = identity."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=std)
+        elif isinstance(module, SwinEmbeddings) and module.absolute_pos_embed is not None:
+            init.trunc_normal_(module.absolute_pos_embed, std=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a swin_hf checkpoint, or one written by transformers' own Swin (`model_type: "swin"`),
+        whose config and weights are converted on the way in."""
+        if pretrained_model_name_or_path is not None and "state_dict" not in kwargs:
+            from_transformers = _load_transformers_swin(cls, pretrained_model_name_or_path, kwargs)
+            if from_transformers is not None:
+                config, state_dict = from_transformers
+                kwargs.setdefault("config", config)
+                kwargs["state_dict"] = state_dict
+                pretrained_model_name_or_path = None
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+class SwinEmbeddings(nn.Module):
+    """Patch partition + linear embedding (one strided conv), LayerNorm, optional absolute position embedding."""
+
+    def __init__(self, config: SwinConfig):
+        super().__init__()
+        self.patch_size = _pair(config.patch_size)
+        self.num_channels = config.num_channels
+        self.proj = nn.Conv2d(config.num_channels, config.embed_dim, self.patch_size, stride=self.patch_size)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.grid = tuple(math.ceil(s / p) for s, p in zip(_pair(config.image_size), self.patch_size))
+        self.absolute_pos_embed = None
+        if config.use_absolute_embeddings:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.embed_dim))
+        self.drop = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, ceil(H/p), ceil(W/p), C); H, W padded bottom/right to whole patches."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"Swin expects pixel_values of shape (batch, {self.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}. Convert images to {self.num_channels} channels (e.g. PIL "
+                "`image.convert('RGB')`) or set `num_channels` in the config."
+            )
+        H, W = pixel_values.shape[2:]
+        p_h, p_w = self.patch_size
+        if H < p_h or W < p_w:
+            raise ValueError(f"Image of {H}x{W} pixels is smaller than one {p_h}x{p_w} patch; resize it up.")
+        if H % p_h or W % p_w:
+            pixel_values = F.pad(pixel_values, (0, (-W) % p_w, 0, (-H) % p_h))
+        x = self.proj(pixel_values.to(self.proj.weight.dtype)).permute(0, 2, 3, 1)  # (B, Hp, Wp, C)
+        x = self.norm(x)
+        if self.absolute_pos_embed is not None:
+            x = x + self.position_embedding(x.shape[1], x.shape[2])
+        return self.drop(x)
+
+    def position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """(1, height, width, C): the learned table, bicubically resized when the grid differs."""
+        pos = self.absolute_pos_embed.view(1, *self.grid, -1)
+        if (height, width) != self.grid:
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(height, width), mode="bicubic", align_corners=False)
+            pos = pos.permute(0, 2, 3, 1)
+        return pos
+
+
+class SwinModel(SwinPreTrainedModel):
+    """The Swin encoder: embeddings, stages, final LayerNorm and (optionally) average pooling.
+
+    Example:
+        >>> import torch
+        >>> from swin_hf import SwinConfig, SwinModel
+        >>> model = SwinModel(SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4)).eval()
+        >>> out = model(torch.randn(1, 3, 64, 48))
+        >>> tuple(out.last_hidden_state.shape), tuple(out.pooler_output.shape)
+        ((1, 48, 32), (1, 32))
+    """
+
+    def __init__(self, config: SwinConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.num_features = config.hidden_size
+        self.add_pooling_layer = add_pooling_layer
+        self.embeddings = SwinEmbeddings(config)
+        # stochastic depth rises linearly from 0 to drop_path_rate over all blocks
+        total = sum(config.depths)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = [sum(config.depths[:s]) for s in range(len(config.depths))]
+        self.stages = nn.ModuleList(
+            SwinStage(config, s, rates[start : start + depth])
+            for s, (start, depth) in enumerate(zip(starts, config.depths))
+        )
+        self.norm = nn.LayerNorm(self.num_features, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.proj
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        always_partition: bool = False,
+        hidden_states_before_downsampling: bool = False,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> SwinModelOutput | tuple:
+        """pixel_values: (B, num_channels, H, W), any H and W of at least one patch.
+
+        `always_partition` never shrinks the window to a small feature map (detection-style padding).
+        `hidden_states_before_downsampling` records each stage's map before its patch merging (backbones).
+        `interpolate_pos_encoding` is accepted for transformers compatibility: the absolute position
+        embedding is always resized to the input's grid.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+
+        x = self.embeddings(pixel_values)  # (B, H/4, W/4, C)
+        maps = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for stage in self.stages:
+            x, before_downsampling, weights = stage(x, always_partition, output_attentions)
+            if output_hidden_states:
+                maps.append(before_downsampling if hidden_states_before_downsampling else x)
+            if output_attentions:
+                attentions.append(weights)
+
+        B, H, W, C = x.shape
+        last_hidden_state = self.norm(x.reshape(B, H * W, C))  # (B, L, C)
+        pooled = last_hidden_state.mean(dim=1) if self.add_pooling_layer else None  # (B, C)
+        hidden_states = reshaped = None
+        if output_hidden_states:
+            hidden_states = tuple(m.reshape(B, -1, m.shape[-1]) for m in maps)  # (B, L_i, C_i)
+            reshaped = tuple(m.permute(0, 3, 1, 2) for m in maps)  # (B, C_i, H_i, W_i)
+        attentions = tuple(attentions) if output_attentions else None
+
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled, hidden_states, attentions, reshaped) if v is not None)
+        return SwinModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            reshaped_hidden_states=reshaped,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. Heads
+# --------------------------------------------------------------------------------------------------
+
+
+class SwinForImageClassification(SwinPreTrainedModel):
+    """SwinModel + a linear classifier on the pooled features.
+
+    Example:
+        >>> import torch
+        >>> from swin_hf import SwinConfig, SwinForImageClassification
+        >>> config = SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, num_labels=3)
+        >>> model = SwinForImageClassification(config).eval()
+        >>> out = model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2]))
+        >>> tuple(out.logits.shape), out.loss.ndim
+        ((2, 3), 0)
+    """
+
+    def __init__(self, config: SwinConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.swin = SwinModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SwinImageClassifierOutput | tuple:
+        """labels: (B,) class indices (single label), (B, num_labels) multi-hot floats (multi label), or
+        (B,) / (B, num_labels) targets (regression); see `config.problem_type`."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        out = self.swin(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(out.pooler_output)  # (B, num_labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        if not return_dict:
+            rest = (out.hidden_states, out.attentions, out.reshaped_hidden_states)
+            return tuple(v for v in (loss, logits, *rest) if v is not None)
+        return SwinImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            reshaped_hidden_states=out.reshaped_hidden_states,
+        )
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: SwinConfig) -> torch.Tensor:
+    """The loss `config.problem_type` names; inferred from num_labels and the label dtype when unset
+    (the config is not modified)."""
+    problem = config.problem_type
+    if problem is None:
+        if config.num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if problem == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    if problem == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ValueError(
+        f"config.problem_type={problem!r} is not supported; use 'single_label_classification', "
+        "'multi_label_classification' or 'regression'."
+    )
+
+
+class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
+    """Multi-scale NCHW feature maps (strides 4, 8, 16, 32) for dense heads (UperNet, Mask2Former, DETR...).
+
+    Each stage in `config.out_features` ("stem", "stage1".."stage4") is taken before its patch merging
+    and normalised by its own LayerNorm. Windows are never shrunk (detection-style padding).
+
+    Example:
+        >>> import torch
+        >>> from swin_hf import SwinBackbone, SwinConfig
+        >>> config = SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4,
+        ...                     out_features=["stage1", "stage2"])
+        >>> maps = SwinBackbone(config)(torch.randn(1, 3, 64, 64)).feature_maps
+        >>> [tuple(m.shape) for m in maps]
+        [(1, 16, 16, 16), (1, 32, 8, 8)]
+    """
+
+    def __init__(self, config: SwinConfig):
+        super().__init__(config)
+        self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(len(config.depths))]
+        self.swin = SwinModel(config, add_pooling_layer=False)
+        self.hidden_states_norms = nn.ModuleDict(
+            {stage: nn.LayerNorm(c, eps=config.layer_norm_eps) for stage, c in zip(self.out_features, self.channels)}
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        out = self.swin(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=True,
+            return_dict=True,
+            always_partition=True,
+            hidden_states_before_downsampling=True,
+        )
+        feature_maps = tuple(
+            self.hidden_states_norms[stage](m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+            for stage, m in zip(self.stage_names, out.reshaped_hidden_states)
+            if stage in self.out_features
+        )  # each (B, C_i, H_i, W_i)
+        hidden_states = out.reshaped_hidden_states if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (feature_maps, hidden_states, out.attentions) if v is not None)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=out.attentions)
+
+
+def _load_transformers_swin(cls, path, kwargs) -> tuple[SwinConfig, dict] | None:
+    """(config, state_dict) converted from a transformers Swin checkpoint at `path`, or None if `path`
+    holds a swin_hf checkpoint. Lives in convert.py (imported lazily so this file stays
+    loadable on its own with trust_remote_code)."""
+    try:
+        from .convert import load_transformers_swin
+    except ImportError:
+        return None
+    return load_transformers_swin(cls, path, kwargs)
+
+
+__all__ = [
+    "SwinPreTrainedModel",
+    "SwinModel",
+    "SwinForImageClassification",
+    "SwinBackbone",
+    "SwinModelOutput",
+    "SwinImageClassifierOutput",
+]
