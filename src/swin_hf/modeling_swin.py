@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -385,6 +387,14 @@ class SwinPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.relative_position_bias_table, std=std)
         elif isinstance(module, SwinEmbeddings) and module.absolute_pos_embed is not None:
             init.trunc_normal_(module.absolute_pos_embed, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """save_pretrained, plus the image processor's code, so that every entry of `config.auto_map`
+        (models, config and image processor) loads with trust_remote_code where swin_hf is not installed."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        processor_code = Path(__file__).with_name("image_processing_swin.py")
+        if processor_code.exists():
+            shutil.copy(processor_code, Path(save_directory) / processor_code.name)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
