@@ -74,7 +74,7 @@ def _cached_geometry(build):
         with torch.inference_mode(False), torch.no_grad():
             return cached(*args)
 
-    get.cache_clear = cached.cache_clear
+    get.cache_clear, get.cache_info = cached.cache_clear, cached.cache_info
     return get
 
 
@@ -370,6 +370,11 @@ class SwinPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _can_compile_fullgraph = True
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # WindowAttention reads config._attn_implementation on every call, so switching is always safe
+        return True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
