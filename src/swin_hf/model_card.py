@@ -242,9 +242,13 @@ def render_card(
         "print(model.config.id2label[logits.argmax(-1).item()])",
         "```",
         "",
-        "Fine-tune at a new resolution or on new classes: "
-        f'`AutoModelForImageClassification.from_pretrained("{folder}", window_size=12, image_size=384, num_labels=10)` '
-        "resizes the relative position bias tables (bicubic) and re-initialises the head, logging both.",
+        "Fine-tune on new classes"
+        + (" at 384x384" if max(height, width) < 384 else "")
+        + f': `AutoModelForImageClassification.from_pretrained("{folder}", '
+        + ("window_size=12, image_size=384, " if max(height, width) < 384 else "")
+        + "num_labels=10)` "
+        + ("resizes the relative position bias tables (bicubic) and " if max(height, width) < 384 else "")
+        + "re-initialises the head, logging what it changed.",
         "",
         "## Limitations",
         "",
@@ -256,8 +260,13 @@ def render_card(
         "",
         "## License",
         "",
-        f"The weights are released by Microsoft under the {weights_license.upper() if weights_license == 'mit' else weights_license} "
-        "license (the official repository's); the swin_hf code is Apache-2.0.",
+        (
+            "The weights are released by Microsoft under the MIT license (the official repository's); the swin_hf "
+            "code is Apache-2.0."
+            if weights_license == "mit"
+            else "The weights keep the license of the checkpoint they were converted from; the swin_hf code is "
+            "Apache-2.0."
+        ),
         "",
         "## Citation",
         "",
