@@ -253,7 +253,12 @@ def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, t
             f"{', '.join(extra)}: the backbone's per-stage norms have no {to} counterpart. "
             "Export a SwinModel or SwinForImageClassification state dict."
         )
-    config = config if config is not None else infer_config(ours)
+    if config is None:
+        config = infer_config(ours)
+        logger.info(
+            "Exporting with the config inferred from the shapes (image_size=%s); pass config= for another "
+            "image size (it sizes the official attn_mask buffers).", config.image_size,
+        )
     check_state_dict(ours, config, source="swin_hf")
     out = {}
     for key, tensor in ours.items():
@@ -422,6 +427,13 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], config, source: str = 
         elif bias is None or tuple(bias.shape) != (weight.shape[0],):
             wrong.append(f"classifier.bias: {None if bias is None else tuple(bias.shape)} (expected ({weight.shape[0]},))")
         unexpected += sorted(set(head) - {"classifier.weight", "classifier.bias"})
+    if source in _COLUMN and source != "swin_hf":  # name the tensors as the user's checkpoint does
+
+        def named(key: str) -> str:
+            name, _, rest = key.partition(":")
+            return (_translate("swin." + name, "swin_hf", source) or name) + (":" + rest if rest else "")
+
+        missing, unexpected, wrong = ([named(k) for k in keys] for keys in (missing, unexpected, wrong))
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} key(s): {_some(missing)}")
