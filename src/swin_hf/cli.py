@@ -73,12 +73,12 @@ def _convert(args) -> int:
 
 
 def _info(args) -> int:
-    from .flops import format_report, measure, resolve_config
+    from .flops import format_report, measure_cost, resolve_config
 
     if args.image_size is not None and args.image_size <= 0:
         raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
     config = resolve_config(args.target, num_labels=args.num_labels)
-    cost = measure(config, args.image_size)
+    cost = measure_cost(config, args.image_size)
     if args.json:
         print(json.dumps({"target": args.target, **cost.as_dict()}, indent=2))
     else:

@@ -130,7 +130,7 @@ def resolve_config(name_or_dir: str, num_labels: int | None = None) -> SwinConfi
     )
 
 
-def measure(config: SwinConfig, image_size: int | tuple[int, int] | None = None) -> ModelCost:
+def measure_cost(config: SwinConfig, image_size: int | tuple[int, int] | None = None) -> ModelCost:
     """Parameters and FLOPs of SwinForImageClassification(config) (SwinModel when num_labels is 0) on one
     image of `image_size` (default: config.image_size). Nothing is allocated: the model lives on `meta`."""
     from .modeling_swin import SwinForImageClassification, window_geometry
@@ -243,4 +243,4 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-__all__ = ["ModelCost", "PartCost", "attention_cost", "format_report", "measure", "resolve_config"]
+__all__ = ["ModelCost", "PartCost", "attention_cost", "format_report", "measure_cost", "resolve_config"]
