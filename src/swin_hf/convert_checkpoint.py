@@ -321,12 +321,19 @@ def _build_model(config: SwinConfig, state_dict: dict[str, torch.Tensor]):
 
     with_head = config.num_labels > 0 and "classifier.weight" in state_dict
     cls = SwinForImageClassification if with_head else SwinModel
-    if not with_head:
-        state_dict = {k[5:]: v for k, v in state_dict.items() if k.startswith("swin.")}
+    if not with_head:  # the encoder alone, whatever prefix it had; a backbone's extra norms are not kept
+        state_dict = {
+            k.removeprefix("swin."): v
+            for k, v in state_dict.items()
+            if not k.startswith(("classifier.", "hidden_states_norms."))
+        }
     with torch.device("meta"):
         model = cls(config)
     tensors = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
-    model.load_state_dict(tensors, strict=True, assign=True)
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ConversionError(f"The converted weights do not load into {cls.__name__}: {error}") from error
     return model.eval()
 
 
