@@ -283,3 +283,43 @@ def test_existing_output_is_left_alone(official_checkpoint, tmp_path, capsys):
     assert os.listdir(out) == ["keep.txt"]
     assert main(["convert", "--from", "official", str(path), str(out), "--overwrite"]) == 0
     assert "keep.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+
+
+def test_convert_into_a_preset_with_another_window_resizes(official_checkpoint, tmp_path, monkeypatch, caplog):
+    """--preset with a larger window / image size (the paper's 224 -> 384 fine-tuning setup, in miniature)."""
+    import logging
+
+    from swin_hf.configuration_swin import PRESETS as presets
+
+    monkeypatch.setitem(presets, "swin-tiny-test-window8-64", (16, (2, 2), (2, 4), 8, 64))
+    model, _, path = official_checkpoint
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="swin_hf"):
+        assert main(["convert", "--from", "official", str(path), str(out), "--preset", "swin-tiny-test-window8-64"]) == 0
+    assert "to window 8" in caplog.text
+    loaded = SwinForImageClassification.from_pretrained(out)
+    assert (loaded.config.window_size, loaded.config.image_size) == (8, 64)
+    assert loaded.swin.stages[0].blocks[1].attn.relative_position_bias_table.shape == (225, 2)
+    torch.testing.assert_close(loaded.classifier.weight, model.classifier.weight)
+    assert SwinImageProcessor.from_pretrained(out).crop_size == {"height": 64, "width": 64}
+    assert "as reported by the paper" not in (out / "README.md").read_text()
+
+
+def test_auto_classes_resize_and_retarget(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    tiny_model().save_pretrained(tmp_path)
+    bigger = AutoModelForImageClassification.from_pretrained(tmp_path, window_size=8, image_size=64)
+    assert bigger.swin.stages[0].blocks[0].attn.relative_position_bias_table.shape == (225, 2)
+    assert AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3).classifier.weight.shape == (3, 32)
+
+
+def test_cards_command_writes_the_committed_cards(tmp_path, capsys):
+    from swin_hf.model_card import CARD_SPECS
+
+    assert main(["cards", str(tmp_path)]) == 0
+    committed = Path(__file__).resolve().parents[1] / "model_cards"
+    written = sorted(tmp_path.glob("*.md"))
+    assert [p.name for p in written] == sorted(f"{s.name}.md" for s in CARD_SPECS)
+    for path in written:
+        assert path.read_text() == (committed / path.name).read_text()

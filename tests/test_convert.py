@@ -115,14 +115,14 @@ def test_timm_weights_give_the_reference_outputs():
         torch.testing.assert_close(restored(images).logits, reference_forward(official, model.config, images), atol=1e-5, rtol=1e-5)
 
 
-def test_timm_channels_last_absolute_position_embedding():
+def test_timm_absolute_position_embedding_layouts():
     model = tiny_model(use_absolute_embeddings=True)
     timm = convert_state_dict(model.state_dict(), to="timm")
-    assert timm["absolute_pos_embed"].shape == (1, 8, 8, 16)
+    assert timm["absolute_pos_embed"].shape == (1, 64, 16)  # (1, L, C), as the official code
     back = convert_state_dict(timm, source="timm")
     assert torch.equal(back["swin.embeddings.absolute_pos_embed"], model.state_dict()["swin.embeddings.absolute_pos_embed"])
-    flat = dict(timm, absolute_pos_embed=timm["absolute_pos_embed"].reshape(1, 64, 16))  # older timm: (1, L, C)
-    assert torch.equal(convert_state_dict(flat, source="timm")["swin.embeddings.absolute_pos_embed"], back["swin.embeddings.absolute_pos_embed"])
+    grid = dict(timm, absolute_pos_embed=timm["absolute_pos_embed"].reshape(1, 8, 8, 16))  # channels-last grid
+    assert torch.equal(convert_state_dict(grid, source="timm")["swin.embeddings.absolute_pos_embed"], back["swin.embeddings.absolute_pos_embed"])
 
 
 def test_transformers_weights_give_transformers_outputs():

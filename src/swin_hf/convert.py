@@ -219,6 +219,8 @@ def _from_layout(state_dict: dict[str, torch.Tensor], source: str) -> dict[str, 
         if new is None:
             unknown.append(key)
             continue
+        # timm versions with an absolute position embedding store (1, L, C) like the official code; accept a
+        # channels-last grid (1, H, W, C) as well
         if new.endswith("absolute_pos_embed") and tensor.ndim == 4:  # (1, H, W, C) -> (1, H*W, C)
             tensor = tensor.reshape(1, -1, tensor.shape[-1])
         out[new] = tensor
@@ -265,9 +267,6 @@ def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, t
         new = _translate(key, "swin_hf", to)
         if new is None:  # check_state_dict accepted it, so the table must know it
             raise ConversionError(f"{key}: no {to} name for this swin_hf key.")
-        if to == "timm" and new == "absolute_pos_embed":  # timm keeps it channels-last on the grid
-            grid = _grid(config)
-            tensor = tensor.reshape(1, grid[0], grid[1], -1)
         out[new] = tensor
     if to == "official":
         # the official model registers these buffers persistently; rebuild them as its __init__ does
