@@ -323,3 +323,28 @@ def test_cards_command_writes_the_committed_cards(tmp_path, capsys):
     assert [p.name for p in written] == sorted(f"{s.name}.md" for s in CARD_SPECS)
     for path in written:
         assert path.read_text() == (committed / path.name).read_text()
+
+
+def official_flops(embed_dim, depths, heads, window, image, num_classes, patch=4, mlp_ratio=4.0):
+    """The count of the official code's `flops()` methods, written out for the test."""
+    H = W = image // patch
+    C = embed_dim
+    total = H * W * C * 3 * patch * patch + H * W * C  # patch embedding conv + its norm
+    for i, depth in enumerate(depths):
+        M = min(window, H, W)
+        N, nW = M * M, (H // M) * (W // M)
+        attention = N * C * 3 * C + heads[i] * N * (C // heads[i]) * N * 2 + N * C * C
+        total += depth * (2 * H * W * C + nW * attention + 2 * H * W * C * int(C * mlp_ratio))
+        if i < len(depths) - 1:
+            total += H * W * C + (H // 2) * (W // 2) * 4 * C * 2 * C
+            H, W, C = H // 2, W // 2, 2 * C
+    return total + H * W * C + C * num_classes
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_flops_equal_the_official_formula(name):
+    from swin_hf.flops import measure_cost, resolve_config
+
+    embed_dim, depths, heads, window, image = PRESETS[name]
+    expected = official_flops(embed_dim, depths, heads, window, image, 1000)
+    assert measure_cost(resolve_config(name)).flops == expected

@@ -466,9 +466,10 @@ def guess_source(keys) -> str | None:
         return "transformers"
     if not any(k.startswith("layers.") for k in keys):
         return None
-    if any(k.startswith("head.fc.") for k in keys) or any(re.match(r"layers\.[1-9]\d*\.downsample\.", k) for k in keys) and not any(
+    merging_moved = any(re.match(r"layers\.[1-9]\d*\.downsample\.", k) for k in keys) and not any(
         k.startswith("layers.0.downsample.") for k in keys
-    ):
+    )  # timm: patch merging at the start of stages 1.., none in stage 0
+    if any(k.startswith("head.fc.") for k in keys) or merging_moved:
         return "timm"
     return "official"
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -25,8 +24,6 @@ import torch
 from .configuration_swin import PRESETS, SwinConfig
 from .convert import SOURCES, ConversionError, config_from_transformers, convert_state_dict, infer_config
 from .image_processing_swin import SwinImageProcessor
-
-logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
