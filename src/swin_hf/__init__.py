@@ -12,8 +12,11 @@ from transformers import (
 )
 
 from .configuration_swin import PRESETS, SwinConfig
-from .convert import ConversionError, convert_state_dict
+from .convert import ConversionError, convert_state_dict, infer_config
+from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
+from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
+from .model_card import write_model_cards
 from .modeling_swin import (
     SwinBackbone,
     SwinForImageClassification,
@@ -22,6 +25,7 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .resize import adapt_state_dict
 
 __version__ = "0.1.0"
 
@@ -38,6 +42,7 @@ for _auto, _model in (
 
 __all__ = [
     "PRESETS",
+    "CheckpointError",
     "ConversionError",
     "SwinBackbone",
     "SwinConfig",
@@ -47,5 +52,11 @@ __all__ = [
     "SwinModel",
     "SwinModelOutput",
     "SwinPreTrainedModel",
+    "adapt_state_dict",
+    "convert_checkpoint",
     "convert_state_dict",
+    "infer_config",
+    "measure_cost",
+    "read_checkpoint",
+    "write_model_cards",
 ]
