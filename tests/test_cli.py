@@ -348,3 +348,17 @@ def test_flops_equal_the_official_formula(name):
     embed_dim, depths, heads, window, image = PRESETS[name]
     expected = official_flops(embed_dim, depths, heads, window, image, 1000)
     assert measure_cost(resolve_config(name)).flops == expected
+
+
+def test_card_claims_the_paper_accuracy_only_for_the_real_release(tmp_path):
+    from swin_hf.model_card import CARD_SPECS, find_spec, spec_config
+
+    tiny = tiny_model()
+    misnamed = tmp_path / "swin_tiny_patch4_window7_224.pth"  # a release's file name, not its architecture
+    torch.save({"model": convert_state_dict(tiny.state_dict(), to="official")}, misnamed)
+    assert main(["convert", "--from", "official", str(misnamed), str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "as reported by the paper" not in card and "model-index" not in card
+    base_22k = next(s for s in CARD_SPECS if s.official_file == "swin_base_patch4_window7_224_22k.pth")
+    assert find_spec(spec_config(base_22k), "/downloads/swin_base_patch4_window7_224_22k.pth") == base_22k
+    assert find_spec(spec_config(base_22k)) == base_22k  # the only Swin-B 224 with a 21,841-class head
