@@ -362,3 +362,20 @@ def test_card_claims_the_paper_accuracy_only_for_the_real_release(tmp_path):
     base_22k = next(s for s in CARD_SPECS if s.official_file == "swin_base_patch4_window7_224_22k.pth")
     assert find_spec(spec_config(base_22k), "/downloads/swin_base_patch4_window7_224_22k.pth") == base_22k
     assert find_spec(spec_config(base_22k)) == base_22k  # the only Swin-B 224 with a 21,841-class head
+
+
+def test_processor_matches_each_source_preprocessing():
+    from swin_hf.convert_checkpoint import processor_for_source
+
+    official = processor_for_source("official", 224)  # official eval: resize 256, centre-crop 224
+    assert official.size == {"shortest_edge": 256} and official.crop_size == {"height": 224, "width": 224}
+    official_384 = processor_for_source("official", 384)  # TEST.CROP off at 384: resize straight to 384
+    assert official_384.size == {"height": 384, "width": 384} and not official_384.do_center_crop
+    timm = processor_for_source("timm", 224)  # timm's Swin default: crop_pct 0.9
+    assert timm.size == {"shortest_edge": 248} and timm.do_center_crop and int(timm.resample) == 3
+    assert processor_for_source("timm", 384).size == {"shortest_edge": 384}
+    hub = {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_normalize": True,
+           "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "image_processor_type": "ViTImageProcessor"}
+    transformers = processor_for_source("transformers", 224, preprocessor=hub)
+    assert transformers.size == {"height": 224, "width": 224} and not transformers.do_center_crop
+    assert int(transformers.resample) == 2 and list(transformers.image_mean) == [0.5, 0.5, 0.5]
