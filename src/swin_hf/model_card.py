@@ -246,7 +246,7 @@ def render_card(
         + (" at 384x384" if max(height, width) < 384 else "")
         + f': `AutoModelForImageClassification.from_pretrained("{folder}", '
         + ("window_size=12, image_size=384, " if max(height, width) < 384 else "")
-        + "num_labels=10)` "
+        + "num_labels=10, ignore_mismatched_sizes=True)` "
         + ("resizes the relative position bias tables (bicubic) and " if max(height, width) < 384 else "")
         + "re-initialises the head, logging what it changed.",
         "",
