@@ -144,21 +144,27 @@ def build_model(config: TrainConfig, class_names: list[str]):
 
 
 class PreprocessCache:
-    """Per-image preprocessing (decode, RGB, resize) memoised as uint8: the random part of training
-    augmentation runs later on batches, so this part is deterministic and can be reused every epoch."""
+    """Per-image preprocessing (decode, RGB, resize[, normalise]) memoised for small source images.
 
-    def __init__(self, processor, enabled: bool):
-        self.processor, self.enabled, self.store = processor, enabled, {}
+    The random part of training augmentation runs later on batches, so this part is deterministic and
+    can be reused every epoch. At most `max_bytes` of tensors are kept (per process / worker).
+    """
+
+    def __init__(self, processor, enabled: bool, max_bytes: int = 1 << 30):
+        self.processor, self.enabled, self.max_bytes = processor, enabled, max_bytes
+        self.store: dict = {}
+        self.bytes = 0
 
     def __call__(self, image):
         key = None
-        if self.enabled:
-            key = (image.size, image.tobytes()) if image.size[0] * image.size[1] <= 4096 else None
-            if key is not None and key in self.store:
-                return self.store[key].float() / 255.0
+        if self.enabled and image.size[0] * image.size[1] <= 4096:
+            key = (image.size, image.tobytes())
+            if key in self.store:
+                return self.store[key].clone()
         pixels = torch.as_tensor(np.asarray(self.processor(image, return_tensors="np")["pixel_values"][0]))
-        if key is not None:
-            self.store[key] = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        if key is not None and self.bytes + pixels.nbytes <= self.max_bytes:
+            self.store[key] = pixels.clone()
+            self.bytes += pixels.nbytes
         return pixels
 
 
