@@ -253,6 +253,8 @@ def run(config: TrainConfig, fabric=None) -> dict:
             raise FileExistsError(
                 f"--output-dir {out!r} is not empty.{hint} pass --overwrite to train into it anyway, or choose another directory."
             )
+        if config.overwrite and not config.resume:
+            shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
         os.makedirs(out, exist_ok=True)
     fabric.barrier()
     if config.deterministic:
@@ -493,6 +495,16 @@ def run(config: TrainConfig, fabric=None) -> dict:
         bar.close()
 
     # outputs ---------------------------------------------------------------------------------------
+    if loggers_ready:
+        for experiment_logger in fabric.loggers:
+            experiment_logger.finalize("success")
+    if fabric.is_global_zero:  # the final (not EMA, not best) training weights, e.g. to compare runs
+        from safetensors.torch import save_file
+
+        os.makedirs(ckpt_dir, exist_ok=True)
+        final = {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
+        save_file(final, os.path.join(ckpt_dir, ".final.tmp"))
+        os.replace(os.path.join(ckpt_dir, ".final.tmp"), os.path.join(ckpt_dir, "final-weights.safetensors"))
     elapsed = progress["elapsed"] + time.perf_counter() - segment_start
     best = progress["best"] or {}
     skipped_total = sum(_all_gather_objects(fabric, skipped.count))
