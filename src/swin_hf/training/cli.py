@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
 
     kwargs = fabric_kwargs(args)
     fabric = Fabric(**kwargs)
-    fabric.launch()
+    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes already exist
+        fabric.launch()
     if not fabric.is_global_zero:
         logging.getLogger().setLevel(logging.WARNING)
     try:
