@@ -198,3 +198,39 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
     best = [json.loads((d / "metrics.json").read_text())["best_val_top1"] for d in (tmp_path / "full", interrupted)]
     assert best[0] == best[1]
+
+
+def test_finetune_from_a_saved_model_reheads_for_the_dataset_labels(tmp_path):
+    from swin_hf import SwinConfig, SwinForImageClassification
+    from swin_hf.training.loop import RECIPE_PRESETS
+
+    pretrained = SwinForImageClassification(
+        SwinConfig(**RECIPE_PRESETS["swin-digits"], num_labels=3, id2label={0: "x", 1: "y", 2: "z"})
+    )
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    out = tmp_path / "run"
+    assert _main(["--model", tmp_path / "pretrained", "--profile", "digits", "--max-steps", 1, "--lr", 1e-9,
+                  "--output-dir", out, *TINY]) == 0
+    tuned = SwinForImageClassification.from_pretrained(out)
+    assert tuned.config.num_labels == 10 and tuned.config.id2label[9] == "9"
+    # the backbone came from the checkpoint (lr ~0: practically unchanged), the head is new
+    torch.testing.assert_close(tuned.swin.embeddings.proj.weight, pretrained.swin.embeddings.proj.weight, atol=1e-6, rtol=0)
+    assert tuned.classifier.weight.shape == (10, pretrained.config.hidden_size)
+    assert json.loads((out / "metrics.json").read_text())["from_scratch"] is False
+
+
+@pytest.mark.slow
+def test_default_run_reaches_95_percent(tmp_path):
+    """The README's main job, unchanged: `python recipes/finetune.py` (built-in digits, tiny Swin from
+    scratch). Accuracy is asserted always; the < 5 minute target only on an unshared machine (load
+    average below the core count), since wall time on a busy machine says nothing about the recipe."""
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    result = _run([sys.executable, str(SCRIPT), "--output-dir", str(tmp_path / "run"), "--no-progress"], timeout=3600)
+    wall = time.perf_counter() - started
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    print(f"default run: top-1 {metrics['best_val_top1']:.2%} in {wall:.0f}s (load average at start {load:.1f})")
+    assert metrics["best_val_top1"] >= 0.95
+    assert "target >= 95% in < 5 min" in result.stdout
+    if load < (os.cpu_count() or 2) - 0.5:
+        assert wall < 300
