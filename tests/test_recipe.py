@@ -234,3 +234,11 @@ def test_default_run_reaches_95_percent(tmp_path):
     assert "target >= 95% in < 5 min" in result.stdout
     if load < (os.cpu_count() or 2) - 0.5:
         assert wall < 300
+
+
+def test_switches_gradient_checkpointing_bf16_and_accumulation(tmp_path):
+    out = tmp_path / "run"
+    assert _main(["--gradient-checkpointing", "--precision", "bf16-mixed", "--grad-accum", 2, "--max-steps", 2,
+                  "--ema-decay", 0.99, "--layer-decay", 0.75, "--output-dir", out, *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2
