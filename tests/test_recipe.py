@@ -138,7 +138,7 @@ def test_saved_datasetdict_directory(tmp_path):
 def test_two_process_ddp_with_fabric_run(tmp_path):
     out, record = tmp_path / "run", tmp_path / "ranks"
     cmd = ["fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", str(SCRIPT),
-           "--output-dir", str(out), "--max-steps", "3", "--debug-record-ranks", str(record), *TINY]
+           "--output-dir", str(out), "--max-steps", "3", "--debug-record-ranks", str(record), "--ema-decay", "0.9", *TINY]
     result = _run(cmd)
     ranks = [json.loads((record / f"rank{r}-epoch0.json").read_text()) for r in range(2)]
     seen = [{i for batch in rank["indices"] for i in batch} for rank in ranks]

@@ -260,8 +260,7 @@ def run(config: TrainConfig, fabric=None) -> dict:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # per-rank seed: ranks draw different augmentations and drop paths, reproducibly
-    fabric.seed_everything(config.seed + fabric.global_rank, workers=True)
+    fabric.seed_everything(config.seed, workers=True)  # same initial weights on every rank
 
     # data ------------------------------------------------------------------------------------------
     splits = load_splits(config.dataset, config.train_dir, config.validation_dir, config.dataset_config)
@@ -330,10 +329,12 @@ def run(config: TrainConfig, fabric=None) -> dict:
 
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.layer_decay, model.config.depths)
     scheduler = build_scheduler(optimizer, total_steps, warmup, config.min_lr_ratio)
-    ema = EMA(raw_model, config.ema_decay) if config.ema_decay > 0 else None
     if config.compile:
         model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
+    ema = EMA(raw_model, config.ema_decay) if config.ema_decay > 0 else None  # after setup: synced weights
+    # per-rank seed from here on: ranks draw different augmentations and drop paths, reproducibly
+    fabric.seed_everything(config.seed + fabric.global_rank, workers=True, verbose=False)
     mean, std = processor.image_mean, processor.image_std
     augment = BatchAugment(dataclasses.replace(config.augment, image_size=image_size), mean, std, num_classes)
     augment = augment.to(fabric.device)
