@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -71,7 +72,8 @@ def _profiles_help() -> str:
     for name, values in PROFILES.items():
         lines.append(f"  {name}:")
         for key, value in values.items():
-            lines.append(f"    {key}: {list(value) if isinstance(value, tuple) else value}")
+            shown = json.dumps([round(v, 4) for v in value] if isinstance(value, tuple) else value)
+            lines.append(f"    {key}: {shown.strip(chr(34))}")
     lines.append("  # 'auto' profile: digits when --dataset is the built-in sklearn-digits, else finetune")
     return "\n".join(lines)
 
@@ -100,8 +102,9 @@ def _bool(text: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="finetune.py",
-        description=__doc__.split("\n\n")[0]
-        + " Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`.",
+        description="Fine-tune (or train from scratch) a Swin Transformer image classifier on datasets splits. "
+        "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`. Options at 'auto' come from "
+        "the profile (listed at the end): with no arguments, a tiny Swin trains on the built-in digits.",
         epilog=_profiles_help(),
         formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=34, width=110),
     )
@@ -114,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset-config", default=None, help="dataset configuration name")
     d.add_argument("--train-dir", default=None, help="imagefolder of training images (class sub-folders)")
     d.add_argument("--validation-dir", default=None, help="imagefolder of validation images")
-    d.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
-    d.add_argument("--label-column", default=None, help="label column (default: the first ClassLabel feature)")
+    d.add_argument("--image-column", default=None, help="image column; None = the first Image feature")
+    d.add_argument("--label-column", default=None, help="label column; None = the first ClassLabel feature")
     d.add_argument("--train-val-split", type=float, default=0.15, help="validation fraction taken from train (stratified, seeded) when there is no validation split")
     d.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
     d.add_argument("--max-eval-samples", type=int, default=None, help="use only the first N validation examples")
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor, as a fraction of --lr")
     o.add_argument("--weight-decay", type=_auto(float), default=AUTO, help="AdamW weight decay (never on norms, biases, position tables)")
     o.add_argument("--layer-decay", type=_auto(float), default=AUTO, help="layer-wise lr decay per block (1 = off)")
-    o.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: --warmup-ratio of all steps)")
+    o.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps; None = --warmup-ratio of all steps")
     o.add_argument("--warmup-ratio", type=_auto(float), default=AUTO, help="warmup as a fraction of all steps")
     o.add_argument("--label-smoothing", type=_auto(float), default=AUTO, help="label smoothing")
     o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
@@ -162,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
     h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, deepspeed, ... (passed to Lightning Fabric)")
     h.add_argument("--num-nodes", type=int, default=1, help="nodes")
-    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: 32, or accelerate's mixed precision)")
+    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
 
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="random seed")
@@ -287,9 +290,17 @@ def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
     if precision is None and accelerate_precision in ("fp16", "bf16"):
         on_cpu = kwargs["accelerator"] == "cpu"
         precision = "bf16-mixed" if accelerate_precision == "bf16" or on_cpu else "16-mixed"
+    if precision is None and kwargs["accelerator"] in ("auto", "cuda", "gpu") and _cuda_bf16():
+        precision = "bf16-mixed"  # the sensible default on GPUs that have it
     if precision:
         kwargs["precision"] = precision
     return kwargs
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def main(argv: list[str] | None = None) -> int:
