@@ -127,8 +127,14 @@ def build_model(config: TrainConfig, class_names: list[str]):
         processor = SwinImageProcessor.for_image_size(swin_config.image_size, crop_pct=config.crop_pct)
         return model, processor, True
 
+    # id2label alone sets num_labels (passing both makes transformers compare against the old head)
     model = SwinForImageClassification.from_pretrained(
-        config.model, ignore_mismatched_sizes=True, drop_path_rate=config.drop_path, **labels, **overrides
+        config.model,
+        ignore_mismatched_sizes=True,
+        drop_path_rate=config.drop_path,
+        id2label=id2label,
+        label2id=label2id,
+        **overrides,
     )
     size = model.config.image_size
     try:
