@@ -22,6 +22,7 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
 
 __version__ = "0.1.0"
 
@@ -49,4 +50,7 @@ __all__ = [
     "SwinModelOutput",
     "SwinPreTrainedModel",
     "convert_state_dict",
+    "find_swin_backbone",
+    "load_swin_encoder",
+    "upernet_from_encoder",
 ]

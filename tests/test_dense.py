@@ -1,0 +1,285 @@
+"""Swin as a backbone of transformers' dense heads: UperNet and Mask2Former, on tiny CPU configs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import (
+    AutoBackbone,
+    AutoModelForSemanticSegmentation,
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
+
+import swin_hf
+from swin_hf import SwinBackbone, SwinConfig, SwinForImageClassification
+from swin_hf.segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
+
+TINY = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, patch_size=4)
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+def backbone_config(**overrides) -> SwinConfig:
+    return SwinConfig(**{**TINY, "out_features": STAGES, **overrides})
+
+
+def tiny_upernet(num_labels: int = 3) -> UperNetForSemanticSegmentation:
+    config = UperNetConfig(
+        backbone_config=backbone_config(),
+        num_labels=num_labels,
+        hidden_size=32,
+        auxiliary_in_channels=64,  # stage3 width = 16 * 4
+        auxiliary_channels=16,
+    )
+    return UperNetForSemanticSegmentation(config)
+
+
+def tiny_mask2former(num_labels: int = 3) -> Mask2FormerForUniversalSegmentation:
+    config = Mask2FormerConfig(
+        backbone_config=backbone_config(),
+        num_labels=num_labels,
+        hidden_dim=32,
+        mask_feature_size=32,
+        feature_size=32,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_queries=8,
+        num_attention_heads=2,
+        train_num_points=64,
+    )
+    return Mask2FormerForUniversalSegmentation(config)
+
+
+def encoder_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder weights a backbone uses: `swin.*` without the final norm, which feeds only the
+    classification path (SwinBackbone drops it)."""
+    return {k: v for k, v in module.state_dict().items() if k.startswith("swin.") and not k.startswith("swin.norm.")}
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature maps
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (70, 90), (33, 47)])
+def test_feature_maps_nchw_any_size(height, width):
+    """Stride-4/8/16/32 NCHW maps for any input size; ceil division because inputs are padded."""
+    backbone = SwinBackbone(backbone_config()).eval()
+    with torch.no_grad():
+        maps = backbone(torch.randn(2, 3, height, width)).feature_maps
+    expected = []
+    h, w = math.ceil(height / 4), math.ceil(width / 4)
+    for i in range(4):
+        expected.append((2, 16 * 2**i, h, w))
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    assert [tuple(m.shape) for m in maps] == expected
+    assert backbone.channels == [16, 32, 64, 128]
+
+
+def test_each_output_has_its_own_layernorm():
+    """Each returned map is LayerNorm-ed over channels by its own norm: at initialisation (weight 1,
+    bias 0) every pixel's channel vector has mean 0 and variance 1; changing one norm moves one map only."""
+    backbone = SwinBackbone(backbone_config(out_features=["stage2", "stage4"])).eval()
+    assert sorted(backbone.hidden_states_norms) == ["stage2", "stage4"]
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        maps = backbone(x).feature_maps
+        for m in maps:
+            assert torch.allclose(m.mean(dim=1), torch.zeros(()), atol=1e-5)
+            assert torch.allclose(m.var(dim=1, unbiased=False), torch.ones(()), atol=1e-3)
+        backbone.hidden_states_norms["stage4"].bias.fill_(3.0)
+        shifted = backbone(x).feature_maps
+    torch.testing.assert_close(shifted[0], maps[0])
+    torch.testing.assert_close(shifted[1], maps[1] + 3.0)
+
+
+def test_auto_backbone_builds_ours():
+    backbone = AutoBackbone.from_config(backbone_config(out_features=["stage3"]))
+    assert isinstance(backbone, SwinBackbone)
+    assert backbone.channels == [64]
+
+
+# ------------------------------------------------------------------------------------------------
+# UperNet
+# ------------------------------------------------------------------------------------------------
+
+
+def test_upernet_forward_backward_non_multiple_of_32():
+    torch.manual_seed(0)
+    model = tiny_upernet()
+    assert isinstance(model.backbone, SwinBackbone)
+    pixels = torch.randn(2, 3, 70, 90)
+    labels = torch.randint(0, 3, (2, 70, 90))
+    out = model(pixels, labels=labels)
+    assert out.logits.shape == (2, 3, 70, 90)
+    assert torch.isfinite(out.loss) and out.loss.item() > 0
+    out.loss.backward()
+    no_grad = [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_upernet_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_upernet().eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["backbone_config"]["model_type"] == "swin_hf"
+    assert saved["backbone_config"]["out_features"] == STAGES
+
+    for loader in (UperNetForSemanticSegmentation, AutoModelForSemanticSegmentation):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, UperNetForSemanticSegmentation)
+        assert isinstance(loaded.backbone, SwinBackbone)
+        pixels = torch.randn(1, 3, 70, 90)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits, rtol=0, atol=0)
+
+
+def test_upernet_few_steps_learn_and_miou():
+    """A few optimisation steps on a fixed tiny batch drive the loss down and the mIoU up.
+
+    Predictions use batch statistics (train mode): after 20 steps UperNet's BatchNorm running averages
+    still lag the weights, which is a property of BatchNorm, not of the backbone.
+    """
+    torch.manual_seed(0)
+    model = tiny_upernet(num_labels=2)
+    pixels = torch.zeros(4, 3, 32, 32)
+    labels = torch.zeros(4, 32, 32, dtype=torch.long)
+    for i in range(4):  # a bright square on a dark background, label 1 inside the square
+        y, x = 4 + 4 * i, 12 - 2 * i
+        pixels[i, :, y : y + 12, x : x + 12] = 1.0
+        labels[i, y : y + 12, x : x + 12] = 1
+    pixels = pixels + 0.05 * torch.randn_like(pixels)
+
+    def miou() -> float:
+        with torch.no_grad():
+            pred = model(pixels).logits.argmax(1)
+        ious = []
+        for c in range(2):
+            inter = ((pred == c) & (labels == c)).sum().item()
+            union = ((pred == c) | (labels == c)).sum().item()
+            ious.append(inter / union)
+        return sum(ious) / len(ious)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    model.train()
+    losses = []
+    before = miou()
+    for _ in range(20):
+        loss = model(pixels, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    after = miou()
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert after > 0.75 and after > before + 0.2, (before, after)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mask2Former
+# ------------------------------------------------------------------------------------------------
+
+
+def test_mask2former_forward_backward_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_mask2former()
+    encoder = model.model.pixel_level_module.encoder
+    assert isinstance(encoder, SwinBackbone) and find_swin_backbone(model) is encoder
+    pixels = torch.randn(2, 3, 70, 90)
+    mask_labels = [(torch.rand(2, 70, 90) > 0.5).float() for _ in range(2)]
+    class_labels = [torch.tensor([0, 2]), torch.tensor([1, 2])]
+    out = model(pixels, mask_labels=mask_labels, class_labels=class_labels)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+    assert out.masks_queries_logits.shape == (2, 8, 18, 23)  # stride-4 mask logits
+    assert out.class_queries_logits.shape == (2, 8, 4)  # num_labels + "no object"
+
+    model.eval().save_pretrained(tmp_path)
+    loaded = Mask2FormerForUniversalSegmentation.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.model.pixel_level_module.encoder, SwinBackbone)
+    with torch.no_grad():
+        a, b = model(pixels), loaded(pixels)
+    torch.testing.assert_close(b.masks_queries_logits, a.masks_queries_logits, rtol=0, atol=0)
+    torch.testing.assert_close(b.class_queries_logits, a.class_queries_logits, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Classification checkpoint -> backbone
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier_checkpoint(tmp_path_factory):
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("cls")
+    model = SwinForImageClassification(SwinConfig(**TINY, num_labels=5))
+    model.save_pretrained(path)
+    return path, model
+
+
+def test_classifier_encoder_loads_into_backbone(classifier_checkpoint):
+    path, classifier = classifier_checkpoint
+    backbone = SwinBackbone.from_pretrained(path, out_features=STAGES)
+    assert backbone.out_features == STAGES
+    expected = encoder_state(classifier)
+    got = encoder_state(backbone)
+    assert got.keys() == expected.keys() and len(got) > 10
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+
+
+def test_load_swin_encoder_into_upernet_and_mask2former(classifier_checkpoint):
+    path, classifier = classifier_checkpoint
+    expected = encoder_state(classifier)
+    for model in (tiny_upernet(), tiny_mask2former()):
+        backbone = find_swin_backbone(model)
+        assert any(not torch.equal(encoder_state(backbone)[k], expected[k]) for k in expected)  # random before
+        load_swin_encoder(model, path)
+        got = encoder_state(backbone)
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+
+
+def test_upernet_from_encoder(classifier_checkpoint):
+    path, classifier = classifier_checkpoint
+    model = upernet_from_encoder(path, num_labels=4, hidden_size=32, auxiliary_channels=16,
+                                 id2label={0: "a", 1: "b", 2: "c", 3: "d"})
+    assert model.config.auxiliary_in_channels == 64
+    assert model.config.id2label[3] == "d"
+    got = encoder_state(model.backbone)
+    for k, v in encoder_state(classifier).items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    assert model.eval()(torch.randn(1, 3, 40, 56)).logits.shape == (1, 4, 40, 56)
+    # two stages only: no third map for the auxiliary head, so it is switched off
+    small = upernet_from_encoder(path, num_labels=2, out_features=["stage1", "stage2"], hidden_size=32)
+    assert small.auxiliary_head is None and small.backbone.channels == [16, 32]
+
+
+def test_load_swin_encoder_rejects_other_architecture(classifier_checkpoint):
+    path, _ = classifier_checkpoint
+    other = UperNetForSemanticSegmentation(
+        UperNetConfig(backbone_config=backbone_config(embed_dim=32, num_heads=[1, 2, 2, 4]), num_labels=2,
+                      hidden_size=32, auxiliary_in_channels=128)
+    )
+    with pytest.raises(ValueError, match="different architecture"):
+        load_swin_encoder(other, path)
+
+
+def test_find_swin_backbone_explains_missing_backbone():
+    with pytest.raises(ValueError, match="found 0"):
+        find_swin_backbone(torch.nn.Linear(2, 2))
+
+
+def test_package_exports_segmentation_helpers():
+    assert swin_hf.load_swin_encoder is load_swin_encoder
+    assert swin_hf.upernet_from_encoder is upernet_from_encoder
