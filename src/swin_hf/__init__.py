@@ -9,6 +9,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
 )
 
 from .configuration_swin import PRESETS, SwinConfig
@@ -22,6 +23,12 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .modeling_simmim import (
+    SimMIMMaskGenerator,
+    SwinForMaskedImageModeling,
+    SwinMaskedImageModelingOutput,
+    masked_l1_loss,
+)
 from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
 
 __version__ = "0.1.0"
@@ -34,6 +41,7 @@ for _auto, _model in (
     (AutoModel, SwinModel),
     (AutoModelForImageClassification, SwinForImageClassification),
     (AutoBackbone, SwinBackbone),
+    (AutoModelForMaskedImageModeling, SwinForMaskedImageModeling),
 ):
     _auto.register(SwinConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
@@ -41,9 +49,12 @@ for _auto, _model in (
 __all__ = [
     "PRESETS",
     "ConversionError",
+    "SimMIMMaskGenerator",
     "SwinBackbone",
     "SwinConfig",
     "SwinForImageClassification",
+    "SwinForMaskedImageModeling",
+    "SwinMaskedImageModelingOutput",
     "SwinImageClassifierOutput",
     "SwinImageProcessor",
     "SwinModel",
@@ -52,5 +63,6 @@ __all__ = [
     "convert_state_dict",
     "find_swin_backbone",
     "load_swin_encoder",
+    "masked_l1_loss",
     "upernet_from_encoder",
 ]
