@@ -35,7 +35,6 @@ __version__ = "0.1.0"
 
 AutoConfig.register(SwinConfig.model_type, SwinConfig, exist_ok=True)
 AutoImageProcessor.register(SwinConfig, slow_image_processor_class=SwinImageProcessor, exist_ok=True)
-SwinImageProcessor.register_for_auto_class("AutoImageProcessor")
 SwinConfig.register_for_auto_class("AutoConfig")
 for _auto, _model in (
     (AutoModel, SwinModel),

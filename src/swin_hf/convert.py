@@ -120,6 +120,12 @@ def config_from_transformers(config_dict: dict, config_class, **overrides):
     for private in ("_out_features", "_out_indices"):
         if config_dict.get(private) is not None:
             values[private[1:]] = config_dict[private]
+    # an override of one of a linked pair replaces the saved pair
+    for given, linked in (("out_features", "out_indices"), ("out_indices", "out_features"), ("num_labels", "id2label")):
+        if given in overrides and linked not in overrides:
+            values.pop(linked, None)
+            if linked == "id2label":
+                values.pop("label2id", None)
     values.update(overrides)
     return config_class(**values)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +74,7 @@ def _cached_geometry(build):
         with torch.inference_mode(False), torch.no_grad():
             return cached(*args)
 
-    get.cache_clear = cached.cache_clear
+    get.cache_clear, get.cache_info = cached.cache_clear, cached.cache_info
     return get
 
 
@@ -369,6 +371,11 @@ class SwinPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _can_compile_fullgraph = True
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # WindowAttention reads config._attn_implementation on every call, so switching is always safe
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The official initialisation: truncated normal (std = initializer_range) for linear/conv weights,
@@ -388,6 +395,14 @@ class SwinPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(module.absolute_pos_embed, std=std)
             if module.mask_token is not None:
                 init.trunc_normal_(module.mask_token, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """save_pretrained, plus the image processor's code, so that every entry of `config.auto_map`
+        (models, config and image processor) loads with trust_remote_code where swin_hf is not installed."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        processor_code = Path(__file__).with_name("image_processing_swin.py")
+        if processor_code.exists():
+            shutil.copy(processor_code, Path(save_directory) / processor_code.name)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
