@@ -58,9 +58,7 @@ def tiny_mask2former(num_labels: int = 3) -> Mask2FormerForUniversalSegmentation
 
 
 def encoder_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The encoder weights a backbone uses: `swin.*` without the final norm, which feeds only the
-    classification path (SwinBackbone drops it)."""
-    return {k: v for k, v in module.state_dict().items() if k.startswith("swin.") and not k.startswith("swin.norm.")}
+    return {k: v for k, v in module.state_dict().items() if k.startswith("swin.")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,8 +122,14 @@ def test_upernet_forward_backward_non_multiple_of_32():
     assert out.logits.shape == (2, 3, 70, 90)
     assert torch.isfinite(out.loss) and out.loss.item() > 0
     out.loss.backward()
+    # every trainable backbone parameter gets a gradient (DDP without find_unused_parameters needs that);
+    # the encoder's final norm, which only the classification path uses, is frozen in the backbone
     no_grad = [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
     assert no_grad == []
+    assert [n for n, p in model.backbone.named_parameters() if not p.requires_grad] == [
+        "swin.norm.weight",
+        "swin.norm.bias",
+    ]
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
@@ -143,7 +147,11 @@ def test_upernet_save_load_round_trip(tmp_path):
         assert isinstance(loaded.backbone, SwinBackbone)
         pixels = torch.randn(1, 3, 70, 90)
         with torch.no_grad():
-            torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits, rtol=0, atol=0)
+            for a, b in zip(loaded.backbone(pixels).feature_maps, model.backbone(pixels).feature_maps):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+            # UperNet's convolutions may differ in the last bit: loaded weights are memory-mapped at
+            # addresses with another alignment, so CPU kernels vectorise (and sum) differently
+            torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits, rtol=1e-5, atol=1e-6)
 
 
 def test_upernet_few_steps_learn_and_miou():
@@ -203,7 +211,7 @@ def test_mask2former_forward_backward_and_round_trip(tmp_path):
     out = model(pixels, mask_labels=mask_labels, class_labels=class_labels)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    assert all(p.grad is not None for p in encoder.parameters())
+    assert all(p.grad is not None for p in encoder.parameters() if p.requires_grad)
     assert out.masks_queries_logits.shape == (2, 8, 18, 23)  # stride-4 mask logits
     assert out.class_queries_logits.shape == (2, 8, 4)  # num_labels + "no object"
 
@@ -212,8 +220,9 @@ def test_mask2former_forward_backward_and_round_trip(tmp_path):
     assert isinstance(loaded.model.pixel_level_module.encoder, SwinBackbone)
     with torch.no_grad():
         a, b = model(pixels), loaded(pixels)
-    torch.testing.assert_close(b.masks_queries_logits, a.masks_queries_logits, rtol=0, atol=0)
-    torch.testing.assert_close(b.class_queries_logits, a.class_queries_logits, rtol=0, atol=0)
+    torch.testing.assert_close(b.encoder_last_hidden_state, a.encoder_last_hidden_state, rtol=0, atol=0)
+    torch.testing.assert_close(b.masks_queries_logits, a.masks_queries_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.class_queries_logits, a.class_queries_logits, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -679,9 +679,10 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
         self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(len(config.depths))]
         self.swin = SwinModel(config, add_pooling_layer=False)
         # The encoder's final LayerNorm feeds only the classification path; the maps returned here are
-        # normalised by hidden_states_norms. Kept, it would be a parameter that never gets a gradient
-        # (DDP's "unused parameters" error when training a dense head), so the backbone drops it.
-        self.swin.norm = nn.Identity()
+        # normalised by hidden_states_norms. Trainable, it would be a parameter that never gets a gradient
+        # (DDP's "unused parameters" error when training a dense head). It stays in the state dict
+        # (checkpoints of either library keep loading) but is frozen.
+        self.swin.norm.requires_grad_(False)
         self.hidden_states_norms = nn.ModuleDict(
             {stage: nn.LayerNorm(c, eps=config.layer_norm_eps) for stage, c in zip(self.out_features, self.channels)}
         )
