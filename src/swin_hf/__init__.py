@@ -13,8 +13,11 @@ from transformers import (
 )
 
 from .configuration_swin import PRESETS, SwinConfig
-from .convert import ConversionError, convert_state_dict
+from .convert import ConversionError, convert_state_dict, infer_config
+from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
+from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
+from .model_card import write_model_cards
 from .modeling_swin import (
     SwinBackbone,
     SwinForImageClassification,
@@ -29,6 +32,7 @@ from .modeling_simmim import (
     SwinMaskedImageModelingOutput,
     masked_l1_loss,
 )
+from .resize import adapt_state_dict
 from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
 
 __version__ = "0.1.0"
@@ -47,6 +51,7 @@ for _auto, _model in (
 
 __all__ = [
     "PRESETS",
+    "CheckpointError",
     "ConversionError",
     "SimMIMMaskGenerator",
     "SwinBackbone",
@@ -59,9 +64,15 @@ __all__ = [
     "SwinModel",
     "SwinModelOutput",
     "SwinPreTrainedModel",
+    "adapt_state_dict",
+    "convert_checkpoint",
     "convert_state_dict",
     "find_swin_backbone",
+    "infer_config",
     "load_swin_encoder",
     "masked_l1_loss",
+    "measure_cost",
+    "read_checkpoint",
     "upernet_from_encoder",
+    "write_model_cards",
 ]

@@ -720,14 +720,15 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
 
 
 def _load_transformers_swin(cls, path, kwargs) -> tuple[SwinConfig, dict] | None:
-    """(config, state_dict) converted from a transformers Swin checkpoint at `path`, or None if `path`
-    holds a swin_hf checkpoint. Lives in convert.py (imported lazily so this file stays
+    """(config, state_dict) prepared by swin_hf for `path` - a transformers Swin checkpoint (converted), or
+    one whose position tables / head must be resized or re-initialised for the requested config - or None
+    to let transformers load `path` as is. Lives in convert.py (imported lazily so this file stays
     loadable on its own with trust_remote_code)."""
     try:
-        from .convert import load_transformers_swin
+        from .convert import prepare_pretrained
     except ImportError:
         return None
-    return load_transformers_swin(cls, path, kwargs)
+    return prepare_pretrained(cls, path, kwargs)
 
 
 __all__ = [
