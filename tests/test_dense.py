@@ -295,3 +295,12 @@ def test_find_swin_backbone_explains_missing_backbone():
 def test_package_exports_segmentation_helpers():
     assert swin_hf.load_swin_encoder is load_swin_encoder
     assert swin_hf.upernet_from_encoder is upernet_from_encoder
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import swin_hf.segmentation
+
+    result = doctest.testmod(swin_hf.segmentation, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

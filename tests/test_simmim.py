@@ -233,3 +233,12 @@ with torch.no_grad():
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import swin_hf.modeling_simmim
+
+    result = doctest.testmod(swin_hf.modeling_simmim, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
