@@ -304,3 +304,143 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(swin_hf.segmentation, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Segmentation data, metric, overlays and the pipeline-ready folder
+# ------------------------------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from swin_hf.segmentation_data import (  # noqa: E402
+    IGNORE_INDEX,
+    TEXTURE_CLASSES,
+    JointTransform,
+    SegmentationDataset,
+    collate,
+    texture_collage_dataset,
+)
+from swin_hf.segmentation_eval import load_mean_iou, overlay, palette  # noqa: E402
+from swin_hf.segmentation_train import (  # noqa: E402
+    evaluate_segmentation,
+    predict,
+    save_for_pipeline,
+    save_overlays,
+    segmentation_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def collage():
+    return texture_collage_dataset(num_train=12, num_validation=4, size=32, seed=0)
+
+
+def test_texture_collage_dataset_is_deterministic_and_labelled(collage):
+    splits, id2label = collage
+    assert id2label == dict(enumerate(TEXTURE_CLASSES))
+    assert splits["train"].column_names == ["image", "annotation"]
+    again, _ = texture_collage_dataset(num_train=12, num_validation=4, size=32, seed=0)
+    row, row2 = splits["train"][3], again["train"][3]
+    assert np.array_equal(np.asarray(row["image"]), np.asarray(row2["image"]))
+    seen = set()
+    for row in splits["train"]:
+        image, annotation = row["image"], np.asarray(row["annotation"])
+        assert image.size == (32, 32) and annotation.shape == (32, 32)
+        seen |= set(np.unique(annotation).tolist())
+    assert seen == {0, 1, 2}
+
+
+def test_joint_transform_keeps_image_and_labels_aligned():
+    """A black/white image whose labels say which pixels are white: after random rescale, crop, flip
+    and jitter, the labels still mark the bright pixels (only resampled borders may disagree)."""
+    labels = np.zeros((48, 64), dtype=np.uint8)
+    labels[8:30, 10:40] = 1
+    labels[35:, 45:] = 1
+    image = Image.fromarray(np.repeat(labels[..., None] * 255, 3, axis=2))
+    transform = JointTransform(32, train=True, seed=0)
+    for _ in range(10):
+        pixels, out = transform(image, Image.fromarray(labels))
+        bright = (pixels * transform.std + transform.mean).mean(0) > 0.5
+        valid = out != IGNORE_INDEX
+        disagree = (bright != (out == 1)) & valid
+        assert disagree.float().sum() <= 0.05 * valid.sum(), disagree.float().mean()
+    evaluation = JointTransform(16, train=False)
+    pixels, out = evaluation(image, Image.fromarray(labels))
+    assert pixels.shape == (3, 16, 16) and set(out.unique().tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="same size"):
+        evaluation(image, Image.fromarray(labels[:40]))
+
+
+def test_reduce_labels_maps_zero_to_ignore():
+    labels = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    _, out = JointTransform(2, train=False, reduce_labels=True)(Image.new("RGB", (2, 2)), Image.fromarray(labels))
+    assert out.tolist() == [[IGNORE_INDEX, 0], [1, 2]]
+
+
+def test_mean_iou_metric_numbers():
+    metric = load_mean_iou()
+    prediction = np.array([[0, 0, 1], [1, 1, 2]])
+    reference = np.array([[0, 1, 1], [1, 255, 0]])
+    result = metric.compute(predictions=[prediction], references=[reference], num_labels=3)
+    # class 0: tp 1, fp 1 (pred 0 ref 1), fn 1 (ref 0 pred 2) -> 1/3; class 1: tp 2, fp 0, fn 1 -> 2/3; class 2: 0/1
+    assert result["per_category_iou"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert result["mean_iou"] == pytest.approx(1 / 3)
+    assert result["overall_accuracy"] == pytest.approx(3 / 5)  # the ignored pixel is not counted
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        metric.compute(predictions=[prediction], references=[reference + 5 * (reference == 0)], num_labels=3)
+
+
+def test_segmentation_steps_with_evaluate_miou(collage, tmp_path):
+    """A few UperNet steps on the built-in set through the data pipeline; the evaluate-module mIoU equals
+    one computed by hand from the same predictions; overlays and a pipeline-ready folder are written."""
+    torch.manual_seed(0)
+    splits, id2label = collage
+    model = upernet_from_encoder(SwinConfig(**TINY), num_labels=3, hidden_size=32, auxiliary_channels=16,
+                                 id2label=id2label)
+    train = torch.utils.data.DataLoader(
+        SegmentationDataset(splits["train"], JointTransform(32, train=True, seed=0)), batch_size=4, collate_fn=collate
+    )
+    evaluation = JointTransform(32, train=False)
+    val = torch.utils.data.DataLoader(SegmentationDataset(splits["validation"], evaluation), batch_size=4,
+                                      collate_fn=collate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for batch in train:  # 3 steps
+        loss = segmentation_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+
+    result = evaluate_segmentation(model, val, num_labels=3)
+    model.eval()
+    batch = next(iter(val))
+    prediction, labels = predict(model, batch["pixel_values"]), batch["labels"]
+    ious = []
+    for c in range(3):
+        inter = ((prediction == c) & (labels == c)).sum().item()
+        union = ((prediction == c) | (labels == c)).sum().item()
+        if union:
+            ious.append(inter / union)
+    assert result["mean_iou"] == pytest.approx(sum(ious) / len(ious))
+    assert result["overall_accuracy"] == pytest.approx((prediction == labels).float().mean().item())
+
+    paths = save_overlays(model, splits["validation"], evaluation, str(tmp_path / "overlays"), num_labels=3, count=2)
+    assert len(paths) == 2
+    panel = np.asarray(Image.open(paths[0]))
+    assert panel.shape == (32, 96, 3)
+    row = splits["validation"][0]
+    expected = overlay(Image.fromarray(panel[:, :32]), prediction[0].numpy(), palette(3))
+    assert np.abs(panel[:, 64:].astype(int) - np.asarray(expected).astype(int)).max() <= 1
+
+    from transformers import pipeline
+
+    save_for_pipeline(model, evaluation, str(tmp_path / "model"))
+    segmenter = pipeline("image-segmentation", model=str(tmp_path / "model"))
+    segments = segmenter(row["image"])
+    assert {s["label"] for s in segments} <= set(TEXTURE_CLASSES)
+    label_map = np.full((32, 32), -1)
+    for s in segments:
+        label_map[np.asarray(s["mask"]) > 0] = TEXTURE_CLASSES.index(s["label"])
+    assert (label_map == prediction[0].numpy()).mean() > 0.95  # same model, same preprocessing
