@@ -93,14 +93,14 @@ def load_swin_encoder(model: nn.Module, pretrained: str | os.PathLike, **from_pr
 def upernet_from_encoder(
     pretrained: str | os.PathLike | SwinConfig,
     num_labels: int,
-    out_features: list[str] | tuple[str, ...] = ALL_STAGES,
+    out_features: list[str] | tuple[str, ...] | None = None,
     id2label: dict[int, str] | None = None,
     **upernet_kwargs,
 ) -> UperNetForSemanticSegmentation:
     """A UperNet (the paper's ADE20K segmentation head) on a Swin backbone.
 
     `pretrained` is a swin_hf checkpoint (its encoder weights are loaded) or a `SwinConfig` (random
-    initialisation). The auxiliary FCN head reads stage 3, as in the paper's setup, so its input width is
+    initialisation). `out_features` defaults to every stage. The auxiliary FCN head reads stage 3, as in the paper's setup, so its input width is
     set from the backbone. Other UperNetConfig fields (hidden_size, auxiliary_loss_weight...) pass through.
 
     Example:
@@ -112,15 +112,15 @@ def upernet_from_encoder(
         >>> tuple(model(torch.randn(1, 3, 70, 90)).logits.shape)
         (1, 3, 70, 90)
     """
-    out_features = list(out_features)
     if isinstance(pretrained, SwinConfig):
         backbone_config = copy.deepcopy(pretrained)
-        backbone_config.out_features = out_features  # the setter re-derives out_indices
         checkpoint = None
     else:
         backbone_config = SwinConfig.from_pretrained(pretrained)
-        backbone_config.out_features = out_features
         checkpoint = pretrained
+    # default: every stage (stage1..stage4 for the paper's models); the setter re-derives out_indices
+    out_features = list(out_features) if out_features is not None else backbone_config.stage_names[1:]
+    backbone_config.out_features = out_features
     if len(out_features) < 3:
         upernet_kwargs.setdefault("use_auxiliary_head", False)  # the auxiliary head reads the third map
     else:
