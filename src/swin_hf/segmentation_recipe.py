@@ -11,7 +11,10 @@ ADE20K-style Hub sets have). Output folder: the UperNet model and an image proce
 pixel accuracy, per class), log.csv, overlays/ (image | truth | prediction PNGs), checkpoints/.
 
 Default (no arguments, offline): the built-in texture-collage set (real photos from scikit-learn and
-matplotlib, see swin_hf.segmentation_data), a small Swin (C=32, depths 2-2-2-2) from scratch at 64 px.
+matplotlib, see swin_hf.segmentation_data; 320 train / 64 validation images), a small Swin (C=32,
+depths 2-2-2-2, 2.95M parameters with the UperNet head) from scratch at 64 px, 8 epochs (160 steps of 16).
+Measured: validation mIoU 0.846, pixel accuracy 0.916 after 7.1 minutes on 2 CPU cores shared with
+other jobs (mIoU 0.68 after 2 epochs, 0.76 after 4, 0.84 after 6).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), help="random rescale range of training images")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=12, help="epochs")
+    o.add_argument("--epochs", type=int, default=8, help="epochs")
     o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     o.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (then evaluate and save)")
     o.add_argument("--batch-size", type=int, default=16, help="images per process")
