@@ -11,6 +11,8 @@ normalisation it was trained with; `recipes/finetune.py --model <output-dir>` fi
 Default (no arguments, offline): the images of scikit-learn's digits training split without their
 labels, the recipe's `swin-digits` model at 16x16 pixels, 4x4-pixel mask blocks (2x2 patches) at
 SimMIM's 0.6 ratio - so that `finetune.py --model outputs/swin-simmim` continues on the same data.
+Measured: 10 epochs (220 steps of 64) take 5.0 minutes on 2 shared CPU cores; the masked-pixel L1
+loss falls from 1.33 to 0.90 (means of the first / last 10 steps).
 """
 
 from __future__ import annotations
