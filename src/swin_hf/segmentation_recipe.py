@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.fabric import Fabric
 
     fabric = Fabric(**fabric_kwargs(args))
-    fabric.launch()
+    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes exist already
+        fabric.launch()
     if not fabric.is_global_zero:
         logging.getLogger().setLevel(logging.WARNING)
     try:
