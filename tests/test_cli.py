@@ -311,7 +311,8 @@ def test_auto_classes_resize_and_retarget(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     bigger = AutoModelForImageClassification.from_pretrained(tmp_path, window_size=8, image_size=64)
     assert bigger.swin.stages[0].blocks[0].attn.relative_position_bias_table.shape == (225, 2)
-    assert AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3).classifier.weight.shape == (3, 32)
+    retargeted = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
+    assert retargeted.classifier.weight.shape == (3, 32)
 
 
 def test_cards_command_writes_the_committed_cards(tmp_path, capsys):
@@ -348,3 +349,34 @@ def test_flops_equal_the_official_formula(name):
     embed_dim, depths, heads, window, image = PRESETS[name]
     expected = official_flops(embed_dim, depths, heads, window, image, 1000)
     assert measure_cost(resolve_config(name)).flops == expected
+
+
+def test_card_claims_the_paper_accuracy_only_for_the_real_release(tmp_path):
+    from swin_hf.model_card import CARD_SPECS, find_spec, spec_config
+
+    tiny = tiny_model()
+    misnamed = tmp_path / "swin_tiny_patch4_window7_224.pth"  # a release's file name, not its architecture
+    torch.save({"model": convert_state_dict(tiny.state_dict(), to="official")}, misnamed)
+    assert main(["convert", "--from", "official", str(misnamed), str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "as reported by the paper" not in card and "model-index" not in card
+    base_22k = next(s for s in CARD_SPECS if s.official_file == "swin_base_patch4_window7_224_22k.pth")
+    assert find_spec(spec_config(base_22k), "/downloads/swin_base_patch4_window7_224_22k.pth") == base_22k
+    assert find_spec(spec_config(base_22k)) == base_22k  # the only Swin-B 224 with a 21,841-class head
+
+
+def test_processor_matches_each_source_preprocessing():
+    from swin_hf.convert_checkpoint import processor_for_source
+
+    official = processor_for_source("official", 224)  # official eval: resize 256, centre-crop 224
+    assert official.size == {"shortest_edge": 256} and official.crop_size == {"height": 224, "width": 224}
+    official_384 = processor_for_source("official", 384)  # TEST.CROP off at 384: resize straight to 384
+    assert official_384.size == {"height": 384, "width": 384} and not official_384.do_center_crop
+    timm = processor_for_source("timm", 224)  # timm's Swin default: crop_pct 0.9
+    assert timm.size == {"shortest_edge": 248} and timm.do_center_crop and int(timm.resample) == 3
+    assert processor_for_source("timm", 384).size == {"shortest_edge": 384}
+    hub = {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_normalize": True,
+           "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "image_processor_type": "ViTImageProcessor"}
+    transformers = processor_for_source("transformers", 224, preprocessor=hub)
+    assert transformers.size == {"height": 224, "width": 224} and not transformers.do_center_crop
+    assert int(transformers.resample) == 2 and list(transformers.image_mean) == [0.5, 0.5, 0.5]

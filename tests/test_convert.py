@@ -254,15 +254,22 @@ def test_new_num_labels_reinitialises_the_head_with_a_log_line(tmp_path, caplog)
     model = tiny_model()
     model.save_pretrained(tmp_path)
     with caplog.at_level(logging.WARNING, logger="swin_hf"):
-        retargeted = SwinForImageClassification.from_pretrained(tmp_path, num_labels=3)
+        retargeted = SwinForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
     assert retargeted.classifier.weight.shape == (3, 32) and retargeted.config.num_labels == 3
     assert len(retargeted.config.id2label) == 3
     assert "classifier has 5 labels but the config asks for 3: the classifier is re-initialised" in caplog.text
     torch.testing.assert_close(retargeted.swin.norm.weight, model.swin.norm.weight)
+    # as in transformers, a new head must be asked for: without ignore_mismatched_sizes it is an error
+    with pytest.raises(Exception, match="size mismatch|ignore_mismatched_sizes"):
+        SwinForImageClassification.from_pretrained(tmp_path, num_labels=3)
+    # a new window and a new head at once
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="swin_hf"):
-        same = SwinForImageClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
-    assert same.classifier.weight.shape == (3, 32) and "re-initialised" in caplog.text
+        both = SwinForImageClassification.from_pretrained(
+            tmp_path, num_labels=3, ignore_mismatched_sizes=True, window_size=8, image_size=64
+        )
+    assert both.classifier.weight.shape == (3, 32) and both.config.window_size == 8
+    assert "to window 8" in caplog.text and "re-initialised" in caplog.text
     plain = SwinForImageClassification.from_pretrained(tmp_path)  # nothing to adapt: transformers loads it
     torch.testing.assert_close(plain.classifier.weight, model.classifier.weight)
 

@@ -527,9 +527,10 @@ def prepare_pretrained(model_class, path, kwargs: dict):
     weights itself; None to let transformers load `path` as usual. That is the case when `path` holds
 
     - a checkpoint of transformers' own Swin (`model_type: "swin"`): config and weights are converted;
-    - a checkpoint whose relative position tables, absolute position embedding or classifier do not fit
-      the requested config (e.g. ``window_size=12, image_size=384`` or a new ``num_labels``): they are
-      resized / re-initialised by `resize.adapt_state_dict`, which logs what it did.
+    - a checkpoint whose relative position tables or absolute position embedding do not fit the requested
+      config (e.g. ``window_size=12, image_size=384``): they are resized by `resize.adapt_state_dict`, which
+      logs what it did; with ``ignore_mismatched_sizes=True`` a classifier of another ``num_labels`` is
+      dropped (re-initialised, with a log line). Without it, transformers reports the size mismatch.
 
     Config-field entries of `kwargs` are then moved into the config.
     """
@@ -539,6 +540,7 @@ def prepare_pretrained(model_class, path, kwargs: dict):
     from .resize import adapt_state_dict
 
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    reinitialise_head = bool(kwargs.get("ignore_mismatched_sizes", False))
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
     except (OSError, ValueError):
@@ -549,7 +551,7 @@ def prepare_pretrained(model_class, path, kwargs: dict):
         overrides = _config_overrides(model_class, kwargs, pop=True)
         config = user_config or config_from_transformers(config_dict, model_class.config_class, **overrides)
         state_dict = convert_state_dict(_read_weights(path, hub_kwargs, cached_file), source="transformers")
-        return config, adapt_state_dict(state_dict, config)
+        return config, adapt_state_dict(state_dict, config, reinitialise_head=reinitialise_head)
     if model_type != model_class.config_class.model_type:
         return None
     overrides = _config_overrides(model_class, kwargs, pop=False)
@@ -560,11 +562,11 @@ def prepare_pretrained(model_class, path, kwargs: dict):
         config_dict, model_class.config_class, **overrides
     )
     shapes = _saved_shapes(path, hub_kwargs, cached_file)
-    if shapes is None or not _needs_adapting(shapes, config):
+    if shapes is None or not _needs_adapting(shapes, config, reinitialise_head):
         return None
     kwargs.pop("config", None)
     _config_overrides(model_class, kwargs, pop=True)
-    return config, adapt_state_dict(_read_weights(path, hub_kwargs, cached_file), config)
+    return config, adapt_state_dict(_read_weights(path, hub_kwargs, cached_file), config, reinitialise_head)
 
 
 def _saved_shapes(path, hub_kwargs, cached_file) -> dict[str, tuple[int, ...]] | None:
@@ -578,14 +580,14 @@ def _saved_shapes(path, hub_kwargs, cached_file) -> dict[str, tuple[int, ...]] |
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def _needs_adapting(shapes: dict[str, tuple[int, ...]], config) -> bool:
+def _needs_adapting(shapes: dict[str, tuple[int, ...]], config, reinitialise_head: bool) -> bool:
     grid = _grid(config)
     for key, shape in shapes.items():
         if key.endswith("attn.relative_position_bias_table") and shape[0] != (2 * config.window_size - 1) ** 2:
             return True
         if key.endswith("embeddings.absolute_pos_embed") and shape[1] != grid[0] * grid[1]:
             return True
-        if key == "classifier.weight" and shape[0] != config.num_labels:
+        if reinitialise_head and key == "classifier.weight" and shape[0] != config.num_labels:
             return True
     return False
 

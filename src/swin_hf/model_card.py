@@ -76,7 +76,7 @@ def find_spec(config: SwinConfig, source_file: str | None = None) -> CardSpec | 
     if source_file:
         stem = Path(source_file).name
         for spec in CARD_SPECS:
-            if stem == spec.official_file:
+            if stem == spec.official_file and _same_architecture(spec_config(spec), config):
                 return spec
     matches = [s for s in CARD_SPECS if _same_architecture(spec_config(s), config) and s.num_labels == config.num_labels]
     return matches[0] if len(matches) == 1 else None
@@ -246,7 +246,7 @@ def render_card(
         + (" at 384x384" if max(height, width) < 384 else "")
         + f': `AutoModelForImageClassification.from_pretrained("{folder}", '
         + ("window_size=12, image_size=384, " if max(height, width) < 384 else "")
-        + "num_labels=10)` "
+        + "num_labels=10, ignore_mismatched_sizes=True)` "
         + ("resizes the relative position bias tables (bicubic) and " if max(height, width) < 384 else "")
         + "re-initialises the head, logging what it changed.",
         "",

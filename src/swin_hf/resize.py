@@ -4,8 +4,8 @@ The paper fine-tunes 224² / window 7 models at 384² / window 12. What changes 
   - relative position bias tables, ((2M-1)^2, heads): resized bicubically on the (2M-1) x (2M-1) grid of
     offsets, align_corners=False, as the official fine-tuning code does;
   - the absolute position embedding (when used), (1, H*W, C): resized bicubically on the patch grid;
-  - the classifier, (num_labels, C): a new number of labels cannot reuse it, so it is dropped and
-    re-initialised by the model.
+  - the classifier, (num_labels, C): a new number of labels cannot reuse it, so (when the caller allows it:
+    `from_pretrained(..., ignore_mismatched_sizes=True)`) it is dropped and re-initialised by the model.
 Everything is logged, one line per kind of change.
 """
 
@@ -47,9 +47,12 @@ def resize_absolute_position_embedding(
     return x.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], channels).to(embedding.dtype)
 
 
-def adapt_state_dict(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """A copy of a swin_hf-named state dict whose tables and position embedding fit `config`, and without a
-    classifier whose number of labels differs from config.num_labels. Logs what it changed."""
+def adapt_state_dict(
+    state_dict: dict[str, torch.Tensor], config, reinitialise_head: bool = True
+) -> dict[str, torch.Tensor]:
+    """A copy of a swin_hf-named state dict whose tables and position embedding fit `config`, and (with
+    `reinitialise_head`) without a classifier whose number of labels differs from config.num_labels, so
+    that the model initialises a new one. Logs what it changed."""
     window = config.window_size
     patch = _pair(config.patch_size)
     new_grid = tuple(-(-s // p) for s, p in zip(_pair(config.image_size), patch))
@@ -70,7 +73,7 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], config) -> dict[str, t
                 "Resized the absolute position embedding %s from a %dx%d to a %dx%d patch grid (bicubic) for "
                 "image_size=%s.", key, old, old, new_grid[0], new_grid[1], config.image_size,
             )
-        elif key.startswith("classifier.") and _head_labels(state_dict) not in (None, config.num_labels):
+        elif reinitialise_head and key.startswith("classifier.") and _head_labels(state_dict) not in (None, config.num_labels):
             continue
         out[key] = tensor
     if resized_tables:
@@ -82,7 +85,7 @@ def adapt_state_dict(state_dict: dict[str, torch.Tensor], config) -> dict[str, t
             window, (2 * window - 1) ** 2,
         )
     labels = _head_labels(state_dict)
-    if labels not in (None, config.num_labels):
+    if reinitialise_head and labels not in (None, config.num_labels):
         logger.warning(
             "The checkpoint's classifier has %d labels but the config asks for %d: the classifier is "
             "re-initialised and must be trained.", labels, config.num_labels,
