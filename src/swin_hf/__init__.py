@@ -9,6 +9,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
 )
 
 from .configuration_swin import PRESETS, SwinConfig
@@ -25,7 +26,14 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .modeling_simmim import (
+    SimMIMMaskGenerator,
+    SwinForMaskedImageModeling,
+    SwinMaskedImageModelingOutput,
+    masked_l1_loss,
+)
 from .resize import adapt_state_dict
+from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
 
 __version__ = "0.1.0"
 
@@ -36,6 +44,7 @@ for _auto, _model in (
     (AutoModel, SwinModel),
     (AutoModelForImageClassification, SwinForImageClassification),
     (AutoBackbone, SwinBackbone),
+    (AutoModelForMaskedImageModeling, SwinForMaskedImageModeling),
 ):
     _auto.register(SwinConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
@@ -44,9 +53,12 @@ __all__ = [
     "PRESETS",
     "CheckpointError",
     "ConversionError",
+    "SimMIMMaskGenerator",
     "SwinBackbone",
     "SwinConfig",
     "SwinForImageClassification",
+    "SwinForMaskedImageModeling",
+    "SwinMaskedImageModelingOutput",
     "SwinImageClassifierOutput",
     "SwinImageProcessor",
     "SwinModel",
@@ -55,8 +67,12 @@ __all__ = [
     "adapt_state_dict",
     "convert_checkpoint",
     "convert_state_dict",
+    "find_swin_backbone",
     "infer_config",
+    "load_swin_encoder",
+    "masked_l1_loss",
     "measure_cost",
     "read_checkpoint",
+    "upernet_from_encoder",
     "write_model_cards",
 ]

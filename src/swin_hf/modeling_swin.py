@@ -390,8 +390,11 @@ class SwinPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, WindowAttention):
             init.trunc_normal_(module.relative_position_bias_table, std=std)
-        elif isinstance(module, SwinEmbeddings) and module.absolute_pos_embed is not None:
-            init.trunc_normal_(module.absolute_pos_embed, std=std)
+        elif isinstance(module, SwinEmbeddings):
+            if module.absolute_pos_embed is not None:
+                init.trunc_normal_(module.absolute_pos_embed, std=std)
+            if module.mask_token is not None:
+                init.trunc_normal_(module.mask_token, std=std)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """save_pretrained, plus the image processor's code, so that every entry of `config.auto_map`
@@ -416,9 +419,12 @@ class SwinPreTrainedModel(PreTrainedModel):
 
 
 class SwinEmbeddings(nn.Module):
-    """Patch partition + linear embedding (one strided conv), LayerNorm, optional absolute position embedding."""
+    """Patch partition + linear embedding (one strided conv), LayerNorm, optional absolute position embedding.
 
-    def __init__(self, config: SwinConfig):
+    With `use_mask_token` (masked image modeling), a learned token replaces the embedding of masked patches.
+    """
+
+    def __init__(self, config: SwinConfig, use_mask_token: bool = False):
         super().__init__()
         self.patch_size = _pair(config.patch_size)
         self.num_channels = config.num_channels
@@ -428,10 +434,14 @@ class SwinEmbeddings(nn.Module):
         self.absolute_pos_embed = None
         if config.use_absolute_embeddings:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], config.embed_dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim)) if use_mask_token else None
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, ceil(H/p), ceil(W/p), C); H, W padded bottom/right to whole patches."""
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, ceil(H/p), ceil(W/p), C); H, W padded bottom/right to whole patches.
+
+        bool_masked_pos: (B, Hp*Wp) or (B, Hp, Wp), True where the patch is replaced by the mask token.
+        """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
             raise ValueError(
                 f"Swin expects pixel_values of shape (batch, {self.num_channels}, height, width), got "
@@ -446,9 +456,27 @@ class SwinEmbeddings(nn.Module):
             pixel_values = F.pad(pixel_values, (0, (-W) % p_w, 0, (-H) % p_h))
         x = self.proj(pixel_values.to(self.proj.weight.dtype)).permute(0, 2, 3, 1)  # (B, Hp, Wp, C)
         x = self.norm(x)
+        if bool_masked_pos is not None:
+            x = self.apply_mask(x, bool_masked_pos)
         if self.absolute_pos_embed is not None:
             x = x + self.position_embedding(x.shape[1], x.shape[2])
         return self.drop(x)
+
+    def apply_mask(self, x: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """x: (B, Hp, Wp, C) with masked patches replaced by the mask token (SimMIM)."""
+        if self.mask_token is None:
+            raise ValueError(
+                "bool_masked_pos was given but this model has no mask token; use SwinForMaskedImageModeling "
+                "(or SwinModel(config, use_mask_token=True))."
+            )
+        B, Hp, Wp, _ = x.shape
+        if bool_masked_pos.numel() != B * Hp * Wp:
+            raise ValueError(
+                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)} but the input has {B} x {Hp} x {Wp} "
+                "patches; give one flag per patch, shape (batch, num_patches) or (batch, Hp, Wp)."
+            )
+        mask = bool_masked_pos.reshape(B, Hp, Wp, 1).to(x.dtype)
+        return x * (1.0 - mask) + self.mask_token.to(x.dtype).view(1, 1, 1, -1) * mask
 
     def position_embedding(self, height: int, width: int) -> torch.Tensor:
         """(1, height, width, C): the learned table, bicubically resized when the grid differs."""
@@ -471,11 +499,11 @@ class SwinModel(SwinPreTrainedModel):
         ((1, 48, 32), (1, 32))
     """
 
-    def __init__(self, config: SwinConfig, add_pooling_layer: bool = True):
+    def __init__(self, config: SwinConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config)
         self.num_features = config.hidden_size
         self.add_pooling_layer = add_pooling_layer
-        self.embeddings = SwinEmbeddings(config)
+        self.embeddings = SwinEmbeddings(config, use_mask_token=use_mask_token)
         # stochastic depth rises linearly from 0 to drop_path_rate over all blocks
         total = sum(config.depths)
         rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -499,6 +527,7 @@ class SwinModel(SwinPreTrainedModel):
         always_partition: bool = False,
         hidden_states_before_downsampling: bool = False,
         interpolate_pos_encoding: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         **kwargs,
     ) -> SwinModelOutput | tuple:
         """pixel_values: (B, num_channels, H, W), any H and W of at least one patch.
@@ -507,6 +536,7 @@ class SwinModel(SwinPreTrainedModel):
         `hidden_states_before_downsampling` records each stage's map before its patch merging (backbones).
         `interpolate_pos_encoding` is accepted for transformers compatibility: the absolute position
         embedding is always resized to the input's grid.
+        `bool_masked_pos` (B, num_patches): patches replaced by the mask token (needs `use_mask_token`).
         """
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
@@ -514,7 +544,7 @@ class SwinModel(SwinPreTrainedModel):
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
 
-        x = self.embeddings(pixel_values)  # (B, H/4, W/4, C)
+        x = self.embeddings(pixel_values, bool_masked_pos)  # (B, H/4, W/4, C)
         maps = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         for stage in self.stages:
@@ -648,6 +678,11 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
         super().__init__(config)
         self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(len(config.depths))]
         self.swin = SwinModel(config, add_pooling_layer=False)
+        # The encoder's final LayerNorm feeds only the classification path; the maps returned here are
+        # normalised by hidden_states_norms. Trainable, it would be a parameter that never gets a gradient
+        # (DDP's "unused parameters" error when training a dense head). It stays in the state dict
+        # (checkpoints of either library keep loading) but is frozen.
+        self.swin.norm.requires_grad_(False)
         self.hidden_states_norms = nn.ModuleDict(
             {stage: nn.LayerNorm(c, eps=config.layer_norm_eps) for stage, c in zip(self.out_features, self.channels)}
         )

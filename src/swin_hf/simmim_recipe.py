@@ -1,0 +1,337 @@
+"""SimMIM pre-training recipe (recipes/pretrain_simmim.py): masked image modeling on an unlabelled split.
+
+Launch exactly like recipes/finetune.py (`python`, `fabric run`, `torchrun`, `accelerate launch`); the
+launcher handling, data loading, optimiser (AdamW groups without decay on norms/biases/tables), cosine
+schedule, atomic checkpoints and reports are the fine-tuning recipe's own (swin_hf.training).
+
+The output folder holds a `SwinForMaskedImageModeling` checkpoint plus the image processor whose
+normalisation it was trained with; `recipes/finetune.py --model <output-dir>` fine-tunes its encoder
+(the decoder and mask token are dropped, a classifier is initialised).
+
+Default (no arguments, offline): the images of scikit-learn's digits training split without their
+labels, the recipe's `swin-digits` model at 16x16 pixels, 4x4-pixel mask blocks (2x2 patches) at
+SimMIM's 0.6 ratio - so that `finetune.py --model outputs/swin-simmim` continues on the same data.
+Measured: 10 epochs (220 steps of 64) take 5.0 minutes on 2 shared CPU cores; the masked-pixel L1
+loss falls from 1.33 to 0.90 (means of the first / last 10 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "sklearn-digits"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pretrain_simmim.py",
+        description="SimMIM pre-training of a Swin encoder on unlabelled images (any `datasets` split). "
+        "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default=DEFAULT_DATASET, help="datasets.load_dataset name/path or saved DatasetDict dir; 'sklearn-digits' = built-in, offline")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--train-dir", default=None, help="a folder of images (labels, if any, are ignored)")
+    d.add_argument("--split", default="train", help="the split to pre-train on")
+    d.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    d.add_argument("--max-train-samples", type=int, default=None, help="use only the first N images")
+    d.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+
+    m = p.add_argument_group("model and masking")
+    m.add_argument("--model", default="swin-digits", help="a recipe preset (swin-digits), a swin_hf preset, or a swin_hf checkpoint path to continue from")
+    m.add_argument("--image-size", type=int, default=None, help="training resolution (default: the model's image_size)")
+    m.add_argument("--mask-patch-size", type=int, default=None, help="side of the masked blocks in pixels (SimMIM: 32; default: 32, or 4 for images under 64 px)")
+    m.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of blocks masked")
+    m.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
+    m.add_argument("--crop-scale", type=float, nargs=2, default=(0.67, 1.0), help="random resized crop area range")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=10, help="epochs")
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    o.add_argument("--batch-size", type=int, default=64, help="images per process")
+    o.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    o.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor as a fraction of --lr")
+    o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on norms, biases, tables)")
+    o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
+    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
+
+    h = p.add_argument_group("hardware (under `fabric run`, its own flags win)")
+    h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
+    h.add_argument("--devices", default="auto", help="devices per node")
+    h.add_argument("--strategy", default="auto", help="Lightning Fabric strategy")
+    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
+    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=0, help="random seed (data order, masks, initialisation)")
+    r.add_argument("--output-dir", default="outputs/swin-simmim", help="pre-trained model, metrics, reconstructions, checkpoints")
+    r.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
+    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    r.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+class SimMIMTransform:
+    """PIL image -> (pixel_values (3, S, S), bool_masked_pos (num_patches,)): random resized crop,
+    horizontal flip, normalisation, and a fresh SimMIM mask."""
+
+    def __init__(self, size: int, mean, std, mask_generator, crop_scale=(0.67, 1.0), seed: int = 0):
+        self.size = size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.masks = mask_generator
+        self.crop_scale = crop_scale
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=self.generator).item()
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        from .training.data import to_rgb
+
+        x = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
+        H, W = x.shape[1:]
+        area = H * W * self._uniform(*self.crop_scale)
+        ratio = math.exp(self._uniform(math.log(3 / 4), math.log(4 / 3)))
+        h = min(H, max(1, round(math.sqrt(area / ratio))))
+        w = min(W, max(1, round(math.sqrt(area * ratio))))
+        top = int(torch.randint(0, H - h + 1, (), generator=self.generator))
+        left = int(torch.randint(0, W - w + 1, (), generator=self.generator))
+        x = x[:, top : top + h, left : left + w]
+        x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=h > self.size)[0]
+        if torch.rand((), generator=self.generator) < 0.5:
+            x = x.flip(-1)
+        return (x - self.mean) / self.std, self.masks()
+
+
+class UnlabelledImages(torch.utils.data.Dataset):
+    def __init__(self, split, image_column: str, transform: SimMIMTransform):
+        self.split, self.image_column, self.transform = split, image_column, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from .training.data import decode_image
+
+        pixels, mask = self.transform(decode_image(self.split[index][self.image_column]))
+        return {"pixel_values": pixels, "bool_masked_pos": mask}
+
+
+def image_column_of(split, name: str | None) -> str:
+    import datasets
+
+    if name is not None:
+        if name not in split.column_names:
+            raise ValueError(f"--image-column {name!r} is not a column; the split has {split.column_names}.")
+        return name
+    for column, feature in split.features.items():
+        if isinstance(feature, datasets.Image):
+            return column
+    raise ValueError(f"No Image column among {split.column_names}; name it with --image-column.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+def build_model(args):
+    """(SwinForMaskedImageModeling, image processor)."""
+    from . import PRESETS, SwinConfig, SwinForMaskedImageModeling, SwinImageProcessor
+    from .training.loop import RECIPE_PRESETS
+
+    overrides = {"drop_path_rate": args.drop_path}
+    if args.image_size:
+        overrides["image_size"] = args.image_size
+    if args.model in PRESETS or args.model in RECIPE_PRESETS:
+        if args.model in PRESETS:
+            config = SwinConfig.from_preset(args.model, **overrides)
+        else:
+            config = SwinConfig(**{**RECIPE_PRESETS[args.model], **overrides})
+        config.encoder_stride = config.patch_size * 2 ** (len(config.depths) - 1)
+        model = SwinForMaskedImageModeling(config)
+        processor = SwinImageProcessor.for_image_size(config.image_size, crop_pct=1.0)
+    else:
+        config = SwinConfig.from_pretrained(args.model, **overrides)
+        config.encoder_stride = config.patch_size * 2 ** (len(config.depths) - 1)
+        model = SwinForMaskedImageModeling.from_pretrained(args.model, config=config)
+        processor = SwinImageProcessor.for_image_size(config.image_size, crop_pct=1.0)
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------------
+# Loop
+# --------------------------------------------------------------------------------------------------
+
+
+def run(args, fabric) -> dict:
+    """Pre-train; returns a summary (first/last loss, steps, minutes, output folder)."""
+    from . import SimMIMMaskGenerator
+    from .training.checkpoint import checkpoint_path, latest_checkpoint, save_atomic
+    from .training.data import digits_dataset_dict, load_splits
+    from .training.optim import build_optimizer, build_scheduler
+    from .training.report import CSVLog, write_json
+
+    out = args.output_dir
+    if fabric.is_global_zero:
+        if os.path.isdir(out) and os.listdir(out) and not (args.overwrite or args.resume):
+            raise FileExistsError(f"--output-dir {out} is not empty; pass --overwrite, --resume or another folder.")
+        os.makedirs(out, exist_ok=True)
+    fabric.seed_everything(args.seed)
+
+    if args.dataset == DEFAULT_DATASET and not args.train_dir:
+        splits = digits_dataset_dict(seed=args.seed)
+    else:
+        splits = load_splits(dataset=args.dataset, train_dir=args.train_dir, dataset_config=args.dataset_config)
+    if args.split not in splits:
+        raise ValueError(f"--split {args.split!r} not found; the dataset has {list(splits)}.")
+    split = splits[args.split]
+    if args.max_train_samples:
+        split = split.select(range(min(args.max_train_samples, len(split))))
+    column = image_column_of(split, args.image_column)
+
+    model, processor = build_model(args)
+    config = model.config
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    mask_patch = args.mask_patch_size or (32 if size >= 64 else 4)
+    masks = SimMIMMaskGenerator(size, mask_patch, config.patch_size, args.mask_ratio, seed=args.seed + fabric.global_rank)
+    transform = SimMIMTransform(size, processor.image_mean, processor.image_std, masks, args.crop_scale,
+                                seed=args.seed + fabric.global_rank)
+    loader = torch.utils.data.DataLoader(
+        UnlabelledImages(split, column, transform), batch_size=args.batch_size, shuffle=True, drop_last=len(split) >= args.batch_size,
+        num_workers=args.num_workers,
+    )
+    loader = fabric.setup_dataloaders(loader)
+    steps_per_epoch = len(loader)
+    total = args.max_steps or args.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, 1.0, config.depths)
+    scheduler = build_scheduler(optimizer, total, round(args.warmup_ratio * total), args.min_lr_ratio)
+    model, optimizer = fabric.setup(model, optimizer)
+
+    step, history = 0, []
+    checkpoints = os.path.join(out, "checkpoints")
+    if args.resume and (found := latest_checkpoint(checkpoints)):
+        state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "step": 0, "history": []}
+        fabric.load(found, state)
+        step, history = state["step"], state["history"]
+        logger.info("resumed from %s at step %d", found, step)
+    log = CSVLog(os.path.join(out, "log.csv")) if fabric.is_global_zero else None
+    logger.info("SimMIM on %d images of %d px, mask blocks %d px at ratio %.2f, %d steps", len(split), size,
+                mask_patch, args.mask_ratio, total)
+    start = time.time()
+    model.train()
+    while step < total:
+        for batch in loader:
+            loss = model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"]).loss
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if args.clip_grad:
+                fabric.clip_gradients(model, optimizer, max_norm=args.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            value = fabric.all_reduce(loss.detach(), reduce_op="mean").item()
+            history.append(value)
+            if fabric.is_global_zero and (step % args.log_every == 0 or step == 1 or step == total):
+                logger.info("step %d/%d  loss %.4f  lr %.2e", step, total, value, scheduler.get_last_lr()[0])
+                log.log({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]})
+            if step >= total:
+                break
+        state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "step": step, "history": history}
+        save_atomic(fabric, checkpoint_path(checkpoints, step), state)
+
+    minutes = (time.time() - start) / 60
+    window = max(1, min(10, len(history) // 5))
+    summary = {
+        "steps": step,
+        "minutes": minutes,
+        "first_loss": float(np.mean(history[:window])),
+        "last_loss": float(np.mean(history[-window:])),
+        "mask_patch_size": mask_patch,
+        "mask_ratio": args.mask_ratio,
+        "image_size": size,
+        "output_dir": os.path.abspath(out),
+    }
+    if fabric.is_global_zero:
+        unwrapped = model.module if hasattr(model, "module") else model
+        unwrapped.save_pretrained(out)
+        processor.save_pretrained(out)
+        write_json(os.path.join(out, "metrics.json"), {**summary, "loss_history": history})
+        save_reconstructions(unwrapped, loader.dataset, os.path.join(out, "reconstructions.png"), processor)
+    fabric.barrier()
+    return summary
+
+
+@torch.no_grad()
+def save_reconstructions(model, dataset, path: str, processor, count: int = 6) -> None:
+    """PNG rows: input | masked input | reconstruction (visible pixels pasted back) for a few images."""
+    model.eval()
+    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    tiles = []
+    for i in range(min(count, len(dataset))):
+        item = dataset[i]
+        pixels, mask = item["pixel_values"], item["bool_masked_pos"]
+        device = next(model.parameters()).device
+        rec = model(pixels[None].to(device), bool_masked_pos=mask[None].to(device)).reconstruction[0].cpu()
+        p = model.config.patch_size
+        S = pixels.shape[-1]
+        pixel_mask = mask.view(S // p, S // p).repeat_interleave(p, 0).repeat_interleave(p, 1)[None].float()
+        images = [pixels, pixels * (1 - pixel_mask), rec * pixel_mask + pixels * (1 - pixel_mask)]
+        tiles.append(torch.cat([(x * std + mean).clamp(0, 1) for x in images], dim=2))
+    grid = torch.cat(tiles, dim=1)  # (3, count*S, 3*S)
+    image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    scale = max(1, 192 // image.width)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    model.train()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .training.cli import fabric_kwargs
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "transformers", "lightning", "lightning.fabric", "fsspec", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(**fabric_kwargs(args))
+    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes exist already
+        fabric.launch()
+    if not fabric.is_global_zero:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        summary = run(args, fabric)
+    except (ValueError, FileExistsError) as error:
+        if fabric.is_global_zero:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    if fabric.is_global_zero:
+        print(
+            f"\nSimMIM: {summary['steps']} steps in {summary['minutes']:.1f} min, masked-pixel L1 "
+            f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}\n"
+            f"outputs: {summary['output_dir']} (fine-tune it: python recipes/finetune.py --model {summary['output_dir']})"
+        )
+    return 0
+
+
+__all__ = ["SimMIMTransform", "UnlabelledImages", "build_parser", "build_model", "main", "run"]
