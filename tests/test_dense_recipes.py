@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("swin_hf.training", reason="needs the fine-tuning recipe's shared code (issue 4)")
+import swin_hf.training  # noqa: F401  (the recipes share it)
 
 from swin_hf import SwinForImageClassification  # noqa: E402
 from swin_hf.segmentation_data import TEXTURE_CLASSES  # noqa: E402

@@ -19,8 +19,6 @@ import swin_hf
 import torch
 from PIL import Image
 
-pytest.importorskip("lightning")
-pytest.importorskip("datasets")
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-datasets = pytest.importorskip("datasets")
+import datasets
 
 from swin_hf import SwinConfig, SwinForImageClassification  # noqa: E402
 from swin_hf.training import checkpoint as ckpt  # noqa: E402
