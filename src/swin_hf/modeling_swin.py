@@ -187,10 +187,15 @@ class WindowAttention(nn.Module):
 
         dropout = self.attn_drop if self.training else 0.0
         weights = None
-        if need_weights or self.config._attn_implementation == "eager":
-            logits = (q * self.scale) @ k.transpose(-2, -1) + bias
+        bias_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
+        if need_weights or bias_needs_grad or self.config._attn_implementation == "eager":
+            # Spelled out. SDPA cannot return the gradient of its additive mask, so when B is being
+            # trained it falls back to a math path that also saves scaled copies of q and k; here only
+            # the fused qkv (one storage) and the probabilities are saved, and the N x N logits are
+            # scaled and biased in place.
+            logits = (q @ k.transpose(-2, -1)).mul_(self.scale).add_(bias)  # (..., N, N)
             probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-            out = F.dropout(probs, dropout, self.training) @ v
+            out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
             weights = probs.view(B * nW, h, N, N) if need_weights else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
