@@ -43,16 +43,27 @@ MASKED_LOGIT = -100.0
 # --------------------------------------------------------------------------------------------------
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW, window*window, C), windows in row-major order. H, W multiples of window."""
+def window_partition(x: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW, window*window, C), windows in row-major order. H, W multiples of window.
+
+    With `shift`, the map is first cyclically shifted by -shift along H and W (SW-MSA). Either way this
+    is a single copy: the shift and the partition are one gather of tokens in the order
+    `shifted_window_order` gives (torch.roll over two dims alone would copy twice).
+    """
     B, H, W, C = x.shape
+    if shift:
+        order = shifted_window_order(H, W, window, shift, False, x.device)  # (H*W,)
+        return x.reshape(B, H * W, C).index_select(1, order).view(B, -1, window * window, C)
     x = x.view(B, H // window, window, W // window, window, C)
     return x.transpose(2, 3).reshape(B, (H // window) * (W // window), window * window, C)
 
 
-def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
-    """(B, nW, window*window, C) -> (B, H, W, C); the inverse of window_partition."""
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int, shift: int = 0) -> torch.Tensor:
+    """(B, nW, window*window, C) -> (B, H, W, C); the inverse of window_partition (one copy)."""
     B, _, _, C = windows.shape
+    if shift:
+        order = shifted_window_order(height, width, window, shift, True, windows.device)  # (H*W,)
+        return windows.reshape(B, height * width, C).index_select(1, order).view(B, height, width, C)
     x = windows.view(B, height // window, width // window, window, window, C)
     return x.transpose(2, 3).reshape(B, height, width, C)
 
@@ -108,6 +119,21 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     return different.float() * MASKED_LOGIT
 
 
+@_cached_geometry
+def shifted_window_order(
+    height: int, width: int, window: int, shift: int, inverse: bool, device: torch.device
+) -> torch.Tensor:
+    """(H*W,) token indices. Forward: the flat position in the image of each token of the shifted
+    windows, in window order. Inverse: the place in window order of each image position."""
+    if not inverse:
+        position = torch.arange(height * width, device=device).view(1, height, width, 1)
+        position = torch.roll(position, shifts=(-shift, -shift), dims=(1, 2))
+        return window_partition(position, window).flatten()
+    place = torch.arange(height * width, device=device).view(1, -1, window * window, 1)
+    place = window_reverse(place, window, height, width)
+    return torch.roll(place, shifts=(shift, shift), dims=(1, 2)).flatten()
+
+
 def window_geometry(height: int, width: int, window_size: int, always_partition: bool) -> tuple[int, int]:
     """(window, shift) for a stage whose feature map is height x width.
 
@@ -129,7 +155,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 0.0 or not training:
         return x
     keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
-    return x * keep / (1.0 - p)
+    return x * keep.div_(1.0 - p)  # scale the (B, 1, ...) mask, not the activations
 
 
 # --------------------------------------------------------------------------------------------------
@@ -248,14 +274,11 @@ class SwinBlock(GradientCheckpointingLayer):
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = H + pad_h, W + pad_w
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))  # cyclic shift
+        # cyclic shift (SW-MSA) + window partition, one gather
         windows, weights = self.attn(
-            window_partition(x, window), window, mask if shift else None, need_weights
+            window_partition(x, window, shift), window, mask if shift else None, need_weights
         )  # (B, nW, N, C)
-        x = window_reverse(windows, window, Hp, Wp)  # (B, Hp, Wp, C)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        x = window_reverse(windows, window, Hp, Wp, shift)  # (B, Hp, Wp, C), shifted back
         if pad_h or pad_w:
             x = x[:, :H, :W]
         x = shortcut + drop_path(x, self.drop_path, self.training)
