@@ -235,6 +235,35 @@ class WindowAttention(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+class _RecomputedActivationLinear(torch.autograd.Function):
+    """linear(act(h)) that saves only h for backward and recomputes act(h) there.
+
+    Plain autograd would keep both h (for act's backward) and act(h) (for the linear's weight
+    gradient): 2 x 4C floats per token, the largest activations of a Swin block. Recomputing one
+    elementwise activation costs far less than the memory it frees.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, act: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.act = act
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(act(h), weight, bias)  # under autocast, runs in the autocast dtype like nn.Linear
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            h = h.detach().requires_grad_()
+            a = ctx.act(h)  # recomputed, (..., 4C)
+        grad_2d = grad.reshape(-1, grad.shape[-1])  # (tokens, C)
+        grad_a = (grad_2d @ weight.to(grad.dtype)).view(a.shape)
+        (grad_h,) = torch.autograd.grad(a, h, grad_a.to(a.dtype))
+        grad_weight = (grad_2d.t() @ a.detach().reshape(-1, a.shape[-1]).to(grad.dtype)).to(weight.dtype)
+        grad_bias = grad_2d.sum(0).to(weight.dtype) if ctx.has_bias else None
+        return grad_h, None, grad_weight, grad_bias
+
+
 class SwinMLP(nn.Module):
     def __init__(self, config: SwinConfig, dim: int):
         super().__init__()
@@ -245,7 +274,15 @@ class SwinMLP(nn.Module):
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        """(..., C) -> (..., C) through a 4C hidden layer."""
+        h = self.fc1(x)  # (..., 4C)
+        hidden_dropout = self.training and self.drop.p > 0
+        if torch.is_grad_enabled() and not hidden_dropout and not torch.compiler.is_compiling():
+            # training: do not keep act(h) for fc2's backward (torch.compile makes that choice itself)
+            out = _RecomputedActivationLinear.apply(h, self.act, self.fc2.weight, self.fc2.bias)
+        else:
+            out = self.fc2(self.drop(self.act(h)))
+        return self.drop(out)
 
 
 class SwinBlock(GradientCheckpointingLayer):
