@@ -13,6 +13,7 @@ from transformers import (
 
 from .configuration_swin import PRESETS, SwinConfig
 from .convert import ConversionError, convert_state_dict
+from .export import export_onnx
 from .image_processing_swin import SwinImageProcessor
 from .modeling_swin import (
     SwinBackbone,
@@ -49,4 +50,5 @@ __all__ = [
     "SwinModelOutput",
     "SwinPreTrainedModel",
     "convert_state_dict",
+    "export_onnx",
 ]
