@@ -169,10 +169,11 @@ def _reset_peak_rss() -> bool:
 def child_memory(args) -> dict:
     """Runs in a fresh process: peak memory of one step of one implementation (CPU: RSS; CUDA: allocator)."""
     torch.set_num_threads(args.threads)
-    models = build_models(args.model, with_timm=args.child_impl == "timm")
-    model = models[args.child_impl].to(args.device)
+    impl, _, ckpt = args.child_impl.partition("+")
+    models = build_models(args.model, with_timm=impl == "timm")
+    model = models[impl].to(args.device)
     del models
-    if args.gradient_checkpointing:
+    if ckpt:
         model.gradient_checkpointing_enable()
     torch.manual_seed(1)
     batch = torch.randn(args.batch_size, 3, *_image_size(model), device=args.device)
@@ -214,8 +215,7 @@ def peak_step_memory(args, impl: str) -> dict:
 
 def _forwarded(args) -> list[str]:
     out = ["--model", args.model, "--batch-size", str(args.batch_size), "--mode", args.mode]
-    out += ["--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads)]
-    return out + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+    return out + ["--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads)]
 
 
 def _image_size(model) -> tuple[int, int]:
@@ -250,7 +250,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (fixed shapes)")
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="for every implementation")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="add a column: ours with gradient checkpointing"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
@@ -291,12 +293,11 @@ def main() -> None:
         agreement = top1_agreement(models["ours"], device, args.batch_size, args.agreement_batches, image_size)
 
     # 2. throughput, alternating
-    if args.gradient_checkpointing:
-        for model in models.values():
-            if hasattr(model, "gradient_checkpointing_enable"):
-                model.gradient_checkpointing_enable()
-            elif hasattr(model, "set_grad_checkpointing"):  # timm
-                model.set_grad_checkpointing(True)
+    if args.gradient_checkpointing:  # ours without and with checkpointing, side by side, plus transformers'
+        import copy
+
+        models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
+        models["ours+ckpt"].gradient_checkpointing_enable()
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
     steps = {name: make_step(m, args.mode, args.dtype, batch, labels, device) for name, m in models.items()}
@@ -333,6 +334,13 @@ def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
     if memory:
         ratio = memory["ours"]["step_peak_mib"] / memory["transformers"]["step_peak_mib"]
         print(f"peak memory ours/transformers: {ratio:.2f}x")
+    if "ours+ckpt" in timings:
+        speed = timings["ours+ckpt"]["median"] / ours
+        line = f"gradient checkpointing: {speed:.2f}x the images/s of ours without (cost {1 - speed:.0%})"
+        if memory:
+            saved = 1 - memory["ours+ckpt"]["step_peak_mib"] / memory["ours"]["step_peak_mib"]
+            line += f", step peak memory -{saved:.0%}"
+        print(line)
     if baseline_fp32 is not None:
         print(f"transformers fp32: {baseline_fp32:.2f} images/s -> ours bf16 / transformers fp32: {ours / baseline_fp32:.2f}x")
     if agreement is not None:
