@@ -12,9 +12,12 @@ from transformers import (
 )
 
 from .configuration_swin import PRESETS, SwinConfig
-from .convert import ConversionError, convert_state_dict
+from .convert import ConversionError, convert_state_dict, infer_config
+from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
 from .export import export_onnx
+from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
+from .model_card import write_model_cards
 from .modeling_swin import (
     SwinBackbone,
     SwinForImageClassification,
@@ -23,12 +26,12 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .resize import adapt_state_dict
 
 __version__ = "0.1.0"
 
 AutoConfig.register(SwinConfig.model_type, SwinConfig, exist_ok=True)
 AutoImageProcessor.register(SwinConfig, slow_image_processor_class=SwinImageProcessor, exist_ok=True)
-SwinImageProcessor.register_for_auto_class("AutoImageProcessor")
 SwinConfig.register_for_auto_class("AutoConfig")
 for _auto, _model in (
     (AutoModel, SwinModel),
@@ -40,6 +43,7 @@ for _auto, _model in (
 
 __all__ = [
     "PRESETS",
+    "CheckpointError",
     "ConversionError",
     "SwinBackbone",
     "SwinConfig",
@@ -49,6 +53,12 @@ __all__ = [
     "SwinModel",
     "SwinModelOutput",
     "SwinPreTrainedModel",
+    "adapt_state_dict",
+    "convert_checkpoint",
     "convert_state_dict",
     "export_onnx",
+    "infer_config",
+    "measure_cost",
+    "read_checkpoint",
+    "write_model_cards",
 ]

@@ -21,6 +21,17 @@ PRESETS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int, int]] = {
 }
 
 
+# Where each Auto class finds swin_hf's code inside a saved folder (`trust_remote_code=True` without
+# swin_hf installed). The model's save_pretrained copies these files next to the weights.
+AUTO_MAP = {
+    "AutoConfig": "configuration_swin.SwinConfig",
+    "AutoModel": "modeling_swin.SwinModel",
+    "AutoModelForImageClassification": "modeling_swin.SwinForImageClassification",
+    "AutoBackbone": "modeling_swin.SwinBackbone",
+    "AutoImageProcessor": "image_processing_swin.SwinImageProcessor",
+}
+
+
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -86,6 +97,8 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
         # Width after the last stage; the name other transformers models (e.g. VisionEncoderDecoder) read.
         self.hidden_size = int(self.embed_dim * 2 ** (self.num_layers - 1))
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_layers + 1)]
+        if not getattr(self, "auto_map", None):
+            self.auto_map = dict(AUTO_MAP)
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )

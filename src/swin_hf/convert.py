@@ -1,22 +1,31 @@
-"""Weights from other Swin implementations -> swin_hf, as pure, strict state-dict conversions.
+"""Weights from other Swin implementations <-> swin_hf, as pure, strict state-dict conversions.
 
-swin_hf's own names (prefix `swin.` on the task models, as in transformers):
+Sources: the official Microsoft release ("official", `swin_tiny_patch4_window7_224.pth` ...), timm
+("timm", `model.safetensors` of `swin_tiny_patch4_window7_224.ms_in1k` ...) and transformers' own Swin
+("transformers"). swin_hf's own names (prefix `swin.` on the task models, as in transformers):
     embeddings.proj / embeddings.norm / embeddings.absolute_pos_embed
     stages.{s}.blocks.{b}.norm1 | attn.qkv | attn.proj | attn.relative_position_bias_table | norm2 | mlp.fc1 | mlp.fc2
     stages.{s}.downsample.norm | downsample.reduction
     norm, classifier (image classification head), hidden_states_norms.{stage} (backbone)
 
 Strict means: every source key is either renamed or deliberately dropped (derived buffers such as
-`relative_position_index` and `attn_mask`), and anything else raises an error listing the keys.
+`relative_position_index` and `attn_mask`), every key the model needs is produced with the shape the
+(given or inferred) config implies, and anything else raises a ConversionError listing the keys.
+`convert_state_dict(sd, to="official"|"timm")` goes the other way; official/timm -> swin_hf -> back is
+the identity (up to the derived buffers, which are recomputed exactly).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # (pattern on the source key, replacement) - the first match wins; a replacement of None drops the key.
 # `{P}` in a pattern matches an optional model prefix ("swin." on task models) that is kept as is.
@@ -49,7 +58,8 @@ _TRANSFORMERS_HEAD_RULES: list[tuple[str, str | None]] = [
     (r"^hidden_states_norms\.", "hidden_states_norms."),
 ]
 
-_SOURCES = ("transformers",)
+SOURCES = ("official", "timm", "transformers")
+EXPORT_FORMATS = ("official", "timm")
 
 # q, k and v projections (separate in transformers) become one fused `qkv` linear, in that order.
 _QKV_PARTS = {"q": 0, "query": 0, "k": 1, "key": 1, "v": 2, "value": 2}
@@ -59,13 +69,47 @@ class ConversionError(ValueError):
     """A state dict that does not convert: unknown keys, missing parts or wrong shapes."""
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str = "transformers") -> dict[str, torch.Tensor]:
-    """A new state dict in swin_hf's names from one in `source`'s names. The input is not modified.
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    source: str | None = None,
+    *,
+    to: str | None = None,
+    config=None,
+) -> dict[str, torch.Tensor]:
+    """Convert a state dict between naming schemes; the input is never modified.
 
-    Raises ConversionError naming every key that is neither converted nor a known derived buffer.
+    - ``convert_state_dict(sd, source="official"|"timm"|"transformers")``: a state dict in swin_hf's names
+      (``swin.``-prefixed body, ``classifier`` head). `source` defaults to "transformers".
+    - ``convert_state_dict(sd, to="official"|"timm")``: a swin_hf state dict exported to that layout.
+
+    `config` (a SwinConfig) pins the expected architecture; by default it is inferred from the shapes.
+    Raises ConversionError naming every key that is unknown, missing or of the wrong shape.
     """
-    if source not in _SOURCES:
-        raise ValueError(f"Unknown source {source!r}; expected one of {_SOURCES}.")
+    if to is not None:
+        if source not in (None, "swin_hf"):
+            raise ValueError(f"Exporting converts from swin_hf's names; got source={source!r} with to={to!r}.")
+        if to not in EXPORT_FORMATS:
+            raise ValueError(f"Unknown export format to={to!r}; expected one of {EXPORT_FORMATS}.")
+        return _export(state_dict, to, config)
+    source = "transformers" if source is None else source
+    if source not in SOURCES:
+        raise ValueError(f"Unknown source {source!r}; expected one of {SOURCES}.")
+    if source == "transformers":
+        out = _from_transformers(state_dict)
+    else:
+        out = _from_layout(state_dict, source)
+    if config is None:
+        config = infer_config(out, **_inference_hints(state_dict, source))
+    check_state_dict(out, config, source=source)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# transformers -> swin_hf
+# --------------------------------------------------------------------------------------------------
+
+
+def _from_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     qkv_parts: dict[str, dict[int, torch.Tensor]] = {}
     unknown = []
@@ -83,15 +127,11 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str = "trans
             continue
         out[new] = tensor
     if unknown:
-        raise ConversionError(
-            f"{len(unknown)} key(s) of the {source} state dict are not Swin weights: {', '.join(sorted(unknown)[:20])}"
-            + (" ..." if len(unknown) > 20 else "")
-            + ". Is this checkpoint a Swin Transformer (v1)?"
-        )
+        raise _unknown_keys_error(unknown, "transformers", state_dict)
     for fused, parts in qkv_parts.items():
         if sorted(parts) != [0, 1, 2]:
             raise ConversionError(f"{fused}: found only parts {sorted(parts)} of q, k, v.")
-        out[fused] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+        out[fused] = torch.cat([parts[0], parts[1], parts[2]], dim=0)  # (3C, C) or (3C,)
     return out
 
 
@@ -108,10 +148,351 @@ def _rename(key: str, head_rules, body_rules) -> str | None | bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# official / timm <-> swin_hf: one table, read in both directions
+# --------------------------------------------------------------------------------------------------
+
+# (swin_hf key, official key, timm key). Fields: {s} stage, {b} block, {p} weight|bias, {m} a module of a
+# block, {d} a module of patch merging, {t} = s + 1: timm puts the patch merging that ENDS official stage s
+# at the START of its stage s + 1. The official head is `head`, timm's `head.fc`.
+_LAYOUT: list[tuple[str, str, str]] = [
+    ("swin.embeddings.proj.{p}", "patch_embed.proj.{p}", "patch_embed.proj.{p}"),
+    ("swin.embeddings.norm.{p}", "patch_embed.norm.{p}", "patch_embed.norm.{p}"),
+    ("swin.embeddings.absolute_pos_embed", "absolute_pos_embed", "absolute_pos_embed"),
+    ("swin.stages.{s}.blocks.{b}.{m}.{p}", "layers.{s}.blocks.{b}.{m}.{p}", "layers.{s}.blocks.{b}.{m}.{p}"),
+    (
+        "swin.stages.{s}.blocks.{b}.attn.relative_position_bias_table",
+        "layers.{s}.blocks.{b}.attn.relative_position_bias_table",
+        "layers.{s}.blocks.{b}.attn.relative_position_bias_table",
+    ),
+    ("swin.stages.{s}.downsample.{d}.{p}", "layers.{s}.downsample.{d}.{p}", "layers.{t}.downsample.{d}.{p}"),
+    ("swin.norm.{p}", "norm.{p}", "norm.{p}"),
+    ("classifier.{p}", "head.{p}", "head.fc.{p}"),
+]
+_COLUMN = {"swin_hf": 0, "official": 1, "timm": 2}
+_FIELDS = {
+    "s": r"\d+",
+    "b": r"\d+",
+    "t": r"\d+",
+    "p": r"weight|bias",
+    "m": r"norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2",
+    "d": r"norm|reduction",
+}
+# Buffers that official (and older timm) checkpoints carry. They are functions of the window and the
+# feature-map size, recomputed by swin_hf, so they are dropped on the way in and rebuilt on the way out.
+_DERIVED_BUFFERS = [r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_index", r"layers\.\d+\.blocks\.\d+\.attn_mask"]
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w)\}", template)  # literal, field, literal, field, ...
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for i, p in enumerate(parts))
+    return re.compile(regex)
+
+
+_LAYOUT_REGEX = [tuple(_template_regex(t) for t in row) for row in _LAYOUT]
+
+
+def _translate(key: str, source: str, target: str) -> str | None:
+    """`key` in the `source` layout renamed to the `target` layout; None if no row of the table matches."""
+    src, dst = _COLUMN[source], _COLUMN[target]
+    for row, regexes in zip(_LAYOUT, _LAYOUT_REGEX):
+        match = regexes[src].fullmatch(key)
+        if match is None:
+            continue
+        fields = match.groupdict()
+        if "t" in fields:
+            fields["s"] = int(fields.pop("t")) - 1
+            if fields["s"] < 0:
+                return None  # timm's stage 0 has no patch merging
+        if "s" in fields:
+            fields["t"] = int(fields["s"]) + 1
+        return row[dst].format(**fields)
+    return None
+
+
+def _from_layout(state_dict: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, tensor in state_dict.items():
+        if any(re.fullmatch(p, key) for p in _DERIVED_BUFFERS):
+            continue
+        new = _translate(key, source, "swin_hf")
+        if new is None:
+            unknown.append(key)
+            continue
+        # timm versions with an absolute position embedding store (1, L, C) like the official code; accept a
+        # channels-last grid (1, H, W, C) as well
+        if new.endswith("absolute_pos_embed") and tensor.ndim == 4:  # (1, H, W, C) -> (1, H*W, C)
+            tensor = tensor.reshape(1, -1, tensor.shape[-1])
+        out[new] = tensor
+    if unknown:
+        raise _unknown_keys_error(unknown, source, state_dict)
+    return out
+
+
+def _inference_hints(state_dict: dict[str, torch.Tensor], source: str) -> dict:
+    """Config values that the derived buffers of an official checkpoint reveal: the image size, from the
+    number of windows of the first stage's SW-MSA mask (nW, N, N)."""
+    if source == "transformers":
+        return {}
+    for key, tensor in state_dict.items():
+        if re.fullmatch(r"layers\.0\.blocks\.\d+\.attn_mask", key) and tensor.ndim == 3:
+            windows_per_side = math.isqrt(tensor.shape[0])
+            window = math.isqrt(tensor.shape[1])
+            patch = state_dict["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in state_dict else 4
+            if windows_per_side**2 == tensor.shape[0] and window**2 == tensor.shape[1]:
+                return {"image_size": windows_per_side * window * patch}
+    return {}
+
+
+def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, torch.Tensor]:
+    from .modeling_swin import relative_position_index, shifted_window_mask, window_geometry
+
+    # accept the base model's names (no `swin.` prefix) as well as the task models'
+    ours = {(k if k.startswith(("swin.", "classifier.")) else "swin." + k): v for k, v in state_dict.items()}
+    extra = sorted(k for k in ours if k.startswith("swin.hidden_states_norms.") or k.startswith("hidden_states_norms."))
+    if extra:
+        raise ConversionError(
+            f"{', '.join(extra)}: the backbone's per-stage norms have no {to} counterpart. "
+            "Export a SwinModel or SwinForImageClassification state dict."
+        )
+    if config is None:
+        config = infer_config(ours)
+        logger.info(
+            "Exporting with the config inferred from the shapes (image_size=%s); pass config= for another "
+            "image size (it sizes the official attn_mask buffers).", config.image_size,
+        )
+    check_state_dict(ours, config, source="swin_hf")
+    out = {}
+    for key, tensor in ours.items():
+        new = _translate(key, "swin_hf", to)
+        if new is None:  # check_state_dict accepted it, so the table must know it
+            raise ConversionError(f"{key}: no {to} name for this swin_hf key.")
+        out[new] = tensor
+    if to == "official":
+        # the official model registers these buffers persistently; rebuild them as its __init__ does
+        height, width = _grid(config)
+        for s, depth in enumerate(config.depths):
+            window, shift = window_geometry(height, width, config.window_size, always_partition=False)
+            if window != config.window_size:
+                raise ConversionError(
+                    f"Stage {s + 1} is {height}x{width} tokens, smaller than the {config.window_size}-token window: the "
+                    "official layout would need a smaller relative position table there. Export at an image size where "
+                    f"every stage is at least one window (e.g. {config.window_size * 2 ** (len(config.depths) - 1)} "
+                    "tokens per side at the first stage)."
+                )
+            index = relative_position_index(window, config.window_size, torch.device("cpu")).clone()  # (N, N)
+            for b in range(depth):
+                out[f"layers.{s}.blocks.{b}.attn.relative_position_index"] = index.clone()
+                if b % 2 == 1 and shift:
+                    pad_h, pad_w = height + (-height) % window, width + (-width) % window
+                    mask = shifted_window_mask(pad_h, pad_w, window, shift, torch.device("cpu"))  # (nW, N, N)
+                    out[f"layers.{s}.blocks.{b}.attn_mask"] = mask.clone() + 0.0  # + 0.0: no negative zeros
+            height, width = (height + 1) // 2, (width + 1) // 2
+    return out
+
+
+def _grid(config) -> tuple[int, int]:
+    """Patch grid of the first stage, (H/patch, W/patch) rounded up."""
+    size, patch = _pair(config.image_size), _pair(config.patch_size)
+    return (-(-size[0] // patch[0]), -(-size[1] // patch[1]))
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture from tensor shapes, and the check that a state dict fits a config
+# --------------------------------------------------------------------------------------------------
+
+
+def _body(state_dict) -> dict[str, torch.Tensor]:
+    """The SwinModel part of a swin_hf state dict, without the `swin.` prefix."""
+    return {
+        (k[5:] if k.startswith("swin.") else k): v
+        for k, v in state_dict.items()
+        if not k.startswith(("classifier.", "hidden_states_norms."))
+    }
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
+    """The SwinConfig that a swin_hf-named state dict was trained with, read from tensor shapes.
+
+    embed_dim, patch size and channels come from the patch embedding; depths from the block indices;
+    heads and the window M from the relative position tables ((2M-1)^2, heads); mlp_ratio from fc1;
+    num_labels from the classifier (0 without one). The image size is read from an absolute position
+    embedding when there is one; otherwise it is taken as the size at which the last stage is one window
+    (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's pairs) unless given in `overrides`.
+    """
+    from .configuration_swin import SwinConfig
+
+    body = _body(state_dict)
+    proj = body.get("embeddings.proj.weight")
+    if proj is None or proj.ndim != 4:
+        raise ConversionError(
+            "No patch embedding (embeddings.proj.weight, a (C, channels, p, p) conv weight) found: this is not a "
+            f"Swin state dict. First keys: {', '.join(list(state_dict)[:8])}."
+        )
+    embed_dim, num_channels, patch_h, patch_w = proj.shape
+    stage_ids = sorted({int(m.group(1)) for k in body if (m := re.match(r"stages\.(\d+)\.", k))})
+    if not stage_ids or stage_ids != list(range(len(stage_ids))):
+        raise ConversionError(f"Stages {stage_ids} found; expected stages 0..n-1 (the weights are incomplete).")
+    depths, num_heads = [], []
+    for s in stage_ids:
+        blocks = sorted({int(m.group(1)) for k in body if (m := re.match(rf"stages\.{s}\.blocks\.(\d+)\.", k))})
+        if not blocks or blocks != list(range(len(blocks))):
+            raise ConversionError(f"Stage {s} has blocks {blocks}; expected blocks 0..n-1 (the weights are incomplete).")
+        depths.append(len(blocks))
+        table = body.get(f"stages.{s}.blocks.0.attn.relative_position_bias_table")
+        if table is None or table.ndim != 2:
+            raise ConversionError(f"stages.{s}.blocks.0.attn.relative_position_bias_table is missing or not 2-D.")
+        num_heads.append(int(table.shape[1]))
+    table = body["stages.0.blocks.0.attn.relative_position_bias_table"]
+    side = math.isqrt(table.shape[0])
+    if side * side != table.shape[0] or side % 2 == 0:
+        raise ConversionError(
+            f"relative_position_bias_table has {table.shape[0]} rows; expected (2M-1)^2 for a window size M."
+        )
+    window = (side + 1) // 2
+    fc1 = body.get("stages.0.blocks.0.mlp.fc1.weight")
+    mlp_ratio = fc1.shape[0] / embed_dim if fc1 is not None else 4.0
+    values = dict(
+        embed_dim=int(embed_dim),
+        num_channels=int(num_channels),
+        patch_size=int(patch_h) if patch_h == patch_w else [int(patch_h), int(patch_w)],
+        depths=depths,
+        num_heads=num_heads,
+        window_size=int(window),
+        mlp_ratio=float(mlp_ratio),
+        qkv_bias="stages.0.blocks.0.attn.qkv.bias" in body,
+        use_absolute_embeddings="embeddings.absolute_pos_embed" in body,
+        image_size=int(window * patch_h * 2 ** (len(depths) - 1)),
+    )
+    if values["use_absolute_embeddings"]:
+        tokens = body["embeddings.absolute_pos_embed"].shape[1]
+        grid = math.isqrt(tokens)
+        if grid * grid == tokens:
+            values["image_size"] = int(grid * patch_h)
+    head = state_dict.get("classifier.weight")
+    values["num_labels"] = int(head.shape[0]) if head is not None else 0
+    values.update(overrides)
+    try:
+        return SwinConfig(**values)
+    except ValueError as error:
+        raise ConversionError(f"The tensor shapes describe no valid Swin config: {error}") from error
+
+
+def expected_shapes(config, with_head: bool | None = None) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the persistent tensors of SwinForImageClassification(config) (SwinModel's keys
+    with the `swin.` prefix, plus `classifier.*` when config.num_labels > 0 and `with_head` is not False).
+    Built on the meta device: nothing is allocated."""
+    from .modeling_swin import SwinModel
+
+    with torch.device("meta"):
+        model = SwinModel(config)
+    shapes = {f"swin.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    if (config.num_labels > 0) if with_head is None else with_head:
+        shapes["classifier.weight"] = (config.num_labels, config.hidden_size)
+        shapes["classifier.bias"] = (config.num_labels,)
+    return shapes
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], config, source: str = "swin_hf") -> None:
+    """Raise ConversionError unless `state_dict` (swin_hf names) holds exactly the tensors `config` needs.
+
+    The classifier is optional (a headless checkpoint); transformers checkpoints may also be a base model
+    (no `swin.` prefix), a backbone (`hidden_states_norms.*`, no final norm) or carry a `mask_token`.
+    """
+    expected = {k[5:]: v for k, v in expected_shapes(config, with_head=False).items()}
+    body = _body(state_dict)
+    lenient = source == "transformers"
+    allowed_extra = {"embeddings.mask_token"} if lenient else set()
+    missing = sorted(set(expected) - set(body))
+    if lenient and any(k.startswith("hidden_states_norms.") for k in state_dict):
+        missing = [k for k in missing if not k.startswith("norm.")]  # transformers' backbone has no final norm
+    unexpected = sorted(set(body) - set(expected) - allowed_extra)
+    if not lenient:
+        unexpected += sorted(k for k in state_dict if k.startswith("hidden_states_norms."))
+    wrong = [
+        f"{k}: {tuple(body[k].shape)} (expected {expected[k]})"
+        for k in sorted(set(body) & set(expected))
+        if tuple(body[k].shape) != expected[k]
+    ]
+    head = {k: v for k, v in state_dict.items() if k.startswith("classifier.")}
+    if head:
+        weight, bias = head.get("classifier.weight"), head.get("classifier.bias")
+        if weight is None or weight.ndim != 2 or weight.shape[1] != config.hidden_size:
+            wrong.append(f"classifier.weight: {None if weight is None else tuple(weight.shape)} (expected (labels, {config.hidden_size}))")
+        elif bias is None or tuple(bias.shape) != (weight.shape[0],):
+            wrong.append(f"classifier.bias: {None if bias is None else tuple(bias.shape)} (expected ({weight.shape[0]},))")
+        unexpected += sorted(set(head) - {"classifier.weight", "classifier.bias"})
+    if source in _COLUMN and source != "swin_hf":  # name the tensors as the user's checkpoint does
+
+        def named(key: str) -> str:
+            name, _, rest = key.partition(":")
+            return (_translate("swin." + name, "swin_hf", source) or name) + (":" + rest if rest else "")
+
+        missing, unexpected, wrong = ([named(k) for k in keys] for keys in (missing, unexpected, wrong))
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {_some(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): {_some(wrong)}")
+    if problems:
+        raise ConversionError(
+            f"The {source} state dict does not fit {_describe(config)}: " + "; ".join(problems) + "."
+        )
+
+
+def _describe(config) -> str:
+    return (
+        f"Swin(embed_dim={config.embed_dim}, depths={list(config.depths)}, num_heads={list(config.num_heads)}, "
+        f"window_size={config.window_size}, image_size={config.image_size})"
+    )
+
+
+def _some(items: list[str], limit: int = 12) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def guess_source(keys) -> str | None:
+    """The layout a set of state-dict keys looks like: "official", "timm", "transformers", "swin_hf" or None."""
+    keys = set(keys)
+    if any(k.startswith(("swin.stages.", "stages.")) for k in keys):
+        return "swin_hf"
+    if any(".encoder.layers." in k or k.startswith("encoder.layers.") for k in keys):
+        return "transformers"
+    if not any(k.startswith("layers.") for k in keys):
+        return None
+    merging_moved = any(re.match(r"layers\.[1-9]\d*\.downsample\.", k) for k in keys) and not any(
+        k.startswith("layers.0.downsample.") for k in keys
+    )  # timm: patch merging at the start of stages 1.., none in stage 0
+    if any(k.startswith("head.fc.") for k in keys) or merging_moved:
+        return "timm"
+    return "official"
+
+
+def _unknown_keys_error(unknown: list[str], source: str, state_dict) -> ConversionError:
+    guess = guess_source(state_dict)
+    if guess is None:
+        hint = "It does not look like a Swin Transformer (v1) checkpoint."
+    elif guess != source:
+        hint = f"The keys look like the {guess!r} layout: convert with source={guess!r} (`--from {guess}`)."
+    else:
+        hint = "Is this checkpoint a Swin Transformer (v1)?"
+    return ConversionError(
+        f"{len(unknown)} key(s) of the {source} state dict are not Swin weights: {_some(sorted(unknown), 20)}. {hint}"
+    )
+
+# --------------------------------------------------------------------------------------------------
 # transformers' config.json (model_type "swin") -> SwinConfig
 # --------------------------------------------------------------------------------------------------
 
-_DROPPED_CONFIG_KEYS = {"model_type", "transformers_version", "architectures", "auto_map", "num_layers", "hidden_size"}
+_DROPPED_CONFIG_KEYS = {
+    "model_type", "transformers_version", "architectures", "auto_map", "num_layers", "hidden_size", "stage_names",
+}
 
 
 def config_from_transformers(config_dict: dict, config_class, **overrides):
@@ -120,36 +501,100 @@ def config_from_transformers(config_dict: dict, config_class, **overrides):
     for private in ("_out_features", "_out_indices"):
         if config_dict.get(private) is not None:
             values[private[1:]] = config_dict[private]
+    # an override of one of a linked pair replaces the saved pair
+    for given, linked in (("out_features", "out_indices"), ("out_indices", "out_features"), ("num_labels", "id2label")):
+        if given in overrides and linked not in overrides:
+            values.pop(linked, None)
+            if linked == "id2label":
+                values.pop("label2id", None)
     values.update(overrides)
     return config_class(**values)
 
 
-def load_transformers_swin(model_class, path, kwargs: dict):
-    """(config, state_dict) for `model_class.from_pretrained(path)` when `path` (a folder or Hub id)
-    holds a checkpoint of transformers' own Swin; None otherwise. Config-field entries of `kwargs`
-    (e.g. num_labels=10) are moved into the config."""
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+# from_pretrained kwargs that look like config fields but are about loading
+_LOAD_ONLY_KWARGS = {"dtype", "torch_dtype", "transformers_version", "architectures", "_name_or_path"}
+
+
+def _config_overrides(model_class, kwargs: dict, pop: bool) -> dict:
+    fields = set(model_class.config_class().to_dict()) | {"num_labels", "id2label", "label2id"}
+    keys = [k for k in list(kwargs) if k in fields and k not in _LOAD_ONLY_KWARGS]
+    return {k: (kwargs.pop(k) if pop else kwargs[k]) for k in keys}
+
+
+def prepare_pretrained(model_class, path, kwargs: dict):
+    """(config, state_dict) for `model_class.from_pretrained(path, **kwargs)` when swin_hf must prepare the
+    weights itself; None to let transformers load `path` as usual. That is the case when `path` holds
+
+    - a checkpoint of transformers' own Swin (`model_type: "swin"`): config and weights are converted;
+    - a checkpoint whose relative position tables or absolute position embedding do not fit the requested
+      config (e.g. ``window_size=12, image_size=384``): they are resized by `resize.adapt_state_dict`, which
+      logs what it did; with ``ignore_mismatched_sizes=True`` a classifier of another ``num_labels`` is
+      dropped (re-initialised, with a log line). Without it, transformers reports the size mismatch.
+
+    Config-field entries of `kwargs` are then moved into the config.
+    """
     from transformers import PretrainedConfig
     from transformers.utils import cached_file
 
-    hub_kwargs = {
-        k: kwargs[k]
-        for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
-        if k in kwargs
-    }
+    from .resize import adapt_state_dict
+
+    hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    reinitialise_head = bool(kwargs.get("ignore_mismatched_sizes", False))
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
     except (OSError, ValueError):
         return None  # not a readable folder/repo: let from_pretrained report it
-    if config_dict.get("model_type") != "swin":
+    model_type = config_dict.get("model_type")
+    if model_type == "swin":
+        user_config = kwargs.pop("config", None)
+        overrides = _config_overrides(model_class, kwargs, pop=True)
+        config = user_config or config_from_transformers(config_dict, model_class.config_class, **overrides)
+        state_dict = convert_state_dict(_read_weights(path, hub_kwargs, cached_file), source="transformers")
+        return config, adapt_state_dict(state_dict, config, reinitialise_head=reinitialise_head)
+    if model_type != model_class.config_class.model_type:
         return None
+    overrides = _config_overrides(model_class, kwargs, pop=False)
+    user_config = kwargs.get("config")
+    if not overrides and user_config is None:
+        return None  # the saved config is used as is: the weights fit it
+    config = user_config if user_config is not None else config_from_transformers(
+        config_dict, model_class.config_class, **overrides
+    )
+    shapes = _saved_shapes(path, hub_kwargs, cached_file)
+    if shapes is None or not _needs_adapting(shapes, config, reinitialise_head):
+        return None
+    kwargs.pop("config", None)
+    _config_overrides(model_class, kwargs, pop=True)
+    return config, adapt_state_dict(_read_weights(path, hub_kwargs, cached_file), config, reinitialise_head)
 
-    user_config = kwargs.pop("config", None)
-    config_fields = set(model_class.config_class().to_dict())
-    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields or k in ("num_labels",)}
-    config = user_config or config_from_transformers(config_dict, model_class.config_class, **overrides)
 
-    state_dict = _read_weights(path, hub_kwargs, cached_file)
-    return config, convert_state_dict(state_dict, source="transformers")
+def _saved_shapes(path, hub_kwargs, cached_file) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the tensors in a checkpoint's model.safetensors, read from its header only."""
+    from safetensors import safe_open
+
+    file = cached_file(path, "model.safetensors", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if file is None:
+        return None
+    with safe_open(file, framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _needs_adapting(shapes: dict[str, tuple[int, ...]], config, reinitialise_head: bool) -> bool:
+    grid = _grid(config)
+    for key, shape in shapes.items():
+        if key.endswith("attn.relative_position_bias_table") and shape[0] != (2 * config.window_size - 1) ** 2:
+            return True
+        if key.endswith("embeddings.absolute_pos_embed") and shape[1] != grid[0] * grid[1]:
+            return True
+        if reinitialise_head and key == "classifier.weight" and shape[0] != config.num_labels:
+            return True
+    return False
+
+
+def load_transformers_swin(model_class, path, kwargs: dict):
+    """Kept for callers of the first version: see `prepare_pretrained`."""
+    return prepare_pretrained(model_class, path, kwargs)
 
 
 def _read_weights(path, hub_kwargs, cached_file) -> dict[str, torch.Tensor]:

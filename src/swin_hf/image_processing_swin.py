@@ -52,5 +52,14 @@ class SwinImageProcessor(PilBackend):
             sizes = dict(size={"shortest_edge": int(min(height, width) / crop_pct)})
         return cls(crop_size={"height": height, "width": width}, **{**sizes, **kwargs})
 
+    def to_dict(self) -> dict:
+        """The saved preprocessor config names no class: AutoImageProcessor then takes it from the model
+        config's `auto_map` (the local class when swin_hf is installed, the copied file otherwise), and
+        pipelines do not go looking for a remote video processor and prompt about remote code."""
+        config = super().to_dict()
+        config.pop("image_processor_type", None)
+        config.pop("auto_map", None)
+        return config
+
 
 __all__ = ["SwinImageProcessor"]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +85,7 @@ def _cached_geometry(build):
         with torch.inference_mode(False), torch.no_grad():
             return cached(*args)
 
-    get.cache_clear = cached.cache_clear
+    get.cache_clear, get.cache_info = cached.cache_clear, cached.cache_info
     return get
 
 
@@ -446,6 +448,11 @@ class SwinPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _can_compile_fullgraph = True
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # WindowAttention reads config._attn_implementation on every call, so switching is always safe
+        return True
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The official initialisation: truncated normal (std = initializer_range) for linear/conv weights,
@@ -462,6 +469,14 @@ class SwinPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.relative_position_bias_table, std=std)
         elif isinstance(module, SwinEmbeddings) and module.absolute_pos_embed is not None:
             init.trunc_normal_(module.absolute_pos_embed, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """save_pretrained, plus the image processor's code, so that every entry of `config.auto_map`
+        (models, config and image processor) loads with trust_remote_code where swin_hf is not installed."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        processor_code = Path(__file__).with_name("image_processing_swin.py")
+        if processor_code.exists():
+            shutil.copy(processor_code, Path(save_directory) / processor_code.name)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -747,14 +762,15 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
 
 
 def _load_transformers_swin(cls, path, kwargs) -> tuple[SwinConfig, dict] | None:
-    """(config, state_dict) converted from a transformers Swin checkpoint at `path`, or None if `path`
-    holds a swin_hf checkpoint. Lives in convert.py (imported lazily so this file stays
+    """(config, state_dict) prepared by swin_hf for `path` - a transformers Swin checkpoint (converted), or
+    one whose position tables / head must be resized or re-initialised for the requested config - or None
+    to let transformers load `path` as is. Lives in convert.py (imported lazily so this file stays
     loadable on its own with trust_remote_code)."""
     try:
-        from .convert import load_transformers_swin
+        from .convert import prepare_pretrained
     except ImportError:
         return None
-    return load_transformers_swin(cls, path, kwargs)
+    return prepare_pretrained(cls, path, kwargs)
 
 
 __all__ = [

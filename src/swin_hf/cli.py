@@ -1,0 +1,98 @@
+"""The `swin-hf` command line: `convert` checkpoints, print model `info` (parameters and FLOPs), write
+the model `cards`. `python -m swin_hf.cli ...` does the same as the console script."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .configuration_swin import PRESETS
+from .convert import SOURCES, ConversionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swin-hf", description="Swin Transformer checkpoints for Hugging Face.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert official / timm / transformers weights into a swin_hf save_pretrained folder",
+        description="Convert a checkpoint (.pth/.bin read with torch.load(weights_only=True), .safetensors, a "
+        "folder, or a Hub id) into OUT_DIR: safetensors weights, config, image processor and model card. "
+        "OUT_DIR is written only if the conversion succeeds.",
+    )
+    convert.add_argument("--from", dest="source", choices=SOURCES, required=True, help="layout of the source weights")
+    convert.add_argument("src", metavar="SRC", help="checkpoint file, folder, or Hub id (org/name)")
+    convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
+    convert.add_argument(
+        "--preset",
+        metavar="NAME",
+        help=f"config to load into ({', '.join(PRESETS)}); by default it is inferred from the tensor shapes. A "
+        "preset with another window / image size resizes the position tables.",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+
+    info = commands.add_parser("info", help="parameters and FLOPs per stage, and the attention cost")
+    info.add_argument("target", metavar="PRESET_OR_DIR", help=f"a preset ({', '.join(PRESETS)}) or a model folder")
+    info.add_argument("--image-size", type=int, help="input side in pixels (default: the config's image size)")
+    info.add_argument("--num-labels", type=int, help="classes of the head (default: 1000 for presets)")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    cards = commands.add_parser("cards", help="write the model card of every released model")
+    cards.add_argument("out_dir", metavar="OUT_DIR", nargs="?", default="model_cards")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "info":
+            return _info(args)
+        return _cards(args)
+    except (ConversionError, ValueError, OSError) as error:
+        print(f"swin-hf {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _convert(args) -> int:
+    from .convert_checkpoint import convert_checkpoint
+
+    result = convert_checkpoint(args.src, args.out_dir, args.source, preset=args.preset, overwrite=args.overwrite)
+    c = result.config
+    print(
+        f"Wrote {result.model_class} (embed_dim {c.embed_dim}, depths {list(c.depths)}, window {c.window_size}, "
+        f"image {c.image_size}, {c.num_labels} labels) to {result.out_dir}"
+        + (f" [{'; '.join(result.notes)}]" if result.notes else "")
+    )
+    return 0
+
+
+def _info(args) -> int:
+    from .flops import format_report, measure_cost, resolve_config
+
+    if args.image_size is not None and args.image_size <= 0:
+        raise ValueError(f"--image-size must be a positive number of pixels, got {args.image_size}.")
+    config = resolve_config(args.target, num_labels=args.num_labels)
+    cost = measure_cost(config, args.image_size)
+    if args.json:
+        print(json.dumps({"target": args.target, **cost.as_dict()}, indent=2))
+    else:
+        print(format_report(cost, title=args.target))
+    return 0
+
+
+def _cards(args) -> int:
+    from .model_card import write_model_cards
+
+    for path in write_model_cards(args.out_dir):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""Command line of the classification recipe (recipes/finetune.py): options, profiles, launchers.
+
+Options left at `auto` take their value from a profile: `digits` (the built-in default: a tiny
+Swin from scratch on scikit-learn's digits) or `finetune` (a pretrained Swin on your data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from .augment import AugmentConfig
+from .data import DIGITS, DataError
+from .loop import RECIPE_PRESETS, TrainConfig, run, summary_lines
+
+AUTO = "auto"
+
+PROFILES: dict[str, dict] = {
+    "digits": dict(
+        model="swin-digits",
+        cpu_threads=1,  # a 136k-parameter model gains nothing from more; and it stays fast on a shared CPU
+        epochs=30,
+        batch_size=32,
+        lr=3e-3,
+        weight_decay=0.05,
+        layer_decay=1.0,
+        warmup_ratio=0.05,
+        drop_path=0.1,
+        label_smoothing=0.1,
+        ema_decay=0.0,
+        crop_pct=1.0,
+        random_resized_crop=True,
+        crop_scale=(0.75, 1.0),
+        crop_ratio=(0.9, 1.1),
+        hflip=0.0,
+        randaugment_n=0,
+        randaugment_m=9,
+        random_erasing=0.0,
+        mixup=0.0,
+        cutmix=0.0,
+    ),
+    "finetune": dict(
+        model="microsoft/swin-tiny-patch4-window7-224",
+        cpu_threads=0,
+        epochs=10,
+        batch_size=32,
+        lr=5e-5,
+        weight_decay=0.05,
+        layer_decay=0.9,
+        warmup_ratio=0.1,
+        drop_path=0.1,
+        label_smoothing=0.1,
+        ema_decay=0.0,
+        crop_pct=None,
+        random_resized_crop=True,
+        crop_scale=(0.08, 1.0),
+        crop_ratio=(3 / 4, 4 / 3),
+        hflip=0.5,
+        randaugment_n=2,
+        randaugment_m=9,
+        random_erasing=0.25,
+        mixup=0.4,
+        cutmix=0.4,
+    ),
+}
+
+
+def _profiles_help() -> str:
+    lines = ["profiles (values used for options left at 'auto'), as YAML:"]
+    for name, values in PROFILES.items():
+        lines.append(f"  {name}:")
+        for key, value in values.items():
+            shown = json.dumps([round(v, 4) for v in value] if isinstance(value, tuple) else value)
+            lines.append(f"    {key}: {shown.strip(chr(34))}")
+    lines.append("  # 'auto' profile: digits when --dataset is the built-in sklearn-digits, else finetune")
+    return "\n".join(lines)
+
+
+def _floats(text: str) -> tuple[float, float]:
+    a, b = (float(x) for x in text.split(","))
+    return a, b
+
+
+def _auto(cast):
+    def parse(text: str):
+        return AUTO if text == AUTO else cast(text)
+
+    parse.__name__ = getattr(cast, "__name__", "value")
+    return parse
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="finetune.py",
+        description="Fine-tune (or train from scratch) a Swin Transformer image classifier on datasets splits. "
+        "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`. Options at 'auto' come from "
+        "the profile (listed at the end): with no arguments, a tiny Swin trains on the built-in digits.",
+        epilog=_profiles_help(),
+        formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=34, width=110),
+    )
+    p.epilog = _profiles_help()
+    p.formatter_class = type(
+        "Formatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}
+    )
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default=DIGITS, help="anything datasets.load_dataset takes (Hub id, script, saved DatasetDict dir); 'sklearn-digits' = built-in, offline")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--train-dir", default=None, help="imagefolder of training images (class sub-folders)")
+    d.add_argument("--validation-dir", default=None, help="imagefolder of validation images")
+    d.add_argument("--image-column", default=None, help="image column; None = the first Image feature")
+    d.add_argument("--label-column", default=None, help="label column; None = the first ClassLabel feature")
+    d.add_argument("--train-val-split", type=float, default=0.15, help="validation fraction taken from train (stratified, seeded) when there is no validation split")
+    d.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
+    d.add_argument("--max-eval-samples", type=int, default=None, help="use only the first N validation examples")
+    d.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    d.add_argument("--cache-images", type=_bool, default=True, help="keep decoded, resized small images in memory between epochs")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--profile", choices=[AUTO, *PROFILES], default=AUTO, help="where 'auto' options take their values")
+    m.add_argument("--model", default=AUTO, help=f"a preset ({', '.join(RECIPE_PRESETS)} or swin_hf.PRESETS; trains from scratch) or a path / Hub id to fine-tune")
+    m.add_argument("--image-size", type=int, default=None, help="train at this resolution (position tables resized for pretrained models)")
+    m.add_argument("--window-size", type=int, default=None, help="attention window override (with --image-size)")
+    m.add_argument("--crop-pct", type=_auto(float), default=AUTO, help="evaluation centre-crop fraction (None: 0.875 below 384 px)")
+    m.add_argument("--drop-path", type=_auto(float), default=AUTO, help="stochastic depth rate")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_auto(int), default=AUTO, help="training epochs")
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    o.add_argument("--batch-size", type=_auto(int), default=AUTO, help="images per process per micro-batch")
+    o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    o.add_argument("--lr", type=_auto(float), default=AUTO, help="peak learning rate of the last layers (AdamW)")
+    o.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor, as a fraction of --lr")
+    o.add_argument("--weight-decay", type=_auto(float), default=AUTO, help="AdamW weight decay (never on norms, biases, position tables)")
+    o.add_argument("--layer-decay", type=_auto(float), default=AUTO, help="layer-wise lr decay per block (1 = off)")
+    o.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps; None = --warmup-ratio of all steps")
+    o.add_argument("--warmup-ratio", type=_auto(float), default=AUTO, help="warmup as a fraction of all steps")
+    o.add_argument("--label-smoothing", type=_auto(float), default=AUTO, help="label smoothing")
+    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
+    o.add_argument("--ema-decay", type=_auto(float), default=AUTO, help="EMA of weights, evaluated and saved (0 = off)")
+    o.add_argument("--compile", action="store_true", help="torch.compile the model")
+    o.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward to save memory")
+
+    a = p.add_argument_group("augmentation (kornia, on batches)")
+    a.add_argument("--random-resized-crop", type=_auto(_bool), default=AUTO, help="random resized crop on/off")
+    a.add_argument("--crop-scale", type=_auto(_floats), default=AUTO, help="random resized crop area range 'lo,hi'")
+    a.add_argument("--hflip", type=_auto(float), default=AUTO, help="horizontal flip probability")
+    a.add_argument("--randaugment-n", type=_auto(int), default=AUTO, help="RandAugment ops per image (0 = off)")
+    a.add_argument("--randaugment-m", type=_auto(int), default=AUTO, help="RandAugment magnitude (0-30)")
+    a.add_argument("--random-erasing", type=_auto(float), default=AUTO, help="random erasing probability")
+    a.add_argument("--mixup", type=_auto(float), default=AUTO, help="probability a batch gets mixup")
+    a.add_argument("--cutmix", type=_auto(float), default=AUTO, help="probability a batch gets cutmix")
+
+    h = p.add_argument_group("hardware (under `fabric run`, its own flags win)")
+    h.add_argument("--cpu-threads", type=_auto(int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
+    h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
+    h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
+    h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, deepspeed, ... (passed to Lightning Fabric)")
+    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
+    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=0, help="random seed")
+    r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
+    r.add_argument("--output-dir", default="outputs/swin-finetuned", help="model, card, metrics, plots, logs, checkpoints")
+    r.add_argument("--overwrite", action="store_true", help="train into a non-empty --output-dir")
+    r.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N optimiser steps (always at epoch ends)")
+    r.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
+    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    r.add_argument("--eval-every-epochs", type=int, default=1, help="evaluate every N epochs")
+    r.add_argument("--log-every", type=int, default=10, help="log training loss every N steps")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--push-to-hub", action="store_true", help="upload --output-dir to the Hub at the end (needs network and a token)")
+    r.add_argument("--hub-model-id", default=None, help="Hub repository for --push-to-hub")
+    r.add_argument("--debug-record-ranks", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _profile_name(args: argparse.Namespace) -> str:
+    uses_digits = not args.train_dir and args.dataset in (None, "", DIGITS)
+    return args.profile if args.profile != AUTO else ("digits" if uses_digits else "finetune")
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed options, 'auto' values filled from the profile."""
+    uses_digits = not args.train_dir and args.dataset in (None, "", DIGITS)
+    profile_name = _profile_name(args)
+    profile = PROFILES[profile_name]
+
+    def pick(name):
+        value = getattr(args, name, AUTO)
+        return profile[name] if value == AUTO else value
+
+    augment = AugmentConfig(
+        random_resized_crop=pick("random_resized_crop"),
+        crop_scale=tuple(pick("crop_scale")),
+        crop_ratio=tuple(profile["crop_ratio"]),
+        hflip=pick("hflip"),
+        randaugment_n=pick("randaugment_n"),
+        randaugment_m=pick("randaugment_m"),
+        random_erasing=pick("random_erasing"),
+        mixup=pick("mixup"),
+        cutmix=pick("cutmix"),
+        label_smoothing=pick("label_smoothing"),
+    )
+    config = TrainConfig(
+        dataset=args.dataset,
+        dataset_config=args.dataset_config,
+        train_dir=args.train_dir,
+        validation_dir=args.validation_dir,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        train_val_split=args.train_val_split,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        num_workers=args.num_workers,
+        cache_images=args.cache_images,
+        model=pick("model"),
+        image_size=args.image_size,
+        window_size=args.window_size,
+        crop_pct=pick("crop_pct"),
+        drop_path=pick("drop_path"),
+        epochs=pick("epochs"),
+        max_steps=args.max_steps,
+        batch_size=pick("batch_size"),
+        grad_accum=args.grad_accum,
+        lr=pick("lr"),
+        min_lr_ratio=args.min_lr_ratio,
+        weight_decay=pick("weight_decay"),
+        layer_decay=pick("layer_decay"),
+        warmup_steps=args.warmup_steps,
+        warmup_ratio=pick("warmup_ratio"),
+        clip_grad=args.clip_grad or None,
+        ema_decay=pick("ema_decay"),
+        compile=args.compile,
+        gradient_checkpointing=args.gradient_checkpointing,
+        augment=augment,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        output_dir=args.output_dir,
+        overwrite=args.overwrite,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
+        eval_every_epochs=args.eval_every_epochs,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        debug_record_ranks=args.debug_record_ranks,
+    )
+    full_default_run = not (args.max_steps or args.max_train_samples or args.max_eval_samples)
+    if profile_name == "digits" and uses_digits and full_default_run:
+        config.target_accuracy, config.target_minutes = 0.95, 5.0
+    return config
+
+
+def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
+    """Fabric(...) arguments for the launcher in use.
+
+    - `fabric run`: its flags arrive as LT_* variables that Fabric reads itself; pass nothing.
+    - torchrun / `accelerate launch` (WORLD_SIZE set): one device per launched process; the device count
+      must come from the launcher, since devices='auto' on CPU would start N unrelated 1-process runs.
+      accelerate's --cpu and --mixed_precision are honoured.
+    - plain python: the --accelerator/--devices/... options.
+    """
+    if environ.get("LT_CLI_USED"):
+        kwargs = {}
+        if args.precision and not environ.get("LT_PRECISION"):
+            kwargs["precision"] = args.precision
+        return kwargs
+    kwargs = dict(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes)
+    if args.devices not in ("auto", "-1") and str(args.devices).isdigit():
+        kwargs["devices"] = int(args.devices)
+    precision = args.precision
+    world_size = int(environ.get("WORLD_SIZE", "1"))
+    launched = "LOCAL_RANK" in environ and ("WORLD_SIZE" in environ)
+    if launched:
+        local = int(environ.get("LOCAL_WORLD_SIZE", world_size))
+        kwargs["devices"] = local
+        kwargs["num_nodes"] = max(1, world_size // max(local, 1))
+        if world_size > 1 and args.strategy == "auto":
+            kwargs["strategy"] = "ddp"
+    if environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        kwargs["accelerator"] = "cpu"
+    accelerate_precision = environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if precision is None and accelerate_precision in ("fp16", "bf16"):
+        on_cpu = kwargs["accelerator"] == "cpu"
+        precision = "bf16-mixed" if accelerate_precision == "bf16" or on_cpu else "16-mixed"
+    if precision is None and kwargs["accelerator"] in ("auto", "cuda", "gpu") and _cuda_bf16():
+        precision = "bf16-mixed"  # the sensible default on GPUs that have it
+    if precision:
+        kwargs["precision"] = precision
+    return kwargs
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = resolve(args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("datasets", "transformers", "lightning", "lightning.fabric", "evaluate", "fsspec", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from lightning.fabric import Fabric
+
+    threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
+    if threads and not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(threads)
+    kwargs = fabric_kwargs(args)
+    fabric = Fabric(**kwargs)
+    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes already exist
+        fabric.launch()
+    if not fabric.is_global_zero:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        summary = run(config, fabric)
+    except (DataError, FileExistsError) as error:
+        if fabric.is_global_zero:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    if fabric.is_global_zero:
+        lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
+        print("\n" + "\n".join(lines))
+        print(f"outputs: {os.path.abspath(config.output_dir)} (model, README.md, metrics.json, plots, logs)")
+    return 0
+
+
+__all__ = ["PROFILES", "build_parser", "fabric_kwargs", "main", "resolve"]

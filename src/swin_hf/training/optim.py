@@ -1,0 +1,78 @@
+"""AdamW parameter groups for Swin (no weight decay, layer-wise lr decay) and the cosine schedule."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+
+
+def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """False for norms and biases (1-D tensors) and the position tables, as in the official recipe."""
+    return param.ndim > 1 and not name.endswith(NO_DECAY_NAMES)
+
+
+def layer_id(name: str, depths: list[int]) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 = patch embedding, 1..sum(depths) = the blocks
+    in order, sum(depths)+1 = the final norm and the classifier. A stage's patch merging feeds the next
+    stage, so it shares the id of that stage's first block."""
+    total = sum(depths)
+    name = name.removeprefix("_orig_mod.").removeprefix("module.")
+    if "embeddings." in name:
+        return 0
+    match = re.search(r"stages\.(\d+)\.blocks\.(\d+)\.", name)
+    if match:
+        stage, block = int(match.group(1)), int(match.group(2))
+        return 1 + sum(depths[:stage]) + block
+    match = re.search(r"stages\.(\d+)\.downsample\.", name)
+    if match:
+        return min(1 + sum(depths[: int(match.group(1)) + 1]), total)
+    return total + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float, depths: list[int]) -> list[dict]:
+    """Groups keyed by (decay or not, layer id), each with `lr_scale` = layer_decay ** (top - id)."""
+    top = sum(depths) + 1
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = uses_weight_decay(name, param)
+        lid = layer_id(name, depths) if layer_decay < 1.0 else top
+        group = groups.setdefault(
+            (decay, lid),
+            {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": layer_decay ** (top - lid)},
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float, depths, betas=(0.9, 0.999), eps=1e-8):
+    groups = param_groups(model, weight_decay, layer_decay, list(depths))
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
+        group.pop("names")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.01) -> float:
+    """Multiplier of the base lr: linear warmup from ~0, then half a cosine down to min_lr_ratio."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.01):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup_steps, min_lr_ratio)
+    )
+
+
+__all__ = ["build_optimizer", "build_scheduler", "cosine_with_warmup", "layer_id", "param_groups", "uses_weight_decay"]
