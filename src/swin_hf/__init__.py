@@ -15,6 +15,7 @@ from transformers import (
 from .configuration_swin import PRESETS, SwinConfig
 from .convert import ConversionError, convert_state_dict, infer_config
 from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
+from .export import export_onnx
 from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
 from .model_card import write_model_cards
@@ -67,6 +68,7 @@ __all__ = [
     "adapt_state_dict",
     "convert_checkpoint",
     "convert_state_dict",
+    "export_onnx",
     "find_swin_backbone",
     "infer_config",
     "load_swin_encoder",

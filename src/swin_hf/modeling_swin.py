@@ -45,16 +45,27 @@ MASKED_LOGIT = -100.0
 # --------------------------------------------------------------------------------------------------
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW, window*window, C), windows in row-major order. H, W multiples of window."""
+def window_partition(x: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW, window*window, C), windows in row-major order. H, W multiples of window.
+
+    With `shift`, the map is first cyclically shifted by -shift along H and W (SW-MSA). Either way this
+    is a single copy: the shift and the partition are one gather of tokens in the order
+    `shifted_window_order` gives (torch.roll over two dims alone would copy twice).
+    """
     B, H, W, C = x.shape
+    if shift:
+        order = shifted_window_order(H, W, window, shift, False, x.device)  # (H*W,)
+        return x.reshape(B, H * W, C).index_select(1, order).view(B, -1, window * window, C)
     x = x.view(B, H // window, window, W // window, window, C)
     return x.transpose(2, 3).reshape(B, (H // window) * (W // window), window * window, C)
 
 
-def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
-    """(B, nW, window*window, C) -> (B, H, W, C); the inverse of window_partition."""
+def window_reverse(windows: torch.Tensor, window: int, height: int, width: int, shift: int = 0) -> torch.Tensor:
+    """(B, nW, window*window, C) -> (B, H, W, C); the inverse of window_partition (one copy)."""
     B, _, _, C = windows.shape
+    if shift:
+        order = shifted_window_order(height, width, window, shift, True, windows.device)  # (H*W,)
+        return windows.reshape(B, height * width, C).index_select(1, order).view(B, height, width, C)
     x = windows.view(B, height // window, width // window, window, window, C)
     return x.transpose(2, 3).reshape(B, height, width, C)
 
@@ -110,6 +121,21 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     return different.float() * MASKED_LOGIT
 
 
+@_cached_geometry
+def shifted_window_order(
+    height: int, width: int, window: int, shift: int, inverse: bool, device: torch.device
+) -> torch.Tensor:
+    """(H*W,) token indices. Forward: the flat position in the image of each token of the shifted
+    windows, in window order. Inverse: the place in window order of each image position."""
+    if not inverse:
+        position = torch.arange(height * width, device=device).view(1, height, width, 1)
+        position = torch.roll(position, shifts=(-shift, -shift), dims=(1, 2))
+        return window_partition(position, window).flatten()
+    place = torch.arange(height * width, device=device).view(1, -1, window * window, 1)
+    place = window_reverse(place, window, height, width)
+    return torch.roll(place, shifts=(shift, shift), dims=(1, 2)).flatten()
+
+
 def window_geometry(height: int, width: int, window_size: int, always_partition: bool) -> tuple[int, int]:
     """(window, shift) for a stage whose feature map is height x width.
 
@@ -131,7 +157,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p == 0.0 or not training:
         return x
     keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
-    return x * keep / (1.0 - p)
+    return x * keep.div_(1.0 - p)  # scale the (B, 1, ...) mask, not the activations
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,10 +215,15 @@ class WindowAttention(nn.Module):
 
         dropout = self.attn_drop if self.training else 0.0
         weights = None
-        if need_weights or self.config._attn_implementation == "eager":
-            logits = (q * self.scale) @ k.transpose(-2, -1) + bias
+        bias_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
+        if need_weights or bias_needs_grad or self.config._attn_implementation == "eager":
+            # Spelled out. SDPA cannot return the gradient of its additive mask, so when B is being
+            # trained it falls back to a math path that also saves scaled copies of q and k; here only
+            # the fused qkv (one storage) and the probabilities are saved, and the N x N logits are
+            # scaled and biased in place.
+            logits = (q @ k.transpose(-2, -1)).mul_(self.scale).add_(bias)  # (..., N, N)
             probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-            out = F.dropout(probs, dropout, self.training) @ v
+            out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
             weights = probs.view(B * nW, h, N, N) if need_weights else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
@@ -206,6 +237,46 @@ class WindowAttention(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+class _LeanMLP(torch.autograd.Function):
+    """fc2(act(fc1(LayerNorm(x)))) saving only x and h = fc1(LayerNorm(x)) for backward.
+
+    Plain autograd keeps x (for the norm), LayerNorm(x) (for fc1), h (for act) and act(h) (for fc2):
+    1 + 1 + 4 + 4 floats of width C per token, the largest activations of a Swin block. Here the
+    two cheap elementwise results, LayerNorm(x) and act(h), are recomputed in backward instead: the
+    matrix products are never recomputed, and 5 of the 10 are not kept.
+    """
+
+    @staticmethod
+    def forward(ctx, x, norm: nn.LayerNorm, norm_weight, norm_bias, w1, b1, act: nn.Module, w2, b2):
+        h = F.linear(norm(x), w1, b1)  # (..., 4C); under autocast in the autocast dtype, like nn.Linear
+        ctx.norm, ctx.act = norm, act
+        ctx.save_for_backward(x, h, norm_weight, norm_bias, w1, w2)
+        return F.linear(act(h), w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, h, norm_weight, norm_bias, w1, w2 = ctx.saved_tensors
+        with torch.enable_grad():  # recompute the two cheap intermediates, tracking their inputs
+            x, h = x.detach().requires_grad_(), h.detach().requires_grad_()
+            weight, bias = norm_weight.detach().requires_grad_(), norm_bias.detach().requires_grad_()
+            n = F.layer_norm(x, weight.shape, weight, bias, ctx.norm.eps)  # (..., C)
+            a = ctx.act(h)  # (..., 4C)
+        dtype = grad.dtype  # the products ran in this dtype in forward (autocast) - so do their gradients
+        flat = lambda t: t.reshape(-1, t.shape[-1]).to(dtype)  # noqa: E731  (tokens, features)
+        g2 = flat(grad)
+        grad_w2, grad_b2 = g2.t() @ flat(a.detach()), g2.sum(0)
+        (g1,) = torch.autograd.grad(a, h, (g2 @ w2.to(dtype)).view(a.shape).to(a.dtype))
+        g1 = flat(g1)
+        grad_w1, grad_b1 = g1.t() @ flat(n.detach()), g1.sum(0)
+        grad_n = (g1 @ w1.to(dtype)).view(n.shape).to(n.dtype)
+        grad_x, grad_weight, grad_bias = torch.autograd.grad(n, (x, weight, bias), grad_n)
+        as_param = lambda g, p: g.to(p.dtype)  # noqa: E731
+        return (
+            grad_x, None, grad_weight, grad_bias, as_param(grad_w1, w1), as_param(grad_b1, w1),
+            None, as_param(grad_w2, w2), as_param(grad_b2, w2),
+        )  # fmt: skip
+
+
 class SwinMLP(nn.Module):
     def __init__(self, config: SwinConfig, dim: int):
         super().__init__()
@@ -215,8 +286,17 @@ class SwinMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """MLP(norm(x)): (..., C) -> (..., C) through a 4C hidden layer. The block's LayerNorm is passed
+        in so that training can recompute its output instead of keeping it."""
+        hidden_dropout = self.training and self.drop.p > 0
+        if torch.is_grad_enabled() and not hidden_dropout and not torch.compiler.is_compiling():
+            # training: keep only x and fc1's output for backward (torch.compile makes that choice itself)
+            fc1, fc2 = self.fc1, self.fc2
+            out = _LeanMLP.apply(x, norm, norm.weight, norm.bias, fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias)
+        else:
+            out = self.fc2(self.drop(self.act(self.fc1(norm(x)))))
+        return self.drop(out)
 
 
 class SwinBlock(GradientCheckpointingLayer):
@@ -245,18 +325,15 @@ class SwinBlock(GradientCheckpointingLayer):
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = H + pad_h, W + pad_w
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))  # cyclic shift
+        # cyclic shift (SW-MSA) + window partition, one gather
         windows, weights = self.attn(
-            window_partition(x, window), window, mask if shift else None, need_weights
+            window_partition(x, window, shift), window, mask if shift else None, need_weights
         )  # (B, nW, N, C)
-        x = window_reverse(windows, window, Hp, Wp)  # (B, Hp, Wp, C)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        x = window_reverse(windows, window, Hp, Wp, shift)  # (B, Hp, Wp, C), shifted back
         if pad_h or pad_w:
             x = x[:, :H, :W]
         x = shortcut + drop_path(x, self.drop_path, self.training)
-        x = x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
+        x = x + drop_path(self.mlp(x, self.norm2), self.drop_path, self.training)  # MLP(LN(x))
         return x, weights
 
 

@@ -1,0 +1,366 @@
+"""Side-by-side throughput and memory of swin_hf vs transformers' Swin (and timm's, when it imports).
+
+    python benchmarks/throughput.py --model swin-tiny-patch4-window7-224 --batch-size 8 --mode train
+    python benchmarks/throughput.py --mode infer --dtype bf16
+    python benchmarks/throughput.py --mode train --gradient-checkpointing
+    python benchmarks/throughput.py --mode infer --compile
+
+What it does, in one process:
+  1. builds transformers' SwinForImageClassification from the preset, and ours with the *same* weights
+     (`convert_state_dict(theirs.state_dict())`), and checks that their logits agree (eval mode, fp32);
+  2. warms each model up, then times them in alternating rounds (ours, theirs, [timm], ours, ...) so that
+     load from other processes on a shared machine hits every implementation alike; reports the median
+     images/s over the rounds and the ratio ours/theirs;
+  3. measures peak memory of one step for each implementation in a fresh child process (see
+     `peak_step_memory`), one implementation per process so allocator state never leaks across.
+
+Training step = forward with labels (cross-entropy) + backward + AdamW step + zero_grad(set_to_none).
+bf16 = `torch.autocast(device, torch.bfloat16)` around the forward (weights stay fp32); with --dtype bf16 the
+ratio is also given against transformers' fp32 throughput and the top-1 agreement bf16 vs fp32 is checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "src"))  # the checkout's swin_hf, not an installed one
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def build_models(preset: str, seed: int = 0, with_timm: bool = True) -> dict[str, torch.nn.Module]:
+    """{'ours': ..., 'transformers': ..., ['timm': ...]}, ours carrying transformers' weights."""
+    import transformers
+
+    from swin_hf import SwinConfig, SwinForImageClassification, convert_state_dict
+
+    ours_config = SwinConfig.from_preset(preset, num_labels=1000)
+    fields = (
+        "image_size patch_size num_channels embed_dim depths num_heads window_size mlp_ratio qkv_bias "
+        "hidden_dropout_prob attention_probs_dropout_prob drop_path_rate hidden_act use_absolute_embeddings "
+        "layer_norm_eps initializer_range"
+    ).split()
+    their_config = transformers.SwinConfig(**{f: getattr(ours_config, f) for f in fields}, num_labels=1000)
+    their_config._attn_implementation = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
+    torch.manual_seed(seed)
+    theirs = transformers.SwinForImageClassification(their_config)
+    ours = SwinForImageClassification(ours_config)
+    ours.load_state_dict(convert_state_dict(theirs.state_dict(), source="transformers"))
+    models = {"ours": ours, "transformers": theirs}
+    if with_timm:
+        timm_model = build_timm(preset)
+        if timm_model is not None:
+            models["timm"] = timm_model
+    return models
+
+
+def _supported_attn(transformers) -> set[str]:
+    return {"sdpa"} if getattr(transformers.SwinForImageClassification, "_supports_sdpa", False) else set()
+
+
+def build_timm(preset: str) -> torch.nn.Module | None:
+    """timm's Swin of the same architecture (random weights: throughput does not depend on them), or None."""
+    try:
+        import timm
+    except Exception:  # not installed, or installed but broken against this torch
+        return None
+    name = preset.replace("-", "_")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=1000)
+    except Exception as error:  # noqa: BLE001 - any failure just drops the column
+        print(f"[timm] skipped: {error}", file=sys.stderr)
+        return None
+
+
+def logits_of(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    out = model(pixels)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def make_step(model, mode: str, dtype: str, batch: torch.Tensor, labels: torch.Tensor, device: str):
+    """A zero-argument callable running one inference or training step of `model`."""
+    autocast = (
+        (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    )
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                logits_of(model, batch)
+
+        return step
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(logits_of(model, batch), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_alternating(steps: dict, batch_size: int, warmup: int, rounds: int, iters: int, device: str) -> dict:
+    """Median images/s per implementation over `rounds` alternating rounds of `iters` steps each."""
+    for name, step in steps.items():
+        for _ in range(warmup):
+            step()
+        sync(device)
+    samples = {name: [] for name in steps}
+    for r in range(rounds):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))  # no one always runs first
+        for name in order:
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                steps[name]()
+            sync(device)
+            samples[name].append(batch_size * iters / (time.perf_counter() - start))
+    return {name: {"median": statistics.median(s), "samples": s} for name, s in samples.items()}
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _rss_kib() -> tuple[int, int]:
+    """(current RSS, peak RSS since the last reset) of this process in KiB, from /proc/self/status."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line.split(":")[0]] = int(line.split()[1])
+    return values["VmRSS"], values["VmHWM"]
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child_memory(args) -> dict:
+    """Runs in a fresh process: peak memory of one step of one implementation (CPU: RSS; CUDA: allocator)."""
+    torch.set_num_threads(args.threads)
+    impl, _, ckpt = args.child_impl.partition("+")
+    models = build_models(args.model, with_timm=impl == "timm")
+    model = models[impl].to(args.device)
+    del models
+    if ckpt:
+        model.gradient_checkpointing_enable()
+    torch.manual_seed(1)
+    batch = torch.randn(args.batch_size, 3, *_image_size(model), device=args.device)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
+    step = make_step(model, args.mode, args.dtype, batch, labels, args.device)
+    step()  # the first step allocates the optimizer state; it is resident from then on
+    step()
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return {"step_peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    resting, _ = _rss_kib()
+    if not _reset_peak_rss():
+        return {"step_peak_mib": float("nan")}
+    step()
+    _, peak = _rss_kib()
+    return {"step_peak_mib": (peak - resting) / 1024, "process_peak_mib": peak / 1024}
+
+
+def peak_step_memory(args, impl: str) -> dict:
+    """Peak memory of one step of `impl`, measured in a fresh child process.
+
+    CPU: the growth of the resident set (VmHWM - VmRSS) over one step, after two warm-up steps so that
+    parameters, gradients' first allocation and AdamW state are resident before. glibc is told to serve every
+    allocation >= 64 KiB with mmap (MALLOC_MMAP_THRESHOLD_) so that freed tensors go back to the OS at once
+    and RSS tracks live tensors instead of the allocator's cache. CUDA: max_memory_allocated over one step.
+    """
+    command = [sys.executable, os.path.abspath(__file__), "--child-impl", impl] + _forwarded(args)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        print(result.stderr[-2000:], file=sys.stderr)
+        return {"step_peak_mib": float("nan")}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _forwarded(args) -> list[str]:
+    out = ["--model", args.model, "--batch-size", str(args.batch_size), "--mode", args.mode]
+    return out + ["--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads)]
+
+
+def _image_size(model) -> tuple[int, int]:
+    size = getattr(model.config, "image_size", 224) if hasattr(model, "config") else 224
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def top1_agreement(model, device: str, batch_size: int, n_batches: int, image_size) -> float:
+    """Fraction of random images whose top-1 class under bf16 autocast equals fp32's."""
+    model.eval()
+    agree = total = 0
+    generator = torch.Generator().manual_seed(123)
+    with torch.inference_mode():
+        for _ in range(n_batches):
+            x = torch.randn(batch_size, 3, *image_size, generator=generator).to(device)
+            ref = logits_of(model, x).argmax(-1)
+            with torch.autocast(device, dtype=torch.bfloat16):
+                low = logits_of(model, x).argmax(-1)
+            agree += (ref == low).sum().item()
+            total += batch_size
+    return agree / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="swin-tiny-patch4-window7-224")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (fixed shapes)")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="add a column: ours with gradient checkpointing"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=2, help="steps per timed round")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory children")
+    parser.add_argument("--agreement-batches", type=int, default=16, help="bf16: random batches for top-1 check")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--child-impl", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child_impl:
+        print(json.dumps(child_memory(args)))
+        return
+
+    torch.set_num_threads(args.threads)
+    device = args.device
+    models = build_models(args.model)
+    for model in models.values():
+        model.to(device)
+    image_size = _image_size(models["ours"])
+    torch.manual_seed(0)
+    batch = torch.randn(args.batch_size, 3, *image_size, device=device)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+
+    # 1. same weights, same outputs
+    with torch.no_grad():
+        diff = (
+            (logits_of(models["ours"].eval(), batch[:2]) - logits_of(models["transformers"].eval(), batch[:2]))
+            .abs()
+            .max()
+            .item()
+        )
+    if diff > 1e-4:
+        raise SystemExit(f"outputs differ by {diff:.2e}: not the same model, refusing to benchmark")
+
+    agreement = None
+    if args.dtype == "bf16":
+        agreement = top1_agreement(models["ours"], device, args.batch_size, args.agreement_batches, image_size)
+
+    # 2. throughput, alternating
+    if args.gradient_checkpointing:  # ours without and with checkpointing, side by side, plus transformers'
+        import copy
+
+        models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
+        models["ours+ckpt"].gradient_checkpointing_enable()
+    if args.compile:
+        models = {name: torch.compile(model) for name, model in models.items()}
+    steps = {name: make_step(m, args.mode, args.dtype, batch, labels, device) for name, m in models.items()}
+    timings = time_alternating(steps, args.batch_size, args.warmup, args.rounds, args.iters, device)
+    baseline_fp32 = None
+    if args.dtype == "bf16":  # the target compares our bf16 with transformers' fp32
+        fp32_step = {"transformers_fp32": make_step(models["transformers"], args.mode, "fp32", batch, labels, device)}
+        baseline_fp32 = time_alternating(fp32_step, args.batch_size, 1, max(3, args.rounds // 2), args.iters, device)
+        baseline_fp32 = baseline_fp32["transformers_fp32"]["median"]
+
+    # 3. memory, one child per implementation
+    memory = {}
+    if not args.no_memory and not args.compile:
+        memory = {name: peak_step_memory(args, name) for name in models}
+
+    report(args, timings, memory, diff, agreement, baseline_fp32)
+
+
+def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
+    load = os.getloadavg()
+    header = (
+        f"{args.model} batch {args.batch_size} {args.mode} {args.dtype}"
+        f"{' compiled' if args.compile else ''}{' grad-ckpt' if args.gradient_checkpointing else ''} | "
+        f"{args.device}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+        f" | load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | max |logits diff| {diff:.1e}"
+    )
+    print(header)
+    print(f"{'implementation':<15}{'images/s':>12}{'step peak MiB':>16}{'vs transformers':>18}")
+    theirs = timings["transformers"]["median"]
+    for name, t in timings.items():
+        mem = memory.get(name, {}).get("step_peak_mib", float("nan"))
+        print(f"{name:<15}{t['median']:>12.2f}{mem:>16.0f}{t['median'] / theirs:>17.2f}x")
+    ours = timings["ours"]["median"]
+    if memory:
+        ratio = memory["ours"]["step_peak_mib"] / memory["transformers"]["step_peak_mib"]
+        print(f"peak memory ours/transformers: {ratio:.2f}x")
+    if "ours+ckpt" in timings:
+        speed = timings["ours+ckpt"]["median"] / ours
+        line = f"gradient checkpointing: {speed:.2f}x the images/s of ours without (cost {1 - speed:.0%})"
+        if memory:
+            saved = 1 - memory["ours+ckpt"]["step_peak_mib"] / memory["ours"]["step_peak_mib"]
+            line += f", step peak memory -{saved:.0%}"
+        print(line)
+    if baseline_fp32 is not None:
+        print(f"transformers fp32: {baseline_fp32:.2f} images/s -> ours bf16 / transformers fp32: {ours / baseline_fp32:.2f}x")
+    if agreement is not None:
+        print(f"top-1 agreement ours bf16 vs fp32 on {args.agreement_batches * args.batch_size} random images: {agreement:.1%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "args": vars(args),
+                    "load": load,
+                    "timings": timings,
+                    "memory": memory,
+                    "max_logits_diff": diff,
+                    "bf16_top1_agreement": agreement,
+                    "transformers_fp32_images_per_s": baseline_fp32,
+                },
+                f,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()

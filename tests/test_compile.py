@@ -1,0 +1,63 @@
+"""torch.compile: fullgraph with no graph breaks, and dynamic shapes without recompiling every call."""
+
+import pytest
+import torch
+
+from swin_hf import SwinConfig, SwinForImageClassification
+
+TINY = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, image_size=32, patch_size=2, num_labels=5)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _model():
+    torch.manual_seed(0)
+    return SwinForImageClassification(SwinConfig(**TINY)).eval()
+
+
+@pytest.mark.slow
+def test_fullgraph_compile_matches_eager():
+    model = _model()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).logits
+        got = compiled(x).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fullgraph_compile_training_step():
+    model = _model().train()
+    compiled = torch.compile(model, fullgraph=True)
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    loss = compiled(x, labels=labels).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(x, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_dynamic_shapes_do_not_recompile_every_call():
+    """Graph capture with symbolic shapes (backend="eager": Inductor's codegen adds minutes on a small CPU
+    and is not what is being tested) for two batch sizes and two image sizes."""
+    from torch._dynamo.utils import counters
+
+    model = _model()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="eager")
+    counters.clear()
+    # stage maps stay multiples of the window and larger than it (16/8 and 24/12)
+    with torch.no_grad():
+        for batch, size in [(1, 32), (3, 32), (2, 48)]:
+            x = torch.randn(batch, 3, size, size)
+            torch.testing.assert_close(compiled(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs <= 2, f"{graphs} graphs captured for 3 calls"
