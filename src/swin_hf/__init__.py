@@ -3,6 +3,8 @@
 Importing this package registers the classes with transformers' Auto classes and pipelines.
 """
 
+import logging
+
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -39,7 +41,13 @@ from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_en
 __version__ = "0.1.0"
 
 AutoConfig.register(SwinConfig.model_type, SwinConfig, exist_ok=True)
-AutoImageProcessor.register(SwinConfig, slow_image_processor_class=SwinImageProcessor, exist_ok=True)
+# Registering makes transformers 5.23 resolve its lazy processor table, which logs that ViT's default
+# processor needs torchvision; that warning is about ViT, not us, so it is silenced for this one call.
+logging.disable(logging.WARNING)
+try:
+    AutoImageProcessor.register(SwinConfig, slow_image_processor_class=SwinImageProcessor, exist_ok=True)
+finally:
+    logging.disable(logging.NOTSET)
 SwinConfig.register_for_auto_class("AutoConfig")
 for _auto, _model in (
     (AutoModel, SwinModel),

@@ -35,6 +35,8 @@ BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.cli import add_hardware_arguments
+
     p = argparse.ArgumentParser(
         prog="segment.py",
         description="Semantic segmentation with UperNet on a Swin backbone (any `datasets` set with image + "
@@ -73,12 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
     o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
 
-    h = p.add_argument_group("hardware (under `fabric run`, its own flags win)")
-    h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
-    h.add_argument("--devices", default="auto", help="devices per node")
-    h.add_argument("--strategy", default="auto", help="Lightning Fabric strategy")
-    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
-    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
+    add_hardware_arguments(p)
 
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="random seed")

@@ -35,6 +35,8 @@ DEFAULT_DATASET = "sklearn-digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.cli import add_hardware_arguments
+
     p = argparse.ArgumentParser(
         prog="pretrain_simmim.py",
         description="SimMIM pre-training of a Swin encoder on unlabelled images (any `datasets` split). "
@@ -68,12 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
     o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
 
-    h = p.add_argument_group("hardware (under `fabric run`, its own flags win)")
-    h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
-    h.add_argument("--devices", default="auto", help="devices per node")
-    h.add_argument("--strategy", default="auto", help="Lightning Fabric strategy")
-    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
-    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
+    add_hardware_arguments(p)
 
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="random seed (data order, masks, initialisation)")

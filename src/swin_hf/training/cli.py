@@ -85,6 +85,17 @@ def _floats(text: str) -> tuple[float, float]:
     return a, b
 
 
+def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The launcher options every recipe shares (Lightning Fabric's names); returns the group."""
+    h = parser.add_argument_group("hardware (under `fabric run`, its own flags win)")
+    h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
+    h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
+    h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, deepspeed, ... (passed to Lightning Fabric)")
+    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
+    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
+    return h
+
+
 def _auto(cast):
     def parse(text: str):
         return AUTO if text == AUTO else cast(text)
@@ -162,13 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mixup", type=_auto(float), default=AUTO, help="probability a batch gets mixup")
     a.add_argument("--cutmix", type=_auto(float), default=AUTO, help="probability a batch gets cutmix")
 
-    h = p.add_argument_group("hardware (under `fabric run`, its own flags win)")
+    h = add_hardware_arguments(p)
     h.add_argument("--cpu-threads", type=_auto(int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
-    h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
-    h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
-    h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, deepspeed, ... (passed to Lightning Fabric)")
-    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
-    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
 
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="random seed")
