@@ -3,12 +3,9 @@
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-pytest.importorskip("onnxruntime")
-
-from swin_hf import SwinConfig, SwinForImageClassification, SwinModel  # noqa: E402
-from swin_hf.export import export_onnx, run_onnx  # noqa: E402
+from swin_hf import SwinConfig, SwinForImageClassification, SwinModel
+from swin_hf.cli import main as swin_hf_cli
+from swin_hf.export import export_onnx, run_onnx
 
 TINY = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, image_size=32, patch_size=2)
 
@@ -38,3 +35,14 @@ def test_export_model_dynamic_height_width(tmp_path):
     # every stage map a multiple of the window and larger than it: 32 -> (16, 8), 48 -> (24, 12), 64 -> (32, 16)
     _check(model, path, [(1, 3, 32, 32), (2, 3, 48, 64)], attr="last_hidden_state")
     _check(model, path, [(3, 3, 64, 48)], output=1, attr="pooler_output")
+
+
+def test_export_onnx_command(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = SwinForImageClassification(SwinConfig(**TINY, num_labels=4)).eval()
+    model.save_pretrained(tmp_path / "model")
+    assert swin_hf_cli(["export-onnx", str(tmp_path / "model"), str(tmp_path / "swin.onnx")]) == 0
+    assert "dynamic batch" in capsys.readouterr().out
+    _check(model, tmp_path / "swin.onnx", [(1, 3, 32, 32), (4, 3, 32, 32)])
+    assert swin_hf_cli(["export-onnx", str(tmp_path / "missing"), str(tmp_path / "x.onnx")]) == 1
+    assert "export-onnx: error" in capsys.readouterr().err

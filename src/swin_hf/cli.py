@@ -1,5 +1,5 @@
 """The `swin-hf` command line: `convert` checkpoints, print model `info` (parameters and FLOPs), write
-the model `cards`. `python -m swin_hf.cli ...` does the same as the console script."""
+the model `cards`, `export-onnx`. `python -m swin_hf.cli ...` does the same as the console script."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     cards = commands.add_parser("cards", help="write the model card of every released model")
     cards.add_argument("out_dir", metavar="OUT_DIR", nargs="?", default="model_cards")
+
+    onnx = commands.add_parser(
+        "export-onnx",
+        help="export a model to ONNX (dynamic batch), checked against PyTorch with onnxruntime",
+        description="Export a saved swin_hf model (or a preset, randomly initialised) to ONNX with a free batch "
+        "dimension; onnxruntime's outputs are compared with PyTorch's before the command succeeds. One file "
+        "serves one resolution (Python: swin_hf.export_onnx(..., dynamic_hw=True) for the sizes where a free "
+        "height/width is exact).",
+    )
+    onnx.add_argument("target", metavar="PRESET_OR_DIR", help="a model folder or a preset")
+    onnx.add_argument("out", metavar="OUT.onnx", help="file to write")
+    onnx.add_argument("--image-size", type=int, help="input side in pixels (default: the config's image size)")
+    onnx.add_argument("--atol", type=float, default=1e-4, help="largest difference to PyTorch accepted")
     return parser
 
 
@@ -53,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "export-onnx":
+            return _export_onnx(args)
         return _cards(args)
     except (ConversionError, ValueError, OSError) as error:
         print(f"swin-hf {args.command}: error: {error}", file=sys.stderr)
@@ -83,6 +98,20 @@ def _info(args) -> int:
         print(json.dumps({"target": args.target, **cost.as_dict()}, indent=2))
     else:
         print(format_report(cost, title=args.target))
+    return 0
+
+
+def _export_onnx(args) -> int:
+    from .configuration_swin import SwinConfig
+    from .export import export_onnx
+    from .modeling_swin import SwinForImageClassification
+
+    if args.target in PRESETS:
+        model = SwinForImageClassification(SwinConfig.from_preset(args.target))
+    else:
+        model = SwinForImageClassification.from_pretrained(args.target)
+    path = export_onnx(model.eval(), args.out, image_size=args.image_size, atol=args.atol)
+    print(f"Wrote {path} (dynamic batch; outputs match PyTorch within {args.atol:g})")
     return 0
 
 
