@@ -35,7 +35,7 @@ BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.cli import add_hardware_arguments
+    from .cli import add_hardware_arguments
 
     p = argparse.ArgumentParser(
         prog="segment.py",
@@ -92,12 +92,12 @@ def load_data(args):
     """(train split, validation split, id2label)."""
     import json
 
-    from .segmentation_data import texture_collage_dataset
+    from ..segmentation_data import texture_collage_dataset
 
     if args.dataset == BUILTIN:
         splits, id2label = texture_collage_dataset(seed=args.seed)
     else:
-        from .training.data import load_splits
+        from .data import load_splits
 
         splits = load_splits(dataset=args.dataset, dataset_config=args.dataset_config)
         if args.id2label:
@@ -123,8 +123,8 @@ def load_data(args):
 
 
 def build_model(args, id2label: dict[int, str]):
-    from . import PRESETS, SwinConfig
-    from .segmentation import upernet_from_encoder
+    from .. import PRESETS, SwinConfig
+    from ..segmentation import upernet_from_encoder
 
     head = dict(hidden_size=args.hidden_size, auxiliary_channels=max(16, args.hidden_size // 2))
     if args.model == "builtin":
@@ -139,11 +139,11 @@ def build_model(args, id2label: dict[int, str]):
 
 
 def run(args, fabric) -> dict:
-    from .segmentation_data import JointTransform, SegmentationDataset, collate
-    from .segmentation_train import evaluate_segmentation, save_for_pipeline, save_overlays, segmentation_loss
-    from .training.checkpoint import checkpoint_path, latest_checkpoint, save_atomic
-    from .training.optim import build_optimizer, build_scheduler
-    from .training.report import CSVLog, write_json
+    from ..segmentation_data import JointTransform, SegmentationDataset, collate
+    from ..segmentation_train import evaluate_segmentation, save_for_pipeline, save_overlays, segmentation_loss
+    from .checkpoint import checkpoint_path, latest_checkpoint, save_atomic
+    from .optim import build_optimizer, build_scheduler
+    from .report import CSVLog, write_json
 
     out = args.output_dir
     if fabric.is_global_zero:
@@ -251,7 +251,7 @@ def run(args, fabric) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training.cli import fabric_kwargs
+    from .cli import fabric_kwargs
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

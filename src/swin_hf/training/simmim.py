@@ -35,7 +35,7 @@ DEFAULT_DATASET = "sklearn-digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .training.cli import add_hardware_arguments
+    from .cli import add_hardware_arguments
 
     p = argparse.ArgumentParser(
         prog="pretrain_simmim.py",
@@ -102,7 +102,7 @@ class SimMIMTransform:
         return low + (high - low) * torch.rand((), generator=self.generator).item()
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        from .training.data import to_rgb
+        from .data import to_rgb
 
         x = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
         H, W = x.shape[1:]
@@ -127,7 +127,7 @@ class UnlabelledImages(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from .training.data import decode_image
+        from .data import decode_image
 
         pixels, mask = self.transform(decode_image(self.split[index][self.image_column]))
         return {"pixel_values": pixels, "bool_masked_pos": mask}
@@ -153,8 +153,8 @@ def image_column_of(split, name: str | None) -> str:
 
 def build_model(args):
     """(SwinForMaskedImageModeling, image processor)."""
-    from . import PRESETS, SwinConfig, SwinForMaskedImageModeling, SwinImageProcessor
-    from .training.loop import RECIPE_PRESETS
+    from .. import PRESETS, SwinConfig, SwinForMaskedImageModeling, SwinImageProcessor
+    from .loop import RECIPE_PRESETS
 
     overrides = {"drop_path_rate": args.drop_path}
     if args.image_size:
@@ -182,11 +182,11 @@ def build_model(args):
 
 def run(args, fabric) -> dict:
     """Pre-train; returns a summary (first/last loss, steps, minutes, output folder)."""
-    from . import SimMIMMaskGenerator
-    from .training.checkpoint import checkpoint_path, latest_checkpoint, save_atomic
-    from .training.data import digits_dataset_dict, load_splits
-    from .training.optim import build_optimizer, build_scheduler
-    from .training.report import CSVLog, write_json
+    from .. import SimMIMMaskGenerator
+    from .checkpoint import checkpoint_path, latest_checkpoint, save_atomic
+    from .data import digits_dataset_dict, load_splits
+    from .optim import build_optimizer, build_scheduler
+    from .report import CSVLog, write_json
 
     out = args.output_dir
     if fabric.is_global_zero:
@@ -303,7 +303,7 @@ def save_reconstructions(model, dataset, path: str, processor, count: int = 6) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training.cli import fabric_kwargs
+    from .cli import fabric_kwargs
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
