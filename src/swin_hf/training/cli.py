@@ -317,25 +317,32 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = resolve(args)
+def start_fabric(args: argparse.Namespace):
+    """Every recipe's start: logging (quiet libraries; ranks other than 0 log warnings only) and a Fabric
+    for the launcher in use (see `fabric_kwargs`), launched here unless `fabric run` already started the
+    processes."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "transformers", "lightning", "lightning.fabric", "evaluate", "fsspec", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from lightning.fabric import Fabric
 
+    fabric = Fabric(**fabric_kwargs(args))
+    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes already exist
+        fabric.launch()
+    if not fabric.is_global_zero:
+        logging.getLogger().setLevel(logging.WARNING)
+    return fabric
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = resolve(args)
     threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
     if threads and not os.environ.get("OMP_NUM_THREADS"):
         import torch
 
         torch.set_num_threads(threads)
-    kwargs = fabric_kwargs(args)
-    fabric = Fabric(**kwargs)
-    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes already exist
-        fabric.launch()
-    if not fabric.is_global_zero:
-        logging.getLogger().setLevel(logging.WARNING)
+    fabric = start_fabric(args)
     try:
         summary = run(config, fabric)
     except (DataError, FileExistsError) as error:

@@ -303,19 +303,10 @@ def save_reconstructions(model, dataset, path: str, processor, count: int = 6) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import fabric_kwargs
+    from .cli import start_fabric
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("datasets", "transformers", "lightning", "lightning.fabric", "fsspec", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from lightning.fabric import Fabric
-
-    fabric = Fabric(**fabric_kwargs(args))
-    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes exist already
-        fabric.launch()
-    if not fabric.is_global_zero:
-        logging.getLogger().setLevel(logging.WARNING)
+    fabric = start_fabric(args)
     try:
         summary = run(args, fabric)
     except (ValueError, FileExistsError) as error:
