@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import swin_hf.modeling_swin as modeling
 from swin_hf import SwinConfig, SwinForImageClassification, SwinModel
 from swin_hf.cli import main as swin_hf_cli
 from swin_hf.export import export_onnx, run_onnx
@@ -20,7 +21,10 @@ def _check(model, path, shapes, output=0, attr="logits"):
         assert abs(got - expected).max() < 1e-4, shape
 
 
-def test_export_classifier_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("onednn", [False, True])
+def test_export_classifier_dynamic_batch(tmp_path, onednn, monkeypatch):
+    if onednn:  # every product on the oneDNN path, as in a full-size model
+        monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
     torch.manual_seed(0)
     model = SwinForImageClassification(SwinConfig(**TINY, num_labels=5)).eval()
     path = export_onnx(model, tmp_path / "swin.onnx", batch_size=2, dynamic_batch=True)

@@ -53,19 +53,34 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
 
 
-def _on_onednn(x: torch.Tensor) -> bool:
-    # On CPU, PyTorch sends F.linear to MKL's sgemm, which on AMD Zen runs at under half the speed of
-    # oneDNN (measured: 180-200 vs 400-470 GFLOP/s, fp32, 2 threads; BENCHMARKS.md). A 1x1 convolution
-    # over channels-last memory is the same product and runs on oneDNN, forward and backward.
-    return x.device.type == "cpu"
+# On CPU, PyTorch sends F.linear to MKL's sgemm, which on AMD Zen runs at under half the speed of
+# oneDNN (measured on the benchmark machine, fp32: 180-210 vs 360-470 GFLOP/s with 2 threads, 100 vs
+# 190-245 with 1; BENCHMARKS.md). A 1x1 convolution over channels-last memory is the same product and
+# runs on oneDNN. Products smaller than this many multiply-adds stay on F.linear (oneDNN's per-call
+# set-up costs more than it saves there: 8 tokens x 768 -> 1000 is 1.4x faster on F.linear).
+ONEDNN_MIN_MACS = 1 << 24
+
+
+def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype in which x @ weight^T runs on oneDNN (autocast's, if on), or None: use F.linear."""
+    if x.device.type != "cpu" or x.numel() // max(x.shape[-1], 1) * weight.numel() < ONEDNN_MIN_MACS:
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype if dtype in (torch.float32, torch.bfloat16) else None
 
 
 def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight^T + bias over the last dim: (..., K) -> (..., N), weight (N, K). Same math as F.linear."""
-    if not _on_onednn(x):
+    dtype = _onednn_dtype(x, weight)
+    if dtype is None:
         return F.linear(x, weight, bias)
-    out = F.conv2d(_as_map(x), weight[:, :, None, None], bias)  # (1, N, tokens, 1), channels-last
-    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+    w = weight.to(dtype)[:, :, None, None]  # (N, K, 1, 1)
+    b = None if bias is None else bias.to(dtype)
+    if torch.compiler.is_compiling():  # traced (Inductor, export): the public op, which lowers everywhere
+        out = F.conv2d(_as_map(x.to(dtype)), w, b)
+    else:  # eager: oneDNN's convolution directly (conv2d's own dispatch picks slower kernels for 1 thread)
+        out = torch.ops.aten.mkldnn_convolution(_as_map(x.to(dtype)), w, b, [0, 0], [1, 1], [1, 1], 1)
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])  # (1, N, tokens, 1) channels-last
 
 
 def token_linear_backward(
@@ -74,7 +89,7 @@ def token_linear_backward(
     """Gradients of token_linear(x, weight, bias) given grad = dL/d(output), (..., N):
     (dL/dx (..., K), dL/dweight (N, K), dL/dbias (N,) or None), computed in grad's dtype."""
     x, weight = x.to(grad.dtype), weight.to(grad.dtype)
-    if not _on_onednn(x):
+    if _onednn_dtype(x, weight) is None:
         g, t = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])  # (tokens, N), (tokens, K)
         return grad @ weight, g.t() @ t, g.sum(0) if has_bias else None
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(

@@ -1,0 +1,146 @@
+"""The CPU fast paths compute the paper's math: per-token linear layers on oneDNN (token_linear) and the
+MLP in token tiles (_LeanMLP / _mlp_forward) give the numbers plain F.linear / nn modules give.
+
+The test models are small, so their products fall under ONEDNN_MIN_MACS and would run on F.linear; the
+`onednn` fixture lowers the threshold to 0 so that every product takes the oneDNN path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import swin_hf.modeling_swin as modeling
+from swin_hf import convert_state_dict
+from swin_hf.modeling_swin import TokenLinear, token_linear, token_linear_backward
+from swin_reference import TINY, images, reference_pair
+from test_parity import CASES, TOL
+
+
+@pytest.fixture
+def onednn(monkeypatch):
+    monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """MLP tiles of 100 tokens: many tiles, the last one partial (512 tokens per stage-1 batch of 2 at 64x64)."""
+    monkeypatch.setattr(modeling, "MLP_TILE_TOKENS", 100)
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (2, 5, 12), (2, 3, 4, 12)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("path", ["onednn", "f.linear"])
+def test_token_linear_forward_and_backward_equal_f_linear(shape, bias, path, monkeypatch):
+    monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0 if path == "onednn" else 10**12)
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    weight = torch.randn(20, 12, requires_grad=True)
+    b = torch.randn(20, requires_grad=True) if bias else None
+    grad = torch.randn(*shape[:-1], 20)
+
+    out = token_linear(x, weight, b)
+    ref = F.linear(x, weight, b)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out.shape == ref.shape and out.is_contiguous()
+
+    params = [x, weight] + ([b] if bias else [])
+    got = torch.autograd.grad(out, params, grad)
+    expected = torch.autograd.grad(ref, params, grad)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-5)
+
+    # the hand-written backward (used by the MLP) gives the same three gradients
+    grad_x, grad_w, grad_b = token_linear_backward(grad, x.detach(), weight.detach(), has_bias=bias)
+    torch.testing.assert_close(grad_x, expected[0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(grad_w, expected[1], atol=1e-4, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(grad_b, expected[2], atol=1e-4, rtol=1e-5)
+    else:
+        assert grad_b is None
+
+
+def test_token_linear_accepts_non_contiguous_tokens(onednn):
+    x = torch.randn(4, 6, 12).transpose(0, 1)  # (6, 4, 12), not contiguous
+    weight, bias = torch.randn(5, 12), torch.randn(5)
+    torch.testing.assert_close(token_linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
+
+
+def _ops(fn) -> set[str]:
+    with torch.profiler.profile() as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_products_run_on_onednn_small_ones_on_f_linear(threads):
+    layer = TokenLinear(96, 384)
+    assert isinstance(layer, nn.Linear)  # same parameters, same state dict keys as nn.Linear
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # conv2d's own dispatch would leave oneDNN at 1 thread; ours does not
+    try:
+        large = _ops(lambda: layer(torch.randn(2, 32, 32, 96)))  # 2048 tokens x 96 x 384 = 75M MACs
+        small = _ops(lambda: layer(torch.randn(3, 96)))
+    finally:
+        torch.set_num_threads(before)
+    assert "aten::mkldnn_convolution" in large and not large & {"aten::addmm", "aten::mm"}
+    assert "aten::addmm" in small and "aten::mkldnn_convolution" not in small
+
+
+def test_token_linear_under_bf16_autocast_runs_in_bf16(onednn):
+    x, weight, bias = torch.randn(3, 5, 12), torch.randn(20, 12), torch.randn(20)
+    with torch.autocast("cpu", torch.bfloat16):
+        out, ref = token_linear(x, weight, bias), F.linear(x, weight, bias)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_on_onednn_match_transformers(case, onednn):
+    config, size = CASES[case]
+    theirs, ours = reference_pair(dict(config, num_labels=5))
+    x = images(2, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, **TOL)
+
+
+def test_tiled_mlp_on_onednn_gradients_match_transformers(small_tiles, onednn):
+    theirs, ours = reference_pair(dict(TINY, num_labels=3))
+    assert len(modeling._tiles(2 * 16 * 16, torch.device("cpu"))) == 6  # the tiles are really in use
+    x, labels = images(2, 64, 64), torch.tensor([0, 2])
+    theirs(x, labels=labels).loss.backward()
+    ours(x, labels=labels).loss.backward()
+    expected = convert_state_dict({n: p.grad for n, p in theirs.named_parameters()}, source="transformers")
+    for name, param in ours.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_tiled_mlp_inference_equals_plain_modules(small_tiles, onednn):
+    mlp, norm = modeling.SwinMLP(modeling.SwinConfig(**TINY), 16), nn.LayerNorm(16)
+    x = torch.randn(2, 9, 31, 16)  # 558 tokens: 6 tiles, the last of 58
+    with torch.no_grad():
+        plain = mlp.fc2(mlp.act(mlp.fc1(norm(x))))
+        torch.testing.assert_close(mlp(x, norm), plain, atol=1e-6, rtol=1e-5)
+
+
+def test_tiled_mlp_under_bf16_autocast_matches_untiled(small_tiles, onednn, monkeypatch):
+    mlp, norm = modeling.SwinMLP(modeling.SwinConfig(**TINY), 16), nn.LayerNorm(16)
+    x = torch.randn(2, 9, 31, 16)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            out = mlp(xx, norm)
+        out.float().square().sum().backward()
+        grads = [xx.grad] + [p.grad.clone() for p in (*mlp.parameters(), *norm.parameters())]
+        mlp.zero_grad(), norm.zero_grad()
+        return out, grads
+
+    tiled_out, tiled_grads = run()
+    monkeypatch.setattr(modeling, "MLP_TILE_TOKENS", 10**9)
+    whole_out, whole_grads = run()
+    assert tiled_out.dtype == torch.bfloat16
+    torch.testing.assert_close(tiled_out, whole_out)
+    for tiled, whole in zip(tiled_grads, whole_grads):
+        assert tiled.dtype == torch.float32  # parameter gradients come back in the parameters' dtype
+        torch.testing.assert_close(tiled, whole, atol=1e-2, rtol=1e-2)
