@@ -43,12 +43,20 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))  # the checkout's swin_hf, n
 # ------------------------------------------------------------------------------------------------ models
 
 
-def build_models(preset: str, seed: int = 0, with_timm: bool = True) -> dict[str, torch.nn.Module]:
-    """{'ours': ..., 'transformers': ..., ['timm': ...]}, ours carrying transformers' weights."""
+def build_models(
+    preset: str, seed: int = 0, with_timm: bool = True, pretrained: str | None = None
+) -> dict[str, torch.nn.Module]:
+    """{'ours': ..., 'transformers': ..., ['timm': ...]}, ours carrying transformers' weights: random ones of
+    the preset, or those of a transformers checkpoint (`pretrained`: Hub id or folder) for the bf16
+    agreement check with trained weights."""
     import transformers
 
     from swin_hf import SwinConfig, SwinForImageClassification, convert_state_dict
 
+    if pretrained is not None:
+        attn = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
+        theirs = transformers.SwinForImageClassification.from_pretrained(pretrained, attn_implementation=attn)
+        return {"ours": SwinForImageClassification.from_pretrained(pretrained), "transformers": theirs}
     ours_config = SwinConfig.from_preset(preset, num_labels=1000)
     fields = (
         "image_size patch_size num_channels embed_dim depths num_heads window_size mlp_ratio qkv_bias "
@@ -257,6 +265,9 @@ def top1_agreement(model, device: str, batch_size: int, n_batches: int, image_si
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="swin-tiny-patch4-window7-224")
+    parser.add_argument(
+        "--pretrained", help="transformers Swin checkpoint (Hub id or folder) for both models instead of random weights"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
@@ -284,7 +295,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = args.device
-    models = build_models(args.model)
+    models = build_models(args.model, pretrained=args.pretrained)
     for model in models.values():
         model.to(device)
     image_size = _image_size(models["ours"])
@@ -336,7 +347,7 @@ def main() -> None:
 def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
     load = os.getloadavg()
     header = (
-        f"{args.model} batch {args.batch_size} {args.mode} {args.dtype}"
+        f"{args.pretrained or args.model} batch {args.batch_size} {args.mode} {args.dtype}"
         f"{' compiled' if args.compile else ''}{' grad-ckpt' if args.gradient_checkpointing else ''}"
         f"{f' AdamW {args.optimizer}' if args.mode == 'train' else ''} | "
         f"{args.device}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
