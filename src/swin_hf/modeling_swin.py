@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
 import shutil
 from pathlib import Path
 from dataclasses import dataclass
@@ -57,13 +58,17 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
 # oneDNN (measured on the benchmark machine, fp32: 180-210 vs 360-470 GFLOP/s with 2 threads, 100 vs
 # 190-245 with 1; BENCHMARKS.md). A 1x1 convolution over channels-last memory is the same product and
 # runs on oneDNN. Products smaller than this many multiply-adds stay on F.linear (oneDNN's per-call
-# set-up costs more than it saves there: 8 tokens x 768 -> 1000 is 1.4x faster on F.linear).
+# set-up costs more than it saves there: 8 tokens x 768 -> 1000 is 1.4x (2 threads) to 2.5x (1 thread)
+# faster on F.linear). Measured on x86 only, so other CPUs keep F.linear.
 ONEDNN_MIN_MACS = 1 << 24
+_ONEDNN_CPU = torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The dtype in which x @ weight^T runs on oneDNN (autocast's, if on), or None: use F.linear."""
-    if x.device.type != "cpu" or x.numel() // max(x.shape[-1], 1) * weight.numel() < ONEDNN_MIN_MACS:
+    if not _ONEDNN_CPU or x.device.type != "cpu":
+        return None
+    if x.numel() // max(x.shape[-1], 1) * weight.numel() < ONEDNN_MIN_MACS:
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return dtype if dtype in (torch.float32, torch.bfloat16) else None
