@@ -33,8 +33,8 @@ def test_fullgraph_compile_matches_eager():
 
 
 def test_fullgraph_capture_of_the_onednn_path(monkeypatch):
-    """Every product on the oneDNN path (as in a full-size model): traced through AOTAutograd in one graph,
-    forward and backward equal to eager."""
+    """With every product large enough for oneDNN (as in a full-size model), eager runs oneDNN and the
+    traced graph F.linear: one graph through AOTAutograd, forward and backward equal to eager."""
     monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
     model = _model().train()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")

@@ -23,7 +23,7 @@ def _check(model, path, shapes, output=0, attr="logits"):
 
 @pytest.mark.parametrize("onednn", [False, True])
 def test_export_classifier_dynamic_batch(tmp_path, onednn, monkeypatch):
-    if onednn:  # every product on the oneDNN path, as in a full-size model
+    if onednn:  # every product large enough for oneDNN in eager, as in a full-size model (export traces F.linear)
         monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
     torch.manual_seed(0)
     model = SwinForImageClassification(SwinConfig(**TINY, num_labels=5)).eval()
