@@ -32,9 +32,38 @@ def test_fullgraph_compile_matches_eager():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def _traced_calls(model, x) -> list[str]:
+    """The function calls in the graph torch.compile captures for model(x)."""
+    calls = []
+
+    def backend(gm, example_inputs):
+        calls.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch.compile(model, fullgraph=True, backend=backend)(x)
+    return calls
+
+
+@pytest.mark.skipif(not modeling._ONEDNN_CPU, reason="the opaque product is registered on x86 CPUs with oneDNN only")
+def test_compile_traces_the_products_as_one_opaque_op_and_export_as_linear():
+    """torch.compile keeps the products on oneDNN through swin_hf::token_linear (as F.linear they would
+    become MKL sgemms); torch.export, whose graphs go to ONNX and other runtimes, sees F.linear."""
+    model, x = _model(), torch.randn(2, 3, 32, 32)
+    products = sum(isinstance(m, modeling.TokenLinear) for m in model.modules())  # qkv, proj, fc1, fc2, merges
+    calls = _traced_calls(model, x)
+    assert sum("swin_hf.token_linear" in c for c in calls) == products == 17
+    assert calls.count(str(torch._C._nn.linear)) == 1  # the classifier head, an nn.Linear
+    exported = [str(n.target) for n in torch.export.export(model, (x,)).graph.nodes if n.op == "call_function"]
+    assert exported.count("aten.linear.default") == products + 1 and not any("swin_hf" in c for c in exported)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts F.linear's inputs; the op is left out
+        calls = _traced_calls(model, x)
+    assert calls.count(str(torch._C._nn.linear)) == products + 1 and not any("swin_hf" in c for c in calls)
+
+
 def test_fullgraph_capture_of_the_onednn_path(monkeypatch):
-    """With every product large enough for oneDNN (as in a full-size model), eager runs oneDNN and the
-    traced graph F.linear: one graph through AOTAutograd, forward and backward equal to eager."""
+    """With every product large enough for oneDNN (as in a full-size model), eager runs oneDNN directly
+    and the traced graph swin_hf::token_linear: one graph through AOTAutograd, forward and backward (the
+    op's registered gradient) equal to eager."""
     monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
     model = _model().train()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")

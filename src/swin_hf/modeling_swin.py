@@ -76,10 +76,10 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
 
 def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight^T + bias over the last dim: (..., K) -> (..., N), weight (N, K). Same math as F.linear."""
+    if torch.compiler.is_compiling():
+        return _traced_token_linear(x, weight, bias)
     dtype = _onednn_dtype(x, weight)
-    # traced (torch.compile, export): F.linear, which Inductor compiles well (as a 1x1 convolution the
-    # compiled Swin-T ran at 12.6 images/s instead of transformers' 16.3) and exports as MatMul
-    if dtype is None or torch.compiler.is_compiling():
+    if dtype is None:
         return F.linear(x, weight, bias)
     w = weight.to(dtype)[:, :, None, None]  # (N, K, 1, 1)
     b = None if bias is None else bias.to(dtype)
@@ -102,6 +102,71 @@ def token_linear_backward(
         [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, has_bias],
     )  # fmt: skip
     return grad_x.permute(0, 2, 3, 1).reshape(x.shape), grad_w.view(weight.shape), grad_b
+
+
+def _traced_token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """token_linear as torch.compile / torch.export see it.
+
+    Traced, F.linear becomes Inductor's MKL sgemm and a 1x1 convolution Inductor's own convolution
+    (compiled Swin-T inference: 16.2 and 12.6 images/s, against eager's 25). So torch.compile on an x86
+    CPU gets the opaque op swin_hf::token_linear, which runs the eager oneDNN product (or F.linear, by
+    size) while Inductor fuses everything around it (28 images/s). Export, autocast and other devices
+    trace F.linear, which exports as a plain MatMul and which autocast knows how to cast.
+    """
+    if _TOKEN_LINEAR_OP is None or torch.compiler.is_exporting() or x.device.type != "cpu":
+        return F.linear(x, weight, bias)
+    if torch.is_autocast_enabled("cpu") or x.dtype not in (torch.float32, torch.bfloat16):
+        return F.linear(x, weight, bias)
+    return _TOKEN_LINEAR_OP(x, weight, bias)
+
+
+def _define_token_linear_op():
+    """Register swin_hf::token_linear (forward, shapes for tracing, gradient) once per process.
+
+    A second copy of this file (a checkpoint loaded with trust_remote_code next to an installed
+    swin_hf) reuses the registered op instead of registering it again.
+    """
+    if not _ONEDNN_CPU:
+        return None
+    if hasattr(torch.ops.swin_hf, "token_linear"):
+        return torch.ops.swin_hf.token_linear
+    lib = torch.library
+    forward = lib.custom_op(
+        "swin_hf::token_linear", token_linear, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
+    )
+
+    def backward_impl(grad, x, weight, has_bias):
+        grad_x, grad_w, grad_b = token_linear_backward(grad, x, weight, has_bias)
+        return grad_x, grad_w, grad_b if has_bias else grad.new_empty(0)
+
+    backward = lib.custom_op(
+        "swin_hf::token_linear_backward", backward_impl, mutates_args=(),
+        schema="(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)",
+    )  # fmt: skip
+
+    @forward.register_fake
+    def _(x, weight, bias):
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @backward.register_fake
+    def _(grad, x, weight, has_bias):
+        return grad.new_empty(x.shape), grad.new_empty(weight.shape), grad.new_empty(weight.shape[0] if has_bias else 0)
+
+    def save(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def gradient(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w, grad_b = backward(grad, x, weight, ctx.has_bias)
+        return grad_x, grad_w, grad_b if ctx.has_bias else None
+
+    forward.register_autograd(gradient, setup_context=save)
+    return torch.ops.swin_hf.token_linear
+
+
+_TOKEN_LINEAR_OP = _define_token_linear_op()
 
 
 class TokenLinear(nn.Linear):
