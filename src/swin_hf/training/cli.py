@@ -7,7 +7,6 @@ Swin from scratch on scikit-learn's digits) or `finetune` (a pretrained Swin on 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -334,6 +333,22 @@ def start_fabric(args: argparse.Namespace):
     return fabric
 
 
+def launch(args: argparse.Namespace, run_recipe, user_errors: tuple[type[Exception], ...], report) -> int:
+    """Every recipe's main: start Fabric, `run_recipe(fabric)` -> summary, then rank 0 prints
+    `report(summary)`. A user error (`user_errors`: bad data, an output folder in use) is one line on
+    stderr and exit status 2, not a traceback."""
+    fabric = start_fabric(args)
+    try:
+        summary = run_recipe(fabric)
+    except user_errors as error:
+        if fabric.is_global_zero:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    if fabric.is_global_zero:
+        print(report(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = resolve(args)
@@ -342,18 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    fabric = start_fabric(args)
-    try:
-        summary = run(config, fabric)
-    except (DataError, FileExistsError) as error:
-        if fabric.is_global_zero:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    if fabric.is_global_zero:
+
+    def report(summary: dict) -> str:
         lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
-        print("\n" + "\n".join(lines))
-        print(f"outputs: {os.path.abspath(config.output_dir)} (model, README.md, metrics.json, plots, logs)")
-    return 0
+        outputs = f"outputs: {os.path.abspath(config.output_dir)} (model, README.md, metrics.json, plots, logs)"
+        return "\n" + "\n".join(lines) + "\n" + outputs
+
+    return launch(args, lambda fabric: run(config, fabric), (DataError, FileExistsError), report)
 
 
-__all__ = ["PROFILES", "build_parser", "fabric_kwargs", "main", "resolve"]
+__all__ = ["PROFILES", "build_parser", "fabric_kwargs", "launch", "main", "resolve"]

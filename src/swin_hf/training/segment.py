@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 
 import torch
@@ -251,24 +250,18 @@ def run(args, fabric) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import start_fabric
+    from .cli import launch
 
-    args = build_parser().parse_args(argv)
-    fabric = start_fabric(args)
-    try:
-        summary = run(args, fabric)
-    except (ValueError, FileExistsError) as error:
-        if fabric.is_global_zero:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    if fabric.is_global_zero:
+    def report(summary: dict) -> str:
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
-        print(
+        return (
             f"\nvalidation mIoU {summary['mean_iou']:.4f}, pixel accuracy {summary['overall_accuracy']:.4f} "
             f"({per_class}) after {summary['train_minutes']:.1f} min ({summary['steps']} steps)\n"
             f"outputs: {summary['output_dir']} (model for pipeline('image-segmentation'), metrics.json, overlays/)"
         )
-    return 0
+
+    args = build_parser().parse_args(argv)
+    return launch(args, lambda fabric: run(args, fabric), (ValueError, FileExistsError), report)
 
 
 __all__ = ["BUILTIN", "BUILTIN_MODEL", "build_model", "build_parser", "load_data", "main", "run"]

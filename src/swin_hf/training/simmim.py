@@ -21,7 +21,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -303,23 +302,17 @@ def save_reconstructions(model, dataset, path: str, processor, count: int = 6) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import start_fabric
+    from .cli import launch
 
-    args = build_parser().parse_args(argv)
-    fabric = start_fabric(args)
-    try:
-        summary = run(args, fabric)
-    except (ValueError, FileExistsError) as error:
-        if fabric.is_global_zero:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    if fabric.is_global_zero:
-        print(
+    def report(summary: dict) -> str:
+        return (
             f"\nSimMIM: {summary['steps']} steps in {summary['minutes']:.1f} min, masked-pixel L1 "
             f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}\n"
             f"outputs: {summary['output_dir']} (fine-tune it: python recipes/finetune.py --model {summary['output_dir']})"
         )
-    return 0
+
+    args = build_parser().parse_args(argv)
+    return launch(args, lambda fabric: run(args, fabric), (ValueError, FileExistsError), report)
 
 
 __all__ = ["SimMIMTransform", "UnlabelledImages", "build_parser", "build_model", "main", "run"]
