@@ -111,3 +111,23 @@ def test_dynamic_shapes_do_not_recompile_every_call():
             torch.testing.assert_close(compiled(x).logits, model(x).logits, atol=1e-5, rtol=1e-5)
     graphs = counters["stats"]["unique_graphs"]
     assert graphs <= 2, f"{graphs} graphs captured for 3 calls"
+
+
+@pytest.mark.skipif(not modeling._ONEDNN_CPU, reason="the opaque product is registered on x86 CPUs with oneDNN only")
+def test_a_second_copy_of_the_model_file_reuses_the_registered_op(tmp_path):
+    """save_pretrained copies modeling_swin.py next to the weights; loading that copy as remote code in a
+    process that already imported swin_hf must not register swin_hf::token_linear twice (an error)."""
+    import sys
+
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    model = _model()
+    model.save_pretrained(tmp_path)
+    remote_cls = get_class_from_dynamic_module("modeling_swin.SwinForImageClassification", str(tmp_path))
+    remote = sys.modules[remote_cls.__module__]
+    assert remote is not modeling and remote._TOKEN_LINEAR_OP is modeling._TOKEN_LINEAR_OP
+    copy = remote_cls.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = torch.compile(copy, fullgraph=True, backend="aot_eager")(x).logits
+        torch.testing.assert_close(got, model(x).logits, atol=1e-6, rtol=1e-6)
