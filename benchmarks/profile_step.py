@@ -115,7 +115,7 @@ def main() -> None:
 
     cats = {impl: by_category(r["ops"]) for impl, r in results.items()}
     print(f"Swin-T {args.mode}, batch 8, 2 threads, glibc trimming {'off' if args.no_trim else 'on (default)'}")
-    print(f"| ms per step | ours | transformers |\n|---|---:|---:|")
+    print("| ms per step | ours | transformers |\n|---|---:|---:|")
     for name in cats["ours"]:
         print(f"| {name} | {cats['ours'][name]:.0f} | {cats['transformers'][name]:.0f} |")
     for label, fn in [("sum of the timed ops", lambda r, c: f"{sum(c.values()):.0f}"),
