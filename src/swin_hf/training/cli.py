@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--label-smoothing", type=_auto(float), default=AUTO, help="label smoothing")
     o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
     o.add_argument("--ema-decay", type=_auto(float), default=AUTO, help="EMA of weights, evaluated and saved (0 = off)")
-    o.add_argument("--compile", action="store_true", help="torch.compile the model (on GPUs; on x86 CPUs the eager step is faster, BENCHMARKS.md)")
+    o.add_argument("--compile", action="store_true", help="torch.compile the model (on x86 CPUs the eager training step measured faster: BENCHMARKS.md)")
     o.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward to save memory")
 
     a = p.add_argument_group("augmentation (kornia, on batches)")
