@@ -110,7 +110,7 @@ def _traced_token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     Traced, F.linear becomes Inductor's MKL sgemm and a 1x1 convolution Inductor's own convolution
     (compiled Swin-T inference: 16.2 and 12.6 images/s, against eager's 25). So torch.compile on an x86
     CPU gets the opaque op swin_hf::token_linear, which runs the eager oneDNN product (or F.linear, by
-    size) while Inductor fuses everything around it (28 images/s). Export, autocast and other devices
+    size) while Inductor fuses everything around it (28-30 images/s). Export, autocast and other devices
     trace F.linear, which exports as a plain MatMul and which autocast knows how to cast.
     """
     if _TOKEN_LINEAR_OP is None or torch.compiler.is_exporting() or x.device.type != "cpu":
@@ -130,8 +130,7 @@ def _define_token_linear_op():
         return None
     if hasattr(torch.ops.swin_hf, "token_linear"):
         return torch.ops.swin_hf.token_linear
-    lib = torch.library
-    forward = lib.custom_op(
+    forward = torch.library.custom_op(
         "swin_hf::token_linear", token_linear, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
     )
 
@@ -139,7 +138,7 @@ def _define_token_linear_op():
         grad_x, grad_w, grad_b = token_linear_backward(grad, x, weight, has_bias)
         return grad_x, grad_w, grad_b if has_bias else grad.new_empty(0)
 
-    backward = lib.custom_op(
+    backward = torch.library.custom_op(
         "swin_hf::token_linear_backward", backward_impl, mutates_args=(),
         schema="(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)",
     )  # fmt: skip
