@@ -131,3 +131,19 @@ def test_a_second_copy_of_the_model_file_reuses_the_registered_op(tmp_path):
     with torch.no_grad():
         got = torch.compile(copy, fullgraph=True, backend="aot_eager")(x).logits
         torch.testing.assert_close(got, model(x).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_shifted_window_reverse_compiles_with_inductor_for_dynamic_shapes():
+    """The SW-MSA inverse gather under Inductor with symbolic sizes. Built by rolling indices, it made
+    Inductor's CPU code generation fail ('StrictLessThan' object has no attribute 'diff', torch 2.13),
+    and with it every torch.compile(model, dynamic=True) on CPU. (The whole tiny model compiles too,
+    but takes ~10 minutes on 2 cores.)"""
+
+    def reverse(x):  # (B, H, W, C) windows of 4x4 -> image, shifted back by 2
+        B, H, W, C = x.shape
+        return modeling.window_reverse(x.view(B, -1, 16, C), 4, H, W, 2)
+
+    compiled = torch.compile(reverse, dynamic=True, fullgraph=True)
+    for size in (16, 24):
+        x = torch.randn(2, size, size, 8)
+        torch.testing.assert_close(compiled(x), reverse(x), atol=0, rtol=0)

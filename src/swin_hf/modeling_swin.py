@@ -262,13 +262,12 @@ def shifted_window_order(
 ) -> torch.Tensor:
     """(H*W,) token indices. Forward: the flat position in the image of each token of the shifted
     windows, in window order. Inverse: the place in window order of each image position."""
-    if not inverse:
-        position = torch.arange(height * width, device=device).view(1, height, width, 1)
-        position = torch.roll(position, shifts=(-shift, -shift), dims=(1, 2))
-        return window_partition(position, window).flatten()
-    place = torch.arange(height * width, device=device).view(1, -1, window * window, 1)
-    place = window_reverse(place, window, height, width)
-    return torch.roll(place, shifts=(shift, shift), dims=(1, 2)).flatten()
+    if inverse:  # the inverse of a permutation is its argsort (materialised under torch.compile too:
+        # Inductor fusing a rolled index into the gather fails for dynamic shapes, torch 2.13)
+        return torch.argsort(shifted_window_order(height, width, window, shift, False, device))
+    position = torch.arange(height * width, device=device).view(1, height, width, 1)
+    position = torch.roll(position, shifts=(-shift, -shift), dims=(1, 2))
+    return window_partition(position, window).flatten()
 
 
 def window_geometry(height: int, width: int, window_size: int, always_partition: bool) -> tuple[int, int]:
