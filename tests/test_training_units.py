@@ -209,3 +209,22 @@ def test_accuracy_metric_loads_offline(monkeypatch):
     assert os.path.exists(ACCURACY_PATH)
     result = load_accuracy().compute(predictions=[0, 1, 2, 2], references=[0, 1, 2, 0])
     assert result == {"accuracy": 0.75}
+
+
+def test_prepare_output_dir_claims_a_folder_the_same_way_for_every_recipe(tmp_path):
+    from types import SimpleNamespace
+
+    fabric = SimpleNamespace(is_global_zero=True, barrier=lambda: None)
+    out = tmp_path / "run"
+    ckpt.prepare_output_dir(fabric, str(out), overwrite=False, resume=False)  # new folder: created
+    assert out.is_dir()
+    ckpt.prepare_output_dir(fabric, str(out), overwrite=False, resume=False)  # empty folder: fine
+    (out / "checkpoints").mkdir()
+    stale = ckpt.checkpoint_path(str(out / "checkpoints"), 7)
+    open(stale, "w").close()
+    with pytest.raises(FileExistsError, match="not empty. Pass --resume to continue it, pass --overwrite"):
+        ckpt.prepare_output_dir(fabric, str(out), overwrite=False, resume=False)
+    ckpt.prepare_output_dir(fabric, str(out), overwrite=False, resume=True)  # resume keeps the checkpoint
+    assert os.path.exists(stale)
+    ckpt.prepare_output_dir(fabric, str(out), overwrite=True, resume=False)  # overwrite drops it
+    assert not os.path.exists(stale) and out.is_dir()

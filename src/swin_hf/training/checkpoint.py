@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import torch
@@ -61,8 +62,6 @@ def save_atomic(fabric, path: str, state: dict, keep: int = 2) -> None:
             )
             for _, old in found[:-keep]:
                 if os.path.isdir(old):
-                    import shutil
-
                     shutil.rmtree(old, ignore_errors=True)
                 else:
                     os.remove(old)
@@ -71,3 +70,21 @@ def save_atomic(fabric, path: str, state: dict, keep: int = 2) -> None:
 
 
 __all__ = ["checkpoint_path", "latest_checkpoint", "rng_state", "save_atomic", "set_rng_state"]
+
+
+def prepare_output_dir(fabric, out: str, overwrite: bool, resume: bool) -> None:
+    """Every recipe's claim on its --output-dir, made by rank 0 while the others wait.
+
+    A non-empty folder needs --resume (continue its latest checkpoint) or --overwrite (train into it;
+    its old checkpoints are removed, so a later --resume cannot pick up a stale one).
+    """
+    if fabric.is_global_zero:
+        if os.path.isdir(out) and os.listdir(out) and not (resume or overwrite):
+            hint = " Pass --resume to continue it," if latest_checkpoint(os.path.join(out, "checkpoints")) else ""
+            raise FileExistsError(
+                f"--output-dir {out!r} is not empty.{hint} pass --overwrite to train into it anyway, or choose another directory."
+            )
+        if overwrite and not resume:
+            shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+        os.makedirs(out, exist_ok=True)
+    fabric.barrier()

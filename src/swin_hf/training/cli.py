@@ -95,6 +95,18 @@ def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     return h
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str, outputs: str) -> argparse._ArgumentGroup:
+    """The run options every recipe shares (seed, output folder, overwrite, resume, log interval); returns
+    the group for the recipe's own. `outputs` says what the folder will hold."""
+    r = parser.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=0, help="random seed")
+    r.add_argument("--output-dir", default=output_dir, help=outputs)
+    r.add_argument("--overwrite", action="store_true", help="train into a non-empty --output-dir (its old checkpoints are removed)")
+    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    r.add_argument("--log-every", type=int, default=10, help="log the training loss every N steps")
+    return r
+
+
 def _auto(cast):
     def parse(text: str):
         return AUTO if text == AUTO else cast(text)
@@ -175,16 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     h = add_hardware_arguments(p)
     h.add_argument("--cpu-threads", type=_auto(int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
 
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0, help="random seed")
+    r = add_run_arguments(p, "outputs/swin-finetuned", "model, card, metrics, plots, logs, checkpoints")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
-    r.add_argument("--output-dir", default="outputs/swin-finetuned", help="model, card, metrics, plots, logs, checkpoints")
-    r.add_argument("--overwrite", action="store_true", help="train into a non-empty --output-dir")
     r.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N optimiser steps (always at epoch ends)")
     r.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
-    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
     r.add_argument("--eval-every-epochs", type=int, default=1, help="evaluate every N epochs")
-    r.add_argument("--log-every", type=int, default=10, help="log training loss every N steps")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--push-to-hub", action="store_true", help="upload --output-dir to the Hub at the end (needs network and a token)")
     r.add_argument("--hub-model-id", default=None, help="Hub repository for --push-to-hub")
@@ -366,4 +373,4 @@ def main(argv: list[str] | None = None) -> int:
     return launch(args, lambda fabric: run(config, fabric), (DataError, FileExistsError), report)
 
 
-__all__ = ["PROFILES", "build_parser", "fabric_kwargs", "launch", "main", "resolve"]
+__all__ = ["PROFILES", "add_hardware_arguments", "add_run_arguments", "build_parser", "fabric_kwargs", "launch", "main", "resolve"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, BatchAugment, soft_cross_entropy
-from .checkpoint import checkpoint_path, latest_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import checkpoint_path, latest_checkpoint, prepare_output_dir, rng_state, save_atomic, set_rng_state
 from .data import (
     DIGITS,
     ImageClassificationDataset,
@@ -252,17 +252,7 @@ def run(config: TrainConfig, fabric=None) -> dict:
     if fabric is None:
         fabric = Fabric(accelerator="cpu", devices=1)
         fabric.launch()
-    if fabric.is_global_zero:
-        if os.path.isdir(out) and os.listdir(out) and not (config.resume or config.overwrite):
-            existing = latest_checkpoint(os.path.join(out, "checkpoints"))
-            hint = " Pass --resume to continue it," if existing else ""
-            raise FileExistsError(
-                f"--output-dir {out!r} is not empty.{hint} pass --overwrite to train into it anyway, or choose another directory."
-            )
-        if config.overwrite and not config.resume:
-            shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
-        os.makedirs(out, exist_ok=True)
-    fabric.barrier()
+    prepare_output_dir(fabric, out, config.overwrite, config.resume)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -34,7 +34,7 @@ BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_hardware_arguments
+    from .cli import add_hardware_arguments, add_run_arguments
 
     p = argparse.ArgumentParser(
         prog="segment.py",
@@ -76,14 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_hardware_arguments(p)
 
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0, help="random seed")
-    r.add_argument("--output-dir", default="outputs/swin-upernet", help="model, metrics, overlays, checkpoints")
-    r.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
-    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
+    r = add_run_arguments(p, "outputs/swin-upernet", "model, metrics, overlays, checkpoints")
     r.add_argument("--eval-every-epochs", type=int, default=2, help="evaluate every N epochs (and at the end)")
     r.add_argument("--num-overlays", type=int, default=8, help="validation images rendered as overlays")
-    r.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
     return p
 
 
@@ -140,15 +135,12 @@ def build_model(args, id2label: dict[int, str]):
 def run(args, fabric) -> dict:
     from ..segmentation_data import JointTransform, SegmentationDataset, collate
     from ..segmentation_train import evaluate_segmentation, save_for_pipeline, save_overlays, segmentation_loss
-    from .checkpoint import checkpoint_path, latest_checkpoint, save_atomic
+    from .checkpoint import checkpoint_path, latest_checkpoint, prepare_output_dir, save_atomic
     from .optim import build_optimizer, build_scheduler
     from .report import CSVLog, write_json
 
     out = args.output_dir
-    if fabric.is_global_zero:
-        if os.path.isdir(out) and os.listdir(out) and not (args.overwrite or args.resume):
-            raise FileExistsError(f"--output-dir {out} is not empty; pass --overwrite, --resume or another folder.")
-        os.makedirs(out, exist_ok=True)
+    prepare_output_dir(fabric, out, args.overwrite, args.resume)
     fabric.seed_everything(args.seed)
     train_split, val_split, id2label = load_data(args)
     num_labels = len(id2label)

@@ -34,7 +34,7 @@ DEFAULT_DATASET = "sklearn-digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_hardware_arguments
+    from .cli import add_hardware_arguments, add_run_arguments
 
     p = argparse.ArgumentParser(
         prog="pretrain_simmim.py",
@@ -71,12 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_hardware_arguments(p)
 
-    r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0, help="random seed (data order, masks, initialisation)")
-    r.add_argument("--output-dir", default="outputs/swin-simmim", help="pre-trained model, metrics, reconstructions, checkpoints")
-    r.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
-    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
-    r.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
+    add_run_arguments(p, "outputs/swin-simmim", "pre-trained model, metrics, reconstructions, checkpoints")
     return p
 
 
@@ -182,16 +177,13 @@ def build_model(args):
 def run(args, fabric) -> dict:
     """Pre-train; returns a summary (first/last loss, steps, minutes, output folder)."""
     from .. import SimMIMMaskGenerator
-    from .checkpoint import checkpoint_path, latest_checkpoint, save_atomic
+    from .checkpoint import checkpoint_path, latest_checkpoint, prepare_output_dir, save_atomic
     from .data import digits_dataset_dict, load_splits
     from .optim import build_optimizer, build_scheduler
     from .report import CSVLog, write_json
 
     out = args.output_dir
-    if fabric.is_global_zero:
-        if os.path.isdir(out) and os.listdir(out) and not (args.overwrite or args.resume):
-            raise FileExistsError(f"--output-dir {out} is not empty; pass --overwrite, --resume or another folder.")
-        os.makedirs(out, exist_ok=True)
+    prepare_output_dir(fabric, out, args.overwrite, args.resume)
     fabric.seed_everything(args.seed)
 
     if args.dataset == DEFAULT_DATASET and not args.train_dir:
