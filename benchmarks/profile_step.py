@@ -45,21 +45,26 @@ CATEGORIES = {
 
 
 class OpTimer(TorchDispatchMode):
-    """Accumulates wall time and calls per (op, shapes of its first two tensor arguments)."""
+    """Accumulates calls, wall time and page faults per (op, shapes of its first two tensor arguments)."""
 
     def __init__(self):
         super().__init__()
         self.times: dict[tuple[str, str], list] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        start = time.perf_counter()
+        faults, start = _minor_faults(), time.perf_counter()
         out = func(*args, **(kwargs or {}))
-        elapsed = time.perf_counter() - start
+        elapsed, faults = time.perf_counter() - start, _minor_faults() - faults
         shapes = str([tuple(a.shape) for a in args if isinstance(a, torch.Tensor)][:2])
-        entry = self.times.setdefault((func.overloadpacket.__name__, shapes), [0, 0.0])
+        entry = self.times.setdefault((func.overloadpacket.__name__, shapes), [0, 0.0, 0])
         entry[0] += 1
         entry[1] += elapsed
+        entry[2] += faults
         return out
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def child(impl: str, mode: str, no_trim: bool, steps: int) -> dict:
@@ -75,16 +80,16 @@ def child(impl: str, mode: str, no_trim: bool, steps: int) -> dict:
     step = make_step(model, mode, "fp32", x, y, "cpu")
     for _ in range(3):
         step()
-    faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    faults, start = _minor_faults(), time.perf_counter()
     for _ in range(steps):
         step()
     untimed = (time.perf_counter() - start) / steps
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+    faults = (_minor_faults() - faults) / steps
     timer = OpTimer()
     with timer:
         for _ in range(steps):
             step()
-    ops = {f"{op} {shapes}": (n / steps, t / steps) for (op, shapes), (n, t) in timer.times.items()}
+    ops = {f"{op} {shapes}": (n / steps, t / steps, f / steps) for (op, shapes), (n, t, f) in timer.times.items()}
     return {"step_s": untimed, "faults": faults, "ops": ops}
 
 
@@ -107,7 +112,7 @@ def main() -> None:
 
     def by_category(ops: dict) -> dict:
         rows = dict.fromkeys([*CATEGORIES, "other (add, mul, sum, views, ...)"], 0.0)
-        for key, (_, seconds) in ops.items():
+        for key, (_, seconds, _) in ops.items():
             op = key.split(" ", 1)[0]
             name = next((c for c, members in CATEGORIES.items() if op in members), "other (add, mul, sum, views, ...)")
             rows[name] += seconds * 1e3
@@ -123,9 +128,9 @@ def main() -> None:
                       ("page faults per step", lambda r, c: f"{r['faults']:.0f}")]:  # fmt: skip
         print(f"| {label} | {fn(results['ours'], cats['ours'])} | {fn(results['transformers'], cats['transformers'])} |")
     for impl in ("ours", "transformers") if args.top else ():
-        print(f"\n{impl}: the {args.top} costliest (op, input shapes), ms per step (calls)")
-        for key, (n, seconds) in sorted(results[impl]["ops"].items(), key=lambda kv: -kv[1][1])[: args.top]:
-            print(f"{seconds * 1e3:8.2f} ({n:.0f})  {key}")
+        print(f"\n{impl}: the {args.top} costliest (op, input shapes): ms per step (calls, page faults)")
+        for key, (n, seconds, faults) in sorted(results[impl]["ops"].items(), key=lambda kv: -kv[1][1])[: args.top]:
+            print(f"{seconds * 1e3:8.2f} ({n:.0f}, {faults:.0f})  {key}")
 
 
 if __name__ == "__main__":

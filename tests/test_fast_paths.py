@@ -144,3 +144,79 @@ def test_tiled_mlp_under_bf16_autocast_matches_untiled(small_tiles, onednn, monk
     for tiled, whole in zip(tiled_grads, whole_grads):
         assert tiled.dtype == torch.float32  # parameter gradients come back in the parameters' dtype
         torch.testing.assert_close(tiled, whole, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("kept_seed", [0, 3, 5])
+def test_stochastic_depth_runs_the_branch_on_kept_samples_only(kept_seed):
+    """residual() on CPU computes the branch for the kept samples only, and gives the outputs and
+    gradients of the usual form (branch on every sample, dropped ones multiplied by zero)."""
+    lin = nn.Linear(6, 6)
+    batches = []
+
+    def branch(t):
+        batches.append(len(t))
+        return lin(t).tanh()
+
+    x = torch.randn(8, 3, 6)
+
+    def run(skip):
+        xx = x.clone().requires_grad_()
+        torch.manual_seed(kept_seed)
+        out = modeling.residual(xx, branch, 0.5, training=True, skip_dropped=skip)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        grads = [xx.grad, lin.weight.grad.clone(), lin.bias.grad.clone()]
+        lin.zero_grad()
+        return out, grads
+
+    out, grads = run(skip=True)
+    expected, expected_grads = run(skip=False)
+    assert batches[1] == 8  # the usual form computed every sample
+    torch.manual_seed(kept_seed)
+    kept = int(torch.empty(8).bernoulli_(0.5).sum())
+    assert batches[0] == kept and 0 < kept < 8  # this one only the kept ones (seeds chosen so)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("drop_path", [1.0 - 1e-9, 1e-9])
+def test_stochastic_depth_with_every_branch_dropped_or_kept(drop_path):
+    x, calls = torch.randn(4, 5), []
+    out = modeling.residual(x, lambda t: calls.append(len(t)) or t * 2, drop_path, training=True)
+    if drop_path > 0.5:  # all dropped: the branch is never run, the input passes through
+        assert calls == [] and out is x
+    else:
+        assert calls == [4]
+        torch.testing.assert_close(out, x * 3)
+    torch.testing.assert_close(modeling.residual(x, lambda t: t * 2, drop_path, training=False), x * 3)
+
+
+def test_training_with_stochastic_depth_equals_the_zeroed_branch_form(monkeypatch):
+    """A whole model in training mode (drop_path_rate 0.5): the same loss and gradients whether the
+    dropped branches are skipped or computed and zeroed, for the same random draws."""
+    _, model = reference_pair(dict(TINY, num_labels=3, drop_path_rate=0.5))
+    model.train()
+    x, labels = images(4, 64, 64), torch.tensor([0, 2, 1, 1])
+    skipped = []
+    plain = modeling.residual
+
+    def spy(x, branch, p, training, skip_dropped=True):
+        def counted(t):
+            skipped.append(len(x) - len(t))
+            return branch(t)
+
+        return plain(x, counted, p, training, skip_dropped and skip)
+
+    monkeypatch.setattr(modeling, "residual", spy)
+    results = []
+    for skip in (True, False):
+        torch.manual_seed(0)
+        model.zero_grad()
+        loss = model(x, labels=labels).loss
+        loss.backward()
+        results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert sum(skipped) > 0  # some branches were really skipped in the first run
+    (loss, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -286,12 +286,28 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop the whole residual branch per sample with probability p."""
-    if p == 0.0 or not training:
+def residual(x: torch.Tensor, branch, drop_path: float, training: bool, skip_dropped: bool = True) -> torch.Tensor:
+    """x + DropPath(branch(x)): a residual connection with stochastic depth (Huang et al., 2016).
+
+    In training each sample's branch is dropped with probability p = drop_path, and kept ones are
+    scaled by 1/(1-p). A dropped branch adds exactly zero and receives exactly zero gradient, so on CPU
+    the branch runs on the kept samples only (`skip_dropped`): the same outputs and gradients for a
+    fraction p less work. On other devices (choosing the samples there would wait for the device) and
+    under torch.compile (which wants fixed shapes) every sample runs and dropped ones are zeroed.
+    """
+    if drop_path == 0.0 or not training:
+        return x + branch(x)
+    scale = 1.0 / (1.0 - drop_path)
+    keep = x.new_empty(x.shape[0]).bernoulli_(1.0 - drop_path)  # (B,) 1 = kept
+    if not skip_dropped or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return x + branch(x) * keep.mul_(scale).view(-1, *(1,) * (x.ndim - 1))
+    kept = keep.nonzero().flatten()  # (k,)
+    if len(kept) == len(x):
+        return x + branch(x) * scale
+    if len(kept) == 0:
         return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
-    return x * keep.div_(1.0 - p)  # scale the (B, 1, ...) mask, not the activations
+    out = branch(x.index_select(0, kept))  # (k, ...)
+    return x.index_add(0, kept, out.to(x.dtype), alpha=scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,23 +400,21 @@ def _tiles(num_tokens: int, device: torch.device) -> list[slice]:
 
 
 def _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden: bool):
-    """fc2(act(fc1(norm(tokens)))) tile by tile: (T, C) -> (T, C), and h = fc1(norm(tokens)) (T, 4C)
-    if `keep_hidden`. Under autocast the outputs come in the autocast dtype, as from nn.Linear."""
-    tiles = _tiles(len(tokens), tokens.device)
-    if len(tiles) == 1:
-        h = token_linear(norm(tokens), w1, b1)
-        return token_linear(act(h), w2, b2), h
-    out = h = None
-    for t in tiles:
-        h_t = token_linear(norm(tokens[t]), w1, b1)  # (tile, 4C)
-        out_t = token_linear(act(h_t), w2, b2)  # (tile, C)
-        if out is None:  # the dtypes are known now
-            out = out_t.new_empty(len(tokens), out_t.shape[1])
-            h = h_t.new_empty(len(tokens), h_t.shape[1]) if keep_hidden else None
-        out[t] = out_t
+    """fc2(act(fc1(norm(tokens)))) tile by tile: (T, C) -> (T, C), and, if `keep_hidden`, the tiles of
+    h = fc1(norm(tokens)), (tile, 4C) each. Under autocast the outputs come in the autocast dtype, as
+    from nn.Linear."""
+    out, hidden = None, []
+    for t in _tiles(len(tokens), tokens.device):
+        h = token_linear(norm(tokens[t]), w1, b1)  # (tile, 4C)
+        out_t = token_linear(act(h), w2, b2)  # (tile, C)
         if keep_hidden:
-            h[t] = h_t
-    return out, h
+            hidden.append(h)
+        if t.start == 0 and t.stop >= len(tokens):
+            return out_t, hidden
+        if out is None:  # the dtype is known now
+            out = out_t.new_empty(len(tokens), out_t.shape[1])
+        out[t] = out_t
+    return out, hidden
 
 
 class _LeanMLP(torch.autograd.Function):
@@ -414,22 +428,22 @@ class _LeanMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm: nn.LayerNorm, norm_weight, norm_bias, w1, b1, act: nn.Module, w2, b2):
-        out, h = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, w1, b1, act, w2, b2, keep_hidden=True)
+        out, hidden = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, w1, b1, act, w2, b2, keep_hidden=True)
         ctx.norm, ctx.act = norm, act
-        ctx.save_for_backward(x, h, norm_weight, norm_bias, w1, w2)
+        ctx.save_for_backward(x, norm_weight, norm_bias, w1, w2, *hidden)  # h kept as its tiles: no copy
         return out.view(*x.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad):
-        x, h, norm_weight, norm_bias, w1, w2 = ctx.saved_tensors
+        x, norm_weight, norm_bias, w1, w2, *hidden = ctx.saved_tensors
         C = x.shape[-1]
         tokens, grad = x.reshape(-1, C), grad.reshape(-1, C)  # (T, C), (T, C)
         params = (norm_weight, norm_bias, w1, w1, w2, w2)  # dtypes of the gradients returned below
         tiles = _tiles(len(tokens), x.device)
         grad_x, param_grads = torch.empty_like(tokens) if len(tiles) > 1 else None, None
-        for t in tiles:
+        for t, h in zip(tiles, hidden):
             with torch.enable_grad():  # recompute the two cheap intermediates, tracking their inputs
-                x_t, h_t = tokens[t].detach().requires_grad_(), h[t].detach().requires_grad_()
+                x_t, h_t = tokens[t].detach().requires_grad_(), h.detach().requires_grad_()
                 weight, bias = norm_weight.detach().requires_grad_(), norm_bias.detach().requires_grad_()
                 n = F.layer_norm(x_t, (C,), weight, bias, ctx.norm.eps)  # (tile, C)
                 a = ctx.act(h_t)  # (tile, 4C)
@@ -487,24 +501,27 @@ class SwinBlock(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, H, W, C). `window`, `shift` and the SW-MSA `mask` come from the stage (shift/mask
         are used only if this block is a shifted one)."""
-        B, H, W, C = x.shape
         shift = shift if self.shifted else 0
-        shortcut = x
-        x = self.norm1(x)
-        # pad bottom/right to whole windows (as the references do; padded tokens are zeros)
-        pad_h, pad_w = (-H) % window, (-W) % window
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = H + pad_h, W + pad_w
-        # cyclic shift (SW-MSA) + window partition, one gather
-        windows, weights = self.attn(
-            window_partition(x, window, shift), window, mask if shift else None, need_weights
-        )  # (B, nW, N, C)
-        x = window_reverse(windows, window, Hp, Wp, shift)  # (B, Hp, Wp, C), shifted back
-        if pad_h or pad_w:
-            x = x[:, :H, :W]
-        x = shortcut + drop_path(x, self.drop_path, self.training)
-        x = x + drop_path(self.mlp(x, self.norm2), self.drop_path, self.training)  # MLP(LN(x))
+        weights = None
+
+        def attention(x: torch.Tensor) -> torch.Tensor:  # (S)W-MSA(LN(x)): (b, H, W, C) -> (b, H, W, C)
+            nonlocal weights
+            _, H, W, _ = x.shape
+            x = self.norm1(x)
+            # pad bottom/right to whole windows (as the references do; padded tokens are zeros)
+            pad_h, pad_w = (-H) % window, (-W) % window
+            if pad_h or pad_w:
+                x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            # cyclic shift (SW-MSA) + window partition, one gather
+            windows, weights = self.attn(
+                window_partition(x, window, shift), window, mask if shift else None, need_weights
+            )  # (b, nW, N, C)
+            x = window_reverse(windows, window, H + pad_h, W + pad_w, shift)  # (b, Hp, Wp, C), shifted back
+            return x[:, :H, :W] if pad_h or pad_w else x
+
+        # attention weights are returned for every sample, so with need_weights no branch is skipped
+        x = residual(x, attention, self.drop_path, self.training, skip_dropped=not need_weights)
+        x = residual(x, lambda x: self.mlp(x, self.norm2), self.drop_path, self.training)  # MLP(LN(x))
         return x, weights
 
 
