@@ -303,7 +303,7 @@ def residual(x: torch.Tensor, branch, drop_path: float, training: bool, skip_dro
         return x + branch(x) * keep.mul_(scale).view(-1, *(1,) * (x.ndim - 1))
     kept = keep.nonzero().flatten()  # (k,)
     if len(kept) == len(x):
-        return x + branch(x) * scale
+        return x.add(branch(x), alpha=scale)
     if len(kept) == 0:
         return x
     out = branch(x.index_select(0, kept))  # (k, ...)
@@ -313,6 +313,46 @@ def residual(x: torch.Tensor, branch, drop_path: float, training: bool, skip_dro
 # --------------------------------------------------------------------------------------------------
 # 2. Window attention (W-MSA, and SW-MSA when given the shift mask)
 # --------------------------------------------------------------------------------------------------
+
+
+class _SplitHeads(torch.autograd.Function):
+    """Fused qkv (B, nW, N, 3*h*d) -> q * scale, k, v, each (B, nW, h, N, d), views of one new tensor.
+
+    One copy, with the 1/sqrt(d) scaling folded into it (q is scaled instead of the N x N logits).
+    Autograd's backward of permute + unbind would stack the three gradients into a new tensor and then
+    copy the stack back to the token layout; here they are written into the token layout directly,
+    q's scaled on the way: one pass over the largest activations of stage 1 instead of two.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int, scale: float):
+        B, nW, N, C3 = qkv.shape
+        ctx.shape, ctx.scale = (B, nW, N, 3, heads, C3 // (3 * heads)), scale
+        tokens = qkv.view(ctx.shape).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, h, N, d) view
+        split = qkv.new_empty(tokens.shape)
+        _copy_scaled(split[0], tokens[0], scale)
+        split[1:].copy_(tokens[1:])
+        return split.unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grad = grads[0].new_empty(ctx.shape)  # (B, nW, N, 3, h, d)
+        for i, g in enumerate(grads):
+            target = grad.select(3, i).transpose(2, 3)  # (B, nW, h, N, d) view
+            if g is None:
+                target.zero_()
+            else:
+                _copy_scaled(target, g, ctx.scale) if i == 0 else target.copy_(g)
+        return grad.flatten(3), None, None
+
+
+def _copy_scaled(target: torch.Tensor, source: torch.Tensor, scale: float) -> None:
+    """target[...] = source * scale, in one pass into a strided view (Dynamo refuses out= into a
+    non-contiguous tensor, so traced it is two steps, which Inductor fuses)."""
+    if torch.compiler.is_compiling():
+        target.copy_(source * scale)
+    else:
+        torch.mul(source, scale, out=target)
 
 
 class WindowAttention(nn.Module):
@@ -348,9 +388,8 @@ class WindowAttention(nn.Module):
         the attention probabilities (B*nW, heads, N, N)."""
         B, nW, N, C = x.shape
         h, d = self.num_heads, self.head_dim
-        # one fused projection; (3, B, nW, h, N, d) contiguous so every reshape below is a view
-        qkv = self.qkv(x).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).contiguous()
-        q, k, v = qkv.unbind(0)  # each (B, nW, h, N, d)
+        # one fused projection, split into heads by one copy, so that every reshape below is a view
+        q, k, v = _SplitHeads.apply(self.qkv(x), h, self.scale)  # each (B, nW, h, N, d), q scaled
 
         bias = self.relative_position_bias(window).to(q.dtype)  # (h, N, N)
         if mask is None:
@@ -369,14 +408,14 @@ class WindowAttention(nn.Module):
         if need_weights or bias_needs_grad or self.config._attn_implementation == "eager":
             # Spelled out. SDPA cannot return the gradient of its additive mask, so when B is being
             # trained it falls back to a math path that also saves scaled copies of q and k; here only
-            # the fused qkv (one storage) and the probabilities are saved, and the N x N logits are
-            # scaled and biased in place.
-            logits = (q @ k.transpose(-2, -1)).mul_(self.scale).add_(bias)  # (..., N, N)
+            # q, k, v (one storage) and the probabilities are saved, and the N x N logits are biased
+            # in place.
+            logits = (q @ k.transpose(-2, -1)).add_(bias)  # (..., N, N)
             probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
             out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
             weights = probs.view(B * nW, h, N, N) if need_weights else None
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)  # q is scaled
 
         out = out.view(B, nW, h, N, d).transpose(2, 3).reshape(B, nW, N, C)
         return self.proj_drop(self.proj(out)), weights
