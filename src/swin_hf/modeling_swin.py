@@ -582,9 +582,11 @@ class PatchMerging(nn.Module):
         H, W = x.shape[1:3]
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-        # order (row, col): (0,0), (1,0), (0,1), (1,1) - the order pretrained reduction weights expect
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
+        B, H, W, C = x.shape
+        # the 2x2 neighbours in the order (row, col) = (0,0), (1,0), (0,1), (1,1), the order pretrained
+        # reduction weights expect: col-major within the neighbourhood. One copy (and one in backward).
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)  # (B, H/2, W/2, col, row, C)
+        return self.reduction(self.norm(x.reshape(B, H // 2, W // 2, 4 * C)))
 
 
 class SwinStage(nn.Module):
