@@ -44,11 +44,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))  # the checkout's swin_hf, n
 
 
 def build_models(
-    preset: str, seed: int = 0, with_timm: bool = True, pretrained: str | None = None
+    preset: str, seed: int = 0, with_timm: bool = True, pretrained: str | None = None, drop_path: float | None = None
 ) -> dict[str, torch.nn.Module]:
     """{'ours': ..., 'transformers': ..., ['timm': ...]}, ours carrying transformers' weights: random ones of
     the preset, or those of a transformers checkpoint (`pretrained`: Hub id or folder) for the bf16
-    agreement check with trained weights."""
+    agreement check with trained weights. `drop_path` replaces the preset's stochastic depth rate."""
     import transformers
 
     from swin_hf import SwinConfig, SwinForImageClassification, convert_state_dict
@@ -57,7 +57,8 @@ def build_models(
         attn = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
         theirs = transformers.SwinForImageClassification.from_pretrained(pretrained, attn_implementation=attn)
         return {"ours": SwinForImageClassification.from_pretrained(pretrained), "transformers": theirs}
-    ours_config = SwinConfig.from_preset(preset, num_labels=1000)
+    overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
+    ours_config = SwinConfig.from_preset(preset, num_labels=1000, **overrides)
     fields = (
         "image_size patch_size num_channels embed_dim depths num_heads window_size mlp_ratio qkv_bias "
         "hidden_dropout_prob attention_probs_dropout_prob drop_path_rate hidden_act use_absolute_embeddings "
@@ -71,7 +72,7 @@ def build_models(
     ours.load_state_dict(convert_state_dict(theirs.state_dict(), source="transformers"))
     models = {"ours": ours, "transformers": theirs}
     if with_timm:
-        timm_model = build_timm(preset)
+        timm_model = build_timm(preset, ours_config.drop_path_rate)
         if timm_model is not None:
             models["timm"] = timm_model
     return models
@@ -81,7 +82,7 @@ def _supported_attn(transformers) -> set[str]:
     return {"sdpa"} if getattr(transformers.SwinForImageClassification, "_supports_sdpa", False) else set()
 
 
-def build_timm(preset: str) -> torch.nn.Module | None:
+def build_timm(preset: str, drop_path: float) -> torch.nn.Module | None:
     """timm's Swin of the same architecture (random weights: throughput does not depend on them), or None."""
     try:
         import timm
@@ -89,7 +90,7 @@ def build_timm(preset: str) -> torch.nn.Module | None:
         return None
     name = preset.replace("-", "_")
     try:
-        return timm.create_model(name, pretrained=False, num_classes=1000)
+        return timm.create_model(name, pretrained=False, num_classes=1000, drop_path_rate=drop_path)
     except Exception as error:  # noqa: BLE001 - any failure just drops the column
         print(f"[timm] skipped: {error}", file=sys.stderr)
         return None
@@ -189,7 +190,7 @@ def child_memory(args) -> dict:
     """Runs in a fresh process: peak memory of one step of one implementation (CPU: RSS; CUDA: allocator)."""
     torch.set_num_threads(args.threads)
     impl, _, ckpt = args.child_impl.partition("+")
-    models = build_models(args.model, with_timm=impl == "timm")
+    models = build_models(args.model, with_timm=impl == "timm", drop_path=args.drop_path)
     model = models[impl].to(args.device)
     del models
     if ckpt:
@@ -235,6 +236,7 @@ def peak_step_memory(args, impl: str) -> dict:
 def _forwarded(args) -> list[str]:
     out = ["--model", args.model, "--batch-size", str(args.batch_size), "--mode", args.mode]
     out += ["--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads)]
+    out += [] if args.drop_path is None else ["--drop-path", str(args.drop_path)]
     return out + ["--optimizer", args.optimizer]
 
 
@@ -279,6 +281,9 @@ def main() -> None:
     parser.add_argument(
         "--optimizer", choices=("fused", "foreach"), default="fused", help="AdamW implementation (for every model)"
     )
+    parser.add_argument(
+        "--drop-path", type=float, help="stochastic depth rate for every model (default: the preset's, 0.2 for Swin-T)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
@@ -295,7 +300,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = args.device
-    models = build_models(args.model, pretrained=args.pretrained)
+    models = build_models(args.model, pretrained=args.pretrained, drop_path=args.drop_path)
     for model in models.values():
         model.to(device)
     image_size = _image_size(models["ours"])
@@ -349,7 +354,8 @@ def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
     header = (
         f"{args.pretrained or args.model} batch {args.batch_size} {args.mode} {args.dtype}"
         f"{' compiled' if args.compile else ''}{' grad-ckpt' if args.gradient_checkpointing else ''}"
-        f"{f' AdamW {args.optimizer}' if args.mode == 'train' else ''} | "
+        f"{f' AdamW {args.optimizer}' if args.mode == 'train' else ''}"
+        f"{f' drop_path {args.drop_path}' if args.drop_path is not None else ''} | "
         f"{args.device}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
         f" | load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | max |logits diff| {diff:.1e}"
     )
