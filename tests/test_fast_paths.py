@@ -181,14 +181,25 @@ def test_stochastic_depth_runs_the_branch_on_kept_samples_only(kept_seed):
 
 @pytest.mark.parametrize("drop_path", [1.0 - 1e-9, 1e-9])
 def test_stochastic_depth_with_every_branch_dropped_or_kept(drop_path):
-    x, calls = torch.randn(4, 5), []
-    out = modeling.residual(x, lambda t: calls.append(len(t)) or t * 2, drop_path, training=True)
-    if drop_path > 0.5:  # all dropped: the branch is never run, the input passes through
-        assert calls == [] and out is x
+    lin, calls = nn.Linear(5, 5), []
+
+    def branch(t):
+        calls.append(len(t))
+        return lin(t)
+
+    x = torch.randn(4, 5)
+    out = modeling.residual(x, branch, drop_path, training=True)
+    out.sum().backward()
+    if drop_path > 0.5:
+        # all dropped: the output is the input, and the branch runs on one sample only, so that its
+        # parameters get zero gradients (not None) as with the usual form, which optimizers rely on
+        assert calls == [1]
+        torch.testing.assert_close(out, x, atol=0, rtol=0)
+        assert lin.weight.grad is not None and not lin.weight.grad.any() and not lin.bias.grad.any()
     else:
         assert calls == [4]
-        torch.testing.assert_close(out, x * 3)
-    torch.testing.assert_close(modeling.residual(x, lambda t: t * 2, drop_path, training=False), x * 3)
+        torch.testing.assert_close(out, x + lin(x) / (1 - drop_path))
+    torch.testing.assert_close(modeling.residual(x, lin, drop_path, training=False), x + lin(x))
 
 
 def test_training_with_stochastic_depth_equals_the_zeroed_branch_form(monkeypatch):

@@ -305,7 +305,9 @@ def residual(x: torch.Tensor, branch, drop_path: float, training: bool, skip_dro
     if len(kept) == len(x):
         return x.add(branch(x), alpha=scale)
     if len(kept) == 0:
-        return x
+        # every sample drops it: run it on one sample, times zero, so that its parameters still get
+        # (zero) gradients as in the usual form; optimizers (momentum, weight decay) and DDP expect them
+        return x + branch(x[:1]) * 0.0
     out = branch(x.index_select(0, kept))  # (k, ...)
     return x.index_add(0, kept, out.to(x.dtype), alpha=scale)
 
