@@ -95,6 +95,24 @@ def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     return h
 
 
+def add_optimisation_arguments(
+    parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float, min_lr_ratio: float,
+    weight_decay: float, lr_note: str = "",
+) -> argparse._ArgumentGroup:
+    """The schedule and AdamW options of the segmentation and SimMIM recipes, with their defaults;
+    returns the group for the recipe's own. (finetune's resolve per-dataset profiles: build_parser.)"""
+    o = parser.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=epochs, help="epochs")
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    o.add_argument("--batch-size", type=int, default=batch_size, help="images per process")
+    o.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (AdamW{lr_note})")
+    o.add_argument("--min-lr-ratio", type=float, default=min_lr_ratio, help="cosine floor as a fraction of --lr")
+    o.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay (not on norms, biases, tables)")
+    o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
+    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
+    return o
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str, outputs: str) -> argparse._ArgumentGroup:
     """The run options every recipe shares (seed, output folder, overwrite, resume, log interval); returns
     the group for the recipe's own. `outputs` says what the folder will hold."""

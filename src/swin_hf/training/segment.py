@@ -34,7 +34,7 @@ BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_hardware_arguments, add_run_arguments
+    from .cli import add_hardware_arguments, add_optimisation_arguments, add_run_arguments
 
     p = argparse.ArgumentParser(
         prog="segment.py",
@@ -62,17 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth of the backbone")
     m.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), help="random rescale range of training images")
 
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=8, help="epochs")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    o = add_optimisation_arguments(
+        p, epochs=8, batch_size=16, lr=1e-3, min_lr_ratio=0.0, weight_decay=0.01, lr_note="; paper, pre-trained: 6e-5"
+    )
     o.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes (then evaluate and save)")
-    o.add_argument("--batch-size", type=int, default=16, help="images per process")
-    o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (paper, pre-trained: 6e-5)")
-    o.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of --lr")
-    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on norms, biases, tables)")
     o.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay over backbone blocks (1 = off)")
-    o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
-    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
 
     add_hardware_arguments(p)
 

@@ -34,7 +34,7 @@ DEFAULT_DATASET = "sklearn-digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_hardware_arguments, add_run_arguments
+    from .cli import add_hardware_arguments, add_optimisation_arguments, add_run_arguments
 
     p = argparse.ArgumentParser(
         prog="pretrain_simmim.py",
@@ -59,15 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
     m.add_argument("--crop-scale", type=float, nargs=2, default=(0.67, 1.0), help="random resized crop area range")
 
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=10, help="epochs")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    o.add_argument("--batch-size", type=int, default=64, help="images per process")
-    o.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    o.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor as a fraction of --lr")
-    o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on norms, biases, tables)")
-    o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
-    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
+    add_optimisation_arguments(p, epochs=10, batch_size=64, lr=2e-3, min_lr_ratio=0.01, weight_decay=0.05)
 
     add_hardware_arguments(p)
 
