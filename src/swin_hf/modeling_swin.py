@@ -450,7 +450,7 @@ def _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden: bool):
         out_t = token_linear(act(h), w2, b2)  # (tile, C)
         if keep_hidden:
             hidden.append(h)
-        if t.start == 0 and t.stop >= len(tokens):
+        if t.start == 0 and t.stop >= len(tokens):  # a single tile: its output is the output
             return out_t, hidden
         if out is None:  # the dtype is known now
             out = out_t.new_empty(len(tokens), out_t.shape[1])
