@@ -53,11 +53,11 @@ def build_models(
 
     from swin_hf import SwinConfig, SwinForImageClassification, convert_state_dict
 
+    overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
     if pretrained is not None:
         attn = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
-        theirs = transformers.SwinForImageClassification.from_pretrained(pretrained, attn_implementation=attn)
-        return {"ours": SwinForImageClassification.from_pretrained(pretrained), "transformers": theirs}
-    overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
+        theirs = transformers.SwinForImageClassification.from_pretrained(pretrained, attn_implementation=attn, **overrides)
+        return {"ours": SwinForImageClassification.from_pretrained(pretrained, **overrides), "transformers": theirs}
     ours_config = SwinConfig.from_preset(preset, num_labels=1000, **overrides)
     fields = (
         "image_size patch_size num_channels embed_dim depths num_heads window_size mlp_ratio qkv_bias "

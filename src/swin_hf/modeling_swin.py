@@ -338,13 +338,11 @@ class _SplitHeads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        # (autograd hands a Function zeros, never None, for an output that got no gradient)
         grad = grads[0].new_empty(ctx.shape)  # (B, nW, N, 3, h, d)
         for i, g in enumerate(grads):
             target = grad.select(3, i).transpose(2, 3)  # (B, nW, h, N, d) view
-            if g is None:
-                target.zero_()
-            else:
-                _copy_scaled(target, g, ctx.scale) if i == 0 else target.copy_(g)
+            _copy_scaled(target, g, ctx.scale) if i == 0 else target.copy_(g)
         return grad.flatten(3), None, None
 
 

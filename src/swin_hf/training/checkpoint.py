@@ -69,9 +69,6 @@ def save_atomic(fabric, path: str, state: dict, keep: int = 2) -> None:
     fabric.barrier()
 
 
-__all__ = ["checkpoint_path", "latest_checkpoint", "rng_state", "save_atomic", "set_rng_state"]
-
-
 def prepare_output_dir(fabric, out: str, overwrite: bool, resume: bool) -> None:
     """Every recipe's claim on its --output-dir, made by rank 0 while the others wait.
 
@@ -88,3 +85,6 @@ def prepare_output_dir(fabric, out: str, overwrite: bool, resume: bool) -> None:
             shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
         os.makedirs(out, exist_ok=True)
     fabric.barrier()
+
+
+__all__ = ["checkpoint_path", "latest_checkpoint", "prepare_output_dir", "rng_state", "save_atomic", "set_rng_state"]

@@ -100,7 +100,8 @@ def add_optimisation_arguments(
     weight_decay: float, lr_note: str = "",
 ) -> argparse._ArgumentGroup:
     """The schedule and AdamW options of the segmentation and SimMIM recipes, with their defaults;
-    returns the group for the recipe's own. (finetune's resolve per-dataset profiles: build_parser.)"""
+    returns the group for the recipe's own. (finetune's defaults come from per-dataset profiles, so
+    build_parser declares its own.)"""
     o = parser.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=epochs, help="epochs")
     o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
@@ -391,4 +392,4 @@ def main(argv: list[str] | None = None) -> int:
     return launch(args, lambda fabric: run(config, fabric), (DataError, FileExistsError), report)
 
 
-__all__ = ["PROFILES", "add_hardware_arguments", "add_run_arguments", "build_parser", "fabric_kwargs", "launch", "main", "resolve"]
+__all__ = ["PROFILES", "add_hardware_arguments", "add_optimisation_arguments", "add_run_arguments", "build_parser", "fabric_kwargs", "launch", "main", "resolve"]
