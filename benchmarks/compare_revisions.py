@@ -1,7 +1,8 @@
-"""One training step of swin_hf at another git revision vs this checkout, in one process, step by step.
+"""One training (or inference) step of swin_hf at another git revision vs this checkout, in one process.
 
     python benchmarks/compare_revisions.py HEAD~1                    # Swin-T, batch 8, preset drop_path
     python benchmarks/compare_revisions.py 8b85d4a --drop-path 0 --steps 20
+    python benchmarks/compare_revisions.py HEAD~1 --mode infer [--dtype bf16]
 
 On a small shared machine the throughput of one model drifts by 5-10% between runs, more than most single
 changes are worth. Here both revisions train the same weights on the same batch in one process, their
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the preset's)")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per revision")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -58,7 +61,7 @@ def main() -> None:
         runs, state = {}, None
         for name, package in packages.items():
             config = package.SwinConfig.from_preset(args.model, num_labels=1000, **overrides)
-            model = package.SwinForImageClassification(config).train()
+            model = package.SwinForImageClassification(config).train(args.mode == "train")
             if state is None:
                 state = model.state_dict()
             model.load_state_dict(state)
@@ -72,7 +75,13 @@ def main() -> None:
             model, optimizer = runs[name]
             torch.manual_seed(seed)  # the same stochastic depth draws for both revisions
             start = time.perf_counter()
-            model(x, labels=labels).loss.backward()
+            with torch.autocast("cpu", torch.bfloat16, enabled=args.dtype == "bf16"):
+                if args.mode == "infer":
+                    with torch.inference_mode():
+                        model(x)
+                    return time.perf_counter() - start
+                loss = model(x, labels=labels).loss
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return time.perf_counter() - start
@@ -86,7 +95,8 @@ def main() -> None:
             for name in (old, new) if i % 2 else (new, old):
                 times[name].append(step(name, i))
 
-    print(f"{args.model} batch {args.batch_size} train step, drop_path {config.drop_path_rate}, {args.steps} pairs")
+    what = f"{args.mode} step {args.dtype}" + (f", drop_path {config.drop_path_rate}" if args.mode == "train" else "")
+    print(f"{args.model} batch {args.batch_size} {what}, {args.steps} pairs")
     for name, t in times.items():
         print(f"{name:>16}: median {statistics.median(t) * 1e3:.0f} ms, min {min(t) * 1e3:.0f} ms")
     ratio = statistics.median(n / o for n, o in zip(times[new], times[old]))

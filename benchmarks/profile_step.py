@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py train              # forward + backward + fused AdamW, batch 8, 224x224
     python benchmarks/profile_step.py infer
+    python benchmarks/profile_step.py infer --dtype bf16 # bf16 autocast
     python benchmarks/profile_step.py train --no-trim    # glibc keeps freed memory: no page faults
     python benchmarks/profile_step.py train --top 30     # also the 30 costliest (op, shapes) of each model
 
@@ -67,7 +68,7 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def child(impl: str, mode: str, no_trim: bool, steps: int) -> dict:
+def child(impl: str, mode: str, dtype: str, no_trim: bool, steps: int) -> dict:
     if no_trim:  # glibc: serve every allocation from the heap and never give it back to the OS
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -77,7 +78,7 @@ def child(impl: str, mode: str, no_trim: bool, steps: int) -> dict:
     model = build_models("swin-tiny-patch4-window7-224", with_timm=False)[impl]
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
-    step = make_step(model, mode, "fp32", x, y, "cpu")
+    step = make_step(model, mode, dtype, x, y, "cpu")
     for _ in range(3):
         step()
     faults, start = _minor_faults(), time.perf_counter()
@@ -96,17 +97,18 @@ def child(impl: str, mode: str, no_trim: bool, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", choices=("train", "infer"))
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     parser.add_argument("--no-trim", action="store_true", help="glibc never returns memory (no page faults)")
     parser.add_argument("--steps", type=int, default=3, help="steps timed (after 3 warm-up steps)")
     parser.add_argument("--top", type=int, default=0, help="also list the N costliest (op, shapes) per model")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.mode, args.no_trim, args.steps)))
+        print(json.dumps(child(args.child, args.mode, args.dtype, args.no_trim, args.steps)))
         return
     results = {}
     for impl in ("ours", "transformers"):
-        command = [sys.executable, os.path.abspath(__file__), args.mode, "--child", impl, "--steps", str(args.steps)]
+        command = [sys.executable, os.path.abspath(__file__), args.mode, "--child", impl, "--steps", str(args.steps), "--dtype", args.dtype]
         done = subprocess.run(command + (["--no-trim"] if args.no_trim else []), capture_output=True, text=True, check=True)
         results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -119,7 +121,7 @@ def main() -> None:
         return rows
 
     cats = {impl: by_category(r["ops"]) for impl, r in results.items()}
-    print(f"Swin-T {args.mode}, batch 8, 2 threads, glibc trimming {'off' if args.no_trim else 'on (default)'}")
+    print(f"Swin-T {args.mode} {args.dtype}, batch 8, 2 threads, glibc trimming {'off' if args.no_trim else 'on (default)'}")
     print("| ms per step | ours | transformers |\n|---|---:|---:|")
     for name in cats["ours"]:
         print(f"| {name} | {cats['ours'][name]:.0f} | {cats['transformers'][name]:.0f} |")
