@@ -231,3 +231,32 @@ def test_training_with_stochastic_depth_equals_the_zeroed_branch_form(monkeypatc
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
     for name, g in grads.items():
         torch.testing.assert_close(g, expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_inference_in_sample_groups_matches_transformers(monkeypatch):
+    """CPU inference runs a stage's blocks on groups of samples when its map is large; the logits and
+    every stage's output are transformers' (the groups are forced small here: TINY at 64x64 holds 32*32*16
+    activations per image in stage 1 and 16*16*32 in stage 2, so at most 2 and 4 images per group)."""
+    monkeypatch.setattr(modeling, "INFERENCE_GROUP_ACTIVATIONS", 2 * 32 * 32 * 16)
+    theirs, ours = reference_pair(dict(TINY, num_labels=4))
+    batches = []
+    for block in ours.modules():
+        if isinstance(block, modeling.SwinBlock):
+            block.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    x = images(5, 64, 64)
+    with torch.inference_mode():
+        got = ours(x, output_hidden_states=True)
+        expected = theirs(x, output_hidden_states=True)
+    assert batches[:6] == [2, 2, 2, 2, 1, 1]  # stage 1: groups of 2, 2 and 1 images, two blocks each
+    assert batches[6:10] == [3, 3, 2, 2]  # stage 2: two even groups
+    assert batches[10:] == [5] * 4  # stages 3-4: small enough to run whole
+    torch.testing.assert_close(got.logits, expected.logits, **TOL)
+    for mine, ref in zip(got.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(mine, ref, **TOL)
+
+    # with autograd recording, or when attention maps are asked for, the batch runs whole
+    batches.clear()
+    ours(x).logits.sum()
+    with torch.no_grad():
+        ours(x, output_attentions=True)
+    assert batches == [5] * 16

@@ -589,6 +589,23 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x.reshape(B, H // 2, W // 2, 4 * C)))
 
 
+# In CPU inference a stage whose map is large runs its blocks on groups of samples of at most about this
+# many activations (floats of the (b, H, W, C) block input), so that a group's intermediates stay in
+# cache from one op to the next (Swin-T stage 1 at batch 8, in groups of 3 images: 147 -> 112 ms).
+# Exact: in inference the samples of a batch never interact.
+INFERENCE_GROUP_ACTIVATIONS = 1 << 20
+
+
+def _inference_groups(x: torch.Tensor) -> list[slice]:
+    """Even groups of samples of x (B, H, W, C) for a CPU forward without autograd; [all] otherwise."""
+    B = len(x)
+    if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return [slice(None)]
+    count = -(-B // max(1, INFERENCE_GROUP_ACTIVATIONS // max(x[0].numel(), 1)))  # ceil(B / per group)
+    size = -(-B // count)
+    return [slice(i, i + size) for i in range(0, B, size)]
+
+
 class SwinStage(nn.Module):
     """`depth` Swin blocks alternating W-MSA and SW-MSA, then (except in the last stage) patch merging."""
 
@@ -611,9 +628,15 @@ class SwinStage(nn.Module):
         if shift and len(self.blocks) > 1:  # one mask per stage, shared by its SW-MSA blocks
             mask = shifted_window_mask(H + (-H) % window, W + (-W) % window, window, shift, x.device)
         weights = None
-        for i, block in enumerate(self.blocks):
-            last = i == len(self.blocks) - 1
-            x, weights = block(x, window, shift, mask, need_weights and last)
+        groups = _inference_groups(x) if not (need_weights or self.training) else [slice(None)]
+        outputs = []
+        for group in groups:
+            y = x[group]
+            for i, block in enumerate(self.blocks):
+                last = i == len(self.blocks) - 1
+                y, weights = block(y, window, shift, mask, need_weights and last)
+            outputs.append(y)
+        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         before_downsampling = x
         if self.downsample is not None:
             x = self.downsample(x)
