@@ -133,6 +133,11 @@ def make_step(
     return step
 
 
+def enable_checkpointing(model) -> None:
+    """Per-block activation checkpointing (transformers 5.24 renamed gradient_checkpointing_enable)."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -194,7 +199,7 @@ def child_memory(args) -> dict:
     model = models[impl].to(args.device)
     del models
     if ckpt:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
     torch.manual_seed(1)
     batch = torch.randn(args.batch_size, 3, *_image_size(model), device=args.device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
@@ -328,7 +333,7 @@ def main() -> None:
         import copy
 
         models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
-        models["ours+ckpt"].gradient_checkpointing_enable()
+        enable_checkpointing(models["ours+ckpt"])
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
     steps = {
