@@ -79,6 +79,8 @@ def test_fullgraph_capture_of_the_onednn_path(monkeypatch):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+    # the compiled forward runs with autograd off, in training too: it must not keep inference copies
+    assert not any(p in modeling._PACKED for p in model.parameters())
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ MLP in token tiles (_LeanMLP / _mlp_forward) give the numbers plain F.linear / n
 The test models are small, so their products fall under ONEDNN_MIN_MACS and would run on F.linear; the
 `onednn` fixture lowers the threshold to 0 so that every product takes the oneDNN path."""
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +262,76 @@ def test_inference_in_sample_groups_matches_transformers(monkeypatch):
     with torch.no_grad():
         ours(x, output_attentions=True)
     assert batches == [5] * 16
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (2, 5, 12), (2, 3, 4, 12)])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_inference_products_on_reordered_weights_equal_f_linear(shape, autocast, onednn):
+    """An inference product (pack=True) runs oneDNN's matmul on a copy of the weight reordered once;
+    the result is F.linear's, in fp32 and under bf16 autocast, for any leading shape."""
+    x, weight, bias = torch.randn(shape), torch.randn(20, 12), torch.randn(20)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        out, ref = token_linear(x, weight, bias, pack=True), F.linear(x, weight, bias)
+        no_bias = token_linear(x.transpose(0, -2), weight, pack=True)
+        ref_no_bias = F.linear(x.transpose(0, -2), weight)
+    assert weight in modeling._PACKED  # the reordered path was taken
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    tol = dict(atol=0.05, rtol=0.02) if autocast else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(no_bias, ref_no_bias, **tol)
+
+
+def test_reordered_weights_follow_the_weights(onednn, monkeypatch):
+    """The reordered copy is made once per weight, in eval mode with autograd off, and remade whenever the
+    weight changes (in place, new storage, another dtype). It is never made in training mode (not even
+    with autograd off, as in a checkpointed block's first pass), nor with autograd on, nor after
+    PACK_INFERENCE_WEIGHTS = False; the model going back to training (or away) frees it."""
+    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3)).eval()
+    layer = model.swin.stages[0].blocks[0].mlp.fc1
+    x = torch.randn(1, 5, 16)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+    layer(x).sum().backward()  # autograd on: no copy
+    model.swin(images(1, 64, 64)).pooler_output.sum().backward()  # (the MLP's autograd Function too)
+    model.train()
+    with torch.no_grad():
+        model(images(1, 64, 64))  # training mode
+    model.eval()
+    assert not any(p in modeling._PACKED for p in model.parameters())
+    check()
+    packed = modeling._PACKED[layer.weight][1]
+    check()
+    assert modeling._PACKED[layer.weight][1] is packed  # reused
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place (an optimizer step, load_state_dict, EMA)
+    check()
+    layer.weight.data = torch.randn(64, 16)  # new storage
+    check()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.linear(x, layer.weight, layer.bias), atol=0.1, rtol=0.02)
+    check()  # back to fp32
+
+    with torch.no_grad():
+        model(images(1, 64, 64))
+    params = list(model.parameters())
+    assert sum(p in modeling._PACKED for p in params) >= 2 * 4 * 4  # every block's qkv, proj, fc1, fc2
+    model.train()
+    assert not any(p in modeling._PACKED for p in params)
+    model.eval()
+    with torch.no_grad():
+        model(images(1, 64, 64))
+    count = len(modeling._PACKED)
+    del model, layer, params
+    gc.collect()
+    assert len(modeling._PACKED) < count  # weak references: gone with the model
+
+    monkeypatch.setattr(modeling, "PACK_INFERENCE_WEIGHTS", False)
+    weight = torch.randn(20, 12)
+    with torch.no_grad():
+        token_linear(torch.randn(3, 12), weight)
+    assert weight not in modeling._PACKED

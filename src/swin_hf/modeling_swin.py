@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -54,12 +55,12 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
 
 
-# On CPU, PyTorch sends F.linear to MKL's sgemm, which on AMD Zen runs at under half the speed of
-# oneDNN (measured on the benchmark machine, fp32: 180-210 vs 360-470 GFLOP/s with 2 threads, 100 vs
-# 190-245 with 1; BENCHMARKS.md). A 1x1 convolution over channels-last memory is the same product and
-# runs on oneDNN. Products smaller than this many multiply-adds stay on F.linear (oneDNN's per-call
-# set-up costs more than it saves there: 8 tokens x 768 -> 1000 is 1.4x (2 threads) to 2.5x (1 thread)
-# faster on F.linear). Measured on x86 only, so other CPUs keep F.linear.
+# On CPU, PyTorch sends F.linear to MKL's sgemm, which on AMD Zen 5 runs at under half the speed of
+# oneDNN (fp32, 2 threads: 180-210 vs 360-470 GFLOP/s; on Zen 4, whose AVX-512 units are half as wide,
+# both reach ~190 and oneDNN is 1.0-1.3x faster; BENCHMARKS.md). A 1x1 convolution over channels-last
+# memory is the same product and runs on oneDNN. Products smaller than this many multiply-adds stay on
+# F.linear (oneDNN's per-call set-up costs more than it saves there: 8 tokens x 768 -> 1000 is 1.4x
+# (2 threads) to 2.5x (1 thread) faster on F.linear). Measured on x86 only; other CPUs keep F.linear.
 ONEDNN_MIN_MACS = 1 << 24
 _ONEDNN_CPU = torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
 
@@ -74,15 +75,60 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     return dtype if dtype in (torch.float32, torch.bfloat16) else None
 
 
-def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight^T + bias over the last dim: (..., K) -> (..., N), weight (N, K). Same math as F.linear."""
+# oneDNN reorders a plain weight into its own blocked layout on every call; for a product over few tokens
+# that costs as much as the product (Swin-T at batch 1: stage 4 fc1, 49 tokens x 768 -> 3072, 1.8 ms
+# plain, 1.1 ms with the weight reordered beforehand). In inference (eval mode, autograd off) each
+# weight is therefore reordered once and the copy kept until the weight changes (in-place update, new
+# storage, other dtype) or the model goes back to training (SwinPreTrainedModel.train drops it). It
+# costs one extra copy of the product weights while a model serves; False turns it off.
+PACK_INFERENCE_WEIGHTS = True
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> ((version, address, dtype), packed)
+
+
+def _packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """weight in oneDNN's layout for the matmul, made on first use and cached; None where not applicable."""
+    if not PACK_INFERENCE_WEIGHTS or weight.is_inference():  # (inference tensors carry no version counter)
+        return None
+    stamp = (weight._version, weight.data_ptr(), dtype)
+    entry = _PACKED.get(weight)
+    if entry is None or entry[0] != stamp:
+        with torch.inference_mode(False), torch.no_grad():
+            entry = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), 1024))
+        _PACKED[weight] = entry
+    return entry[1]
+
+
+def drop_packed_weights(module: nn.Module) -> None:
+    """Forget the reordered inference copies of `module`'s weights (see PACK_INFERENCE_WEIGHTS)."""
+    for param in module.parameters():
+        _PACKED.pop(param, None)
+
+
+def token_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pack: bool = False
+) -> torch.Tensor:
+    """x @ weight^T + bias over the last dim: (..., K) -> (..., N), weight (N, K). Same math as F.linear.
+
+    `pack`: an inference product (a model in eval mode, autograd off), which may use the weight's cached
+    reordered copy; never in training, where the weights change every step.
+    """
     if torch.compiler.is_compiling():
         return _traced_token_linear(x, weight, bias)
+    return _eager_token_linear(x, weight, bias, pack)
+
+
+def _eager_token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = False):
+    """token_linear's product: oneDNN (a 1x1 convolution, or with `pack` the matmul on a cached reordered
+    weight) or F.linear, as _onednn_dtype and _packed_weight decide."""
     dtype = _onednn_dtype(x, weight)
     if dtype is None:
         return F.linear(x, weight, bias)
-    w = weight.to(dtype)[:, :, None, None]  # (N, K, 1, 1)
     b = None if bias is None else bias.to(dtype)
+    packed = _packed_weight(weight, dtype) if pack else None
+    if packed is not None:
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]).to(dtype), packed, b, "none", [], "")
+        return out.view(*x.shape[:-1], weight.shape[0])
+    w = weight.to(dtype)[:, :, None, None]  # (N, K, 1, 1)
     # oneDNN's convolution directly: conv2d's own dispatch picks a slower kernel for it at 1 thread
     out = torch.ops.aten.mkldnn_convolution(_as_map(x.to(dtype)), w, b, [0, 0], [1, 1], [1, 1], 1)
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])  # (1, N, tokens, 1) channels-last
@@ -130,8 +176,11 @@ def _define_token_linear_op():
         return None
     if hasattr(torch.ops.swin_hf, "token_linear"):
         return torch.ops.swin_hf.token_linear
+    def forward_impl(x, weight, bias):  # runs inside compiled graphs, whose forward has autograd off even
+        return _eager_token_linear(x, weight, bias)  # in training: no weight packing there
+
     forward = torch.library.custom_op(
-        "swin_hf::token_linear", token_linear, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
+        "swin_hf::token_linear", forward_impl, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
     )
 
     def backward_impl(grad, x, weight, has_bias):
@@ -172,7 +221,7 @@ class TokenLinear(nn.Linear):
     """nn.Linear (same parameters, same checkpoints) whose product runs through token_linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return token_linear(x, self.weight, self.bias)
+        return token_linear(x, self.weight, self.bias, pack=not (self.training or torch.is_grad_enabled()))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,14 +487,14 @@ def _tiles(num_tokens: int, device: torch.device) -> list[slice]:
     return [slice(i, i + step) for i in range(0, num_tokens, step)]
 
 
-def _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden: bool):
+def _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden: bool, pack: bool = False):
     """fc2(act(fc1(norm(tokens)))) tile by tile: (T, C) -> (T, C), and, if `keep_hidden`, the tiles of
     h = fc1(norm(tokens)), (tile, 4C) each. Under autocast the outputs come in the autocast dtype, as
-    from nn.Linear."""
+    from nn.Linear. `pack`: inference products (token_linear)."""
     out, hidden = None, []
     for t in _tiles(len(tokens), tokens.device):
-        h = token_linear(norm(tokens[t]), w1, b1)  # (tile, 4C)
-        out_t = token_linear(act(h), w2, b2)  # (tile, C)
+        h = token_linear(norm(tokens[t]), w1, b1, pack)  # (tile, 4C)
+        out_t = token_linear(act(h), w2, b2, pack)  # (tile, C)
         if keep_hidden:
             hidden.append(h)
         if t.start == 0 and t.stop >= len(tokens):  # a single tile: its output is the output
@@ -519,7 +568,8 @@ class SwinMLP(nn.Module):
             return self.drop(fc2(self.drop(self.act(fc1(norm(x))))))
         if torch.is_grad_enabled():  # keep only x and fc1's output for backward
             return _LeanMLP.apply(x, norm, norm.weight, norm.bias, fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias)
-        out, _ = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias, False)
+        weights = (fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias)
+        out, _ = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, *weights, keep_hidden=False, pack=not self.training)
         return out.view(*x.shape[:-1], -1)
 
 
@@ -598,9 +648,9 @@ INFERENCE_GROUP_ACTIVATIONS = 1 << 20
 
 def _inference_groups(x: torch.Tensor) -> list[slice]:
     """Even groups of samples of x (B, H, W, C) for a CPU forward without autograd; [all] otherwise."""
-    B = len(x)
     if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
-        return [slice(None)]
+        return [slice(None)]  # (before reading the batch size, which a trace must keep symbolic)
+    B = len(x)
     count = -(-B // max(1, INFERENCE_GROUP_ACTIVATIONS // max(x[0].numel(), 1)))  # ceil(B / per group)
     size = -(-B // count)
     return [slice(i, i + size) for i in range(0, B, size)]
@@ -699,6 +749,13 @@ class SwinPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _can_compile_fullgraph = True
+
+    def train(self, mode: bool = True):
+        """nn.Module.train; back in training mode, the weights' inference copies are freed (see
+        PACK_INFERENCE_WEIGHTS)."""
+        if mode:
+            drop_packed_weights(self)
+        return super().train(mode)
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:

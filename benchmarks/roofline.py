@@ -1,0 +1,141 @@
+"""The product roofline of a Swin step on this machine, and the largest ratio ours/transformers it allows.
+
+    python benchmarks/roofline.py                   # Swin-T, batch 8: train fp32, infer fp32, infer bf16
+    python benchmarks/roofline.py --batch-size 32 --steps 3
+
+Ours and transformers' Swin do the same matrix products, except that ours skips the residual branches
+stochastic depth drops in training. A step can be no faster than its products at the best rate this CPU
+reaches on a large, well-shaped product:
+
+    step time >= products' FLOPs / best product rate
+
+The script
+  1. counts the products of one step (forward, and backward in training) on transformers' model with
+     torch's FlopCounterMode, eager attention so that QK^T and PV are counted too;
+  2. subtracts the share of them ours skips: each block's two branches, times that block's drop rate;
+  3. measures the best fp32 and bf16 product rates here: large square products through oneDNN
+     (token_linear) and MKL (torch.mm), the best median of both;
+  4. times both models' steps (alternating, median), as in throughput.py.
+It prints the product-only step time, the measured times, and the largest ratio ours/transformers that
+any implementation doing ours' products could reach (every other op free): a target above it cannot be
+met on this machine by the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import build_models, make_step  # noqa: E402
+
+from swin_hf.modeling_swin import SwinBlock, token_linear  # noqa: E402
+
+
+def best_product_rate(dtype: torch.dtype, size: int = 2048) -> float:
+    """GFLOP/s of the faster of oneDNN and MKL on a size^3 product in `dtype` (median of 5)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    rates = []
+    for product in (lambda: token_linear(a, b), lambda: a @ b):
+        product()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        rates.append(2 * size**3 / statistics.median(times) / 1e9)
+    return max(rates)
+
+
+def step_products(theirs, ours, mode: str, batch: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(GFLOP of transformers' step, GFLOP ours does in expectation), products only."""
+    attn = theirs.config._attn_implementation
+    theirs.config._attn_implementation = "eager"  # SDPA's CPU kernel is not in the counter's table
+    theirs.train(mode == "train")
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            if mode == "train":
+                torch.nn.functional.cross_entropy(theirs(batch).logits, labels).backward()
+            else:
+                with torch.no_grad():
+                    theirs(batch)
+    finally:
+        theirs.config._attn_implementation = attn
+        theirs.zero_grad(set_to_none=True)
+    counts = counter.get_flop_counts()
+    total = sum(counts["Global"].values()) / 1e9
+    if mode != "train":
+        return total, total
+    rates = [block.drop_path for block in ours.modules() if isinstance(block, SwinBlock)]
+    blocks = [name for name in counts if name.endswith(tuple(f"blocks.{i}" for i in range(64)))]
+    skipped = 0.0
+    for name, p in zip(sorted(blocks, key=_block_order), rates, strict=True):
+        branches = (f"{name}.attention", f"{name}.intermediate", f"{name}.output")
+        skipped += p * sum(sum(counts.get(branch, {}).values()) for branch in branches) / 1e9
+    return total, total - skipped
+
+
+def _block_order(name: str) -> tuple[int, int]:
+    parts = name.split(".")
+    return int(parts[parts.index("layers") + 1]), int(parts[parts.index("blocks") + 1])
+
+
+def measured_step_s(models: dict, mode: str, dtype: str, batch, labels, rounds: int) -> dict[str, float]:
+    steps = {name: make_step(m, mode, dtype, batch, labels, "cpu") for name, m in models.items()}
+    times = {name: [] for name in steps}
+    for step in steps.values():
+        step()
+    for r in range(rounds):
+        for name in list(steps) if r % 2 == 0 else list(reversed(steps)):
+            steps[name]()  # untimed switch-in step, as throughput.py does
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="swin-tiny-patch4-window7-224")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model and mode")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    models = build_models(args.model, with_timm=False)
+    ours, theirs = models["ours"], models["transformers"]
+    torch.manual_seed(0)
+    size = ours.config.image_size
+    batch, labels = torch.randn(args.batch_size, 3, size, size), torch.randint(0, 1000, (args.batch_size,))
+    peak = {"fp32": best_product_rate(torch.float32), "bf16": best_product_rate(torch.bfloat16)}
+    print(f"{args.model} batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}")
+    print(f"best product rate here: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print("| step | products GFLOP (theirs / ours) | products alone at the best rate, ours | "
+          "measured ms (ours / transformers) | ratio: measured | ratio: largest possible |")  # fmt: skip
+    print("|---|---|---:|---|---:|---:|")
+    theirs_fp32_infer = None
+    for mode, dtype in (("train", "fp32"), ("infer", "fp32"), ("infer", "bf16")):
+        flops_theirs, flops_ours = step_products(theirs, ours, mode, batch, labels)
+        measured = measured_step_s(models, mode, dtype, batch, labels, args.steps)
+        if mode == "infer" and dtype == "fp32":
+            theirs_fp32_infer = measured["transformers"]
+        reference = theirs_fp32_infer if dtype == "bf16" else measured["transformers"]
+        bound = flops_ours / peak[dtype]  # seconds
+        label = f"{mode} {dtype}" + (" (vs transformers' fp32)" if dtype == "bf16" else "")
+        print(
+            f"| {label} | {flops_theirs:.0f} / {flops_ours:.0f} | {bound * 1e3:.0f} ms | "
+            f"{measured['ours'] * 1e3:.0f} / {measured['transformers'] * 1e3:.0f} | "
+            f"{reference / measured['ours']:.2f}x | {reference / bound:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
