@@ -53,38 +53,50 @@ def best_product_rate(dtype: torch.dtype, size: int = 2048) -> float:
     return max(rates)
 
 
-def step_products(theirs, ours, mode: str, batch: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(GFLOP of transformers' step, GFLOP ours does in expectation), products only."""
-    attn = theirs.config._attn_implementation
-    theirs.config._attn_implementation = "eager"  # SDPA's CPU kernel is not in the counter's table
-    theirs.train(mode == "train")
+def count_products(model, batch: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """FlopCounterMode's counts (per module name and "Global") of a forward (labels None, no autograd) or a
+    forward + backward of cross-entropy, with eager attention (SDPA's CPU kernel is not in its table)."""
+    attn = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
     counter = FlopCounterMode(display=False)
     try:
         with counter:
-            if mode == "train":
-                torch.nn.functional.cross_entropy(theirs(batch).logits, labels).backward()
-            else:
+            if labels is None:
                 with torch.no_grad():
-                    theirs(batch)
+                    model(batch)
+            else:
+                torch.nn.functional.cross_entropy(model(batch).logits, labels).backward()
     finally:
-        theirs.config._attn_implementation = attn
-        theirs.zero_grad(set_to_none=True)
-    counts = counter.get_flop_counts()
-    total = sum(counts["Global"].values()) / 1e9
+        model.config._attn_implementation = attn
+        model.zero_grad(set_to_none=True)
+    return counter.get_flop_counts()
+
+
+def step_products(theirs, ours, mode: str, batch: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(GFLOP of transformers' step, GFLOP ours does in expectation), products only.
+
+    A Swin block is its two residual branches, and ours skips both for a sample with the block's drop
+    rate p. A branch's backward products are twice its forward ones (input and weight gradients, or
+    both operands of QK^T and PV), so ours does 3 p F_block fewer in expectation, F_block being the
+    block's forward products. (Forward counts per module are exact; FlopCounterMode's attribution of
+    backward ops to modules is not, so only the step's total is taken from the backward count.)
+    """
+    theirs.train(mode == "train")
+    total = sum(count_products(theirs, batch, labels if mode == "train" else None)["Global"].values()) / 1e9
     if mode != "train":
         return total, total
+    theirs.eval()  # forward per block, every branch computed
+    forward = count_products(theirs, batch, None)
+    blocks = sorted((name for name in forward if name.split(".")[-2:-1] == ["blocks"]), key=_block_order)
     rates = [block.drop_path for block in ours.modules() if isinstance(block, SwinBlock)]
-    blocks = [name for name in counts if name.endswith(tuple(f"blocks.{i}" for i in range(64)))]
-    skipped = 0.0
-    for name, p in zip(sorted(blocks, key=_block_order), rates, strict=True):
-        branches = (f"{name}.attention", f"{name}.intermediate", f"{name}.output")
-        skipped += p * sum(sum(counts.get(branch, {}).values()) for branch in branches) / 1e9
+    skipped = sum(3 * p * sum(forward[name].values()) / 1e9 for name, p in zip(blocks, rates, strict=True))
     return total, total - skipped
 
 
 def _block_order(name: str) -> tuple[int, int]:
+    """(stage, block) of a module name like '...layers.2.blocks.5'."""
     parts = name.split(".")
-    return int(parts[parts.index("layers") + 1]), int(parts[parts.index("blocks") + 1])
+    return int(parts[-3]), int(parts[-1])
 
 
 def measured_step_s(models: dict, mode: str, dtype: str, batch, labels, rounds: int) -> dict[str, float]:
