@@ -35,7 +35,7 @@ from throughput import build_models, make_step  # noqa: E402
 
 CATEGORIES = {
     # names as seen in training; under inference_mode some composite ops arrive undecomposed (linear, ...)
-    "products (linear, 1x1 conv, fwd + bwd)": ("linear", "mm", "addmm", "mkldnn_convolution", "convolution", "convolution_backward"),
+    "products (linear, 1x1 conv, fwd + bwd)": ("linear", "mm", "addmm", "mkldnn_convolution", "convolution", "convolution_backward", "_linear_pointwise"),
     "attention bmm / SDPA": ("bmm", "matmul", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"),
     "softmax": ("softmax", "_softmax", "_safe_softmax", "_softmax_backward_data"),
     "copies (permute, stack, cat, gather)": ("clone", "copy_", "stack", "cat", "index_select", "index_add", "index", "index_put", "roll", "slice_backward", "constant_pad_nd", "new_zeros", "zero_", "fill_"),

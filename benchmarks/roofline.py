@@ -13,8 +13,8 @@ The script
   1. counts the products of one step (forward, and backward in training) on transformers' model with
      torch's FlopCounterMode, eager attention so that QK^T and PV are counted too;
   2. subtracts the share of them ours skips: each block's two branches, times that block's drop rate;
-  3. measures the best fp32 and bf16 product rates here: large square products through oneDNN
-     (token_linear) and MKL (torch.mm), the best median of both;
+  3. measures the best fp32 and bf16 product rates here: a large square product and two Swin-shaped
+     ones through oneDNN (token_linear) and MKL (torch.mm), the best median of all;
   4. times both models' steps (alternating, median), as in throughput.py.
 It prints the product-only step time, the measured times, and the largest ratio ours/transformers that
 any implementation doing ours' products could reach (every other op free): a target above it cannot be
@@ -38,18 +38,20 @@ from throughput import build_models, make_step  # noqa: E402
 from swin_hf.modeling_swin import SwinBlock, token_linear  # noqa: E402
 
 
-def best_product_rate(dtype: torch.dtype, size: int = 2048) -> float:
-    """GFLOP/s of the faster of oneDNN and MKL on a size^3 product in `dtype` (median of 5)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+def best_product_rate(dtype: torch.dtype) -> float:
+    """GFLOP/s of the fastest of oneDNN (token_linear) and MKL (torch.mm) over a square product and two
+    Swin-shaped ones (median of 5 each): the rate a step's products could at best all run at here."""
     rates = []
-    for product in (lambda: token_linear(a, b), lambda: a @ b):
-        product()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
+    for tokens, k, n in ((2048, 2048, 2048), (4096, 384, 1536), (3136, 192, 768)):
+        x, w = torch.randn(tokens, k).to(dtype), torch.randn(n, k).to(dtype)
+        for product in (lambda: token_linear(x, w), lambda: x @ w.t()):
             product()
-            times.append(time.perf_counter() - start)
-        rates.append(2 * size**3 / statistics.median(times) / 1e9)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                product()
+                times.append(time.perf_counter() - start)
+            rates.append(2 * tokens * k * n / statistics.median(times) / 1e9)
     return max(rates)
 
 
