@@ -1,7 +1,8 @@
 """Swin Transformer: Hierarchical Vision Transformer using Shifted Windows (Liu et al., ICCV 2021).
 
 Read top to bottom:
-  0. TokenLinear       - the per-token linear layer, routed to oneDNN on CPU
+  0. TokenLinear       - the per-token linear layer, routed to oneDNN on CPU (in inference on weights
+                         reordered once)
   1. window geometry   - window_partition / window_reverse, the relative position index, the SW-MSA mask
   2. WindowAttention   - W-MSA / SW-MSA with the learned relative position bias B
   3. SwinBlock         - LN -> (S)W-MSA -> residual, LN -> MLP -> residual
@@ -176,8 +177,10 @@ def _define_token_linear_op():
         return None
     if hasattr(torch.ops.swin_hf, "token_linear"):
         return torch.ops.swin_hf.token_linear
-    def forward_impl(x, weight, bias):  # runs inside compiled graphs, whose forward has autograd off even
-        return _eager_token_linear(x, weight, bias)  # in training: no weight packing there
+
+    def forward_impl(x, weight, bias):
+        # runs inside compiled graphs, whose forward has autograd off in training too: never packed weights
+        return _eager_token_linear(x, weight, bias)
 
     forward = torch.library.custom_op(
         "swin_hf::token_linear", forward_impl, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
