@@ -33,7 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import build_models, make_step  # noqa: E402
+from throughput import build_models, make_step, time_alternating  # noqa: E402
 
 from swin_hf.modeling_swin import SwinBlock, token_linear  # noqa: E402
 
@@ -102,17 +102,10 @@ def _block_order(name: str) -> tuple[int, int]:
 
 
 def measured_step_s(models: dict, mode: str, dtype: str, batch, labels, rounds: int) -> dict[str, float]:
+    """Median seconds per step of each model, timed as throughput.py times them (alternating rounds)."""
     steps = {name: make_step(m, mode, dtype, batch, labels, "cpu") for name, m in models.items()}
-    times = {name: [] for name in steps}
-    for step in steps.values():
-        step()
-    for r in range(rounds):
-        for name in list(steps) if r % 2 == 0 else list(reversed(steps)):
-            steps[name]()  # untimed switch-in step, as throughput.py does
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    rates = time_alternating(steps, len(batch), warmup=1, rounds=rounds, iters=1, device="cpu")
+    return {name: len(batch) / r["median"] for name, r in rates.items()}
 
 
 def main() -> None:
