@@ -6,8 +6,8 @@
     python benchmarks/throughput.py --mode infer --compile
 
 What it does, in one process:
-  1. builds transformers' SwinForImageClassification from the preset, and ours with the *same* weights
-     (`convert_state_dict(theirs.state_dict())`), and checks that their logits agree (eval mode, fp32);
+  1. builds transformers' SwinForImageClassification from the preset, and ours (and timm's) with the
+     *same* weights (`convert_state_dict`), and checks that their logits agree (eval mode, fp32);
   2. warms each model up, then times them in alternating rounds (ours, theirs, [timm], ours, ...) so that
      load from other processes on a shared machine hits every implementation alike; reports the median
      images/s over the rounds and the ratio ours/theirs;
@@ -74,6 +74,7 @@ def build_models(
     if with_timm:
         timm_model = build_timm(preset, ours_config.drop_path_rate)
         if timm_model is not None:
+            timm_model.load_state_dict(convert_state_dict(ours.state_dict(), to="timm"), strict=True)
             models["timm"] = timm_model
     return models
 
@@ -83,7 +84,8 @@ def _supported_attn(transformers) -> set[str]:
 
 
 def build_timm(preset: str, drop_path: float) -> torch.nn.Module | None:
-    """timm's Swin of the same architecture (random weights: throughput does not depend on them), or None."""
+    """timm's Swin of the same architecture, or None (timm missing or broken). build_models gives it the
+    same weights as the other two (`convert_state_dict(..., to="timm")`), so its logits are checked too."""
     try:
         import timm
     except Exception:  # not installed, or installed but broken against this torch
@@ -313,14 +315,10 @@ def main() -> None:
     batch = torch.randn(args.batch_size, 3, *image_size, device=device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=device)
 
-    # 1. same weights, same outputs
+    # 1. same weights, same outputs (every implementation against transformers')
     with torch.no_grad():
-        diff = (
-            (logits_of(models["ours"].eval(), batch[:2]) - logits_of(models["transformers"].eval(), batch[:2]))
-            .abs()
-            .max()
-            .item()
-        )
+        reference = logits_of(models["transformers"].eval(), batch[:2])
+        diff = max((logits_of(m.eval(), batch[:2]) - reference).abs().max().item() for m in models.values())
     if diff > 1e-4:
         raise SystemExit(f"outputs differ by {diff:.2e}: not the same model, refusing to benchmark")
 
