@@ -115,6 +115,41 @@ def test_timm_weights_give_the_reference_outputs():
         torch.testing.assert_close(restored(images).logits, reference_forward(official, model.config, images), atol=1e-5, rtol=1e-5)
 
 
+def _timm_or_skip():
+    """timm itself, where it imports. It is an optional extra: it needs a torchvision that loads against
+    this torch (BENCHMARKS.md, "timm's column", says how to set up one); the hand-written layout above
+    covers the key names without it."""
+    try:
+        import timm
+    except Exception as error:  # not installed (ImportError) or torchvision broken (RuntimeError)
+        pytest.skip(f"timm does not import here: {type(error).__name__}: {error}")
+    return timm
+
+
+def test_real_timm_swin_and_ours_compute_the_same_function_both_ways():
+    timm = _timm_or_skip()
+    config = tiny_config()
+    theirs = timm.models.swin_transformer.SwinTransformer(
+        img_size=32, patch_size=config.patch_size, embed_dim=config.embed_dim, depths=tuple(config.depths),
+        num_heads=tuple(config.num_heads), window_size=config.window_size, num_classes=config.num_labels,
+    ).eval()  # fmt: skip
+    ours = tiny_model()
+    images = torch.randn(2, 3, 32, 32)
+    # ours -> timm: every key timm expects, nothing else
+    theirs.load_state_dict(convert_state_dict(ours.state_dict(), to="timm"), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(images), ours(images).logits, atol=1e-5, rtol=1e-5)
+    # timm -> ours, from weights changed on timm's side (every tensor, so a misplaced one shows)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in theirs.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    restored = SwinForImageClassification(config).eval()
+    restored.load_state_dict(convert_state_dict(theirs.state_dict(), source="timm"), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images).logits, theirs(images), atol=1e-5, rtol=1e-5)
+
+
 def test_timm_absolute_position_embedding_layouts():
     model = tiny_model(use_absolute_embeddings=True)
     timm = convert_state_dict(model.state_dict(), to="timm")
