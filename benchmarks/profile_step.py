@@ -1,4 +1,4 @@
-"""Where a Swin-T step spends its time, ours vs transformers': every aten op timed, grouped by kind.
+"""Where a Swin-T step spends its time, ours vs transformers' (and timm's): every aten op timed, by kind.
 
     python benchmarks/profile_step.py train              # forward + backward + fused AdamW, batch 8, 224x224
     python benchmarks/profile_step.py infer
@@ -6,14 +6,14 @@
     python benchmarks/profile_step.py train --no-trim    # glibc keeps freed memory: no page faults
     python benchmarks/profile_step.py train --top 30     # also the 30 costliest (op, shapes) of each model
 
-Each model runs in its own child process (allocator state never leaks from one to the other). An op is
-timed with time.perf_counter around its call, from a TorchDispatchMode that sees every aten op of
-forward and backward. CPU ops are synchronous, so the times add up: on the benchmark machine they sum
-to ~96% of the untimed step. torch.profiler is not used. On that machine it read a 0.75 s step as
-1.5 s of self time and inflated elementwise kernels up to 30x. Page faults per step are counted too.
-On that machine a first touch of a 4 KiB page costs ~0.9 us, so a step that grows the heap and gives
-it back pays for it every time. The fault time is inside the times of the ops that first write the
-new memory.
+timm's column is there when timm imports (BENCHMARKS.md, "timm's column"). Each model runs in its own
+child process (allocator state never leaks from one to the other). An op is timed with time.perf_counter
+around its call, from a TorchDispatchMode that sees every aten op of forward and backward. CPU ops are
+synchronous, so the times add up: on the benchmark machine they sum to ~96% of the untimed step.
+torch.profiler is not used. On that machine it read a 0.75 s step as 1.5 s of self time and inflated
+elementwise kernels up to 30x. Page faults per step are counted too. On that machine a first touch of a
+4 KiB page costs ~0.9 us, so a step that grows the heap and gives it back pays for it every time. The
+fault time is inside the times of the ops that first write the new memory.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def child(impl: str, mode: str, dtype: str, no_trim: bool, steps: int) -> dict:
         if not (libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30)):  # M_MMAP_ and M_TRIM_THRESHOLD
             raise SystemExit("mallopt failed: --no-trim needs glibc")
     torch.set_num_threads(2)
-    model = build_models("swin-tiny-patch4-window7-224", with_timm=False)[impl]
+    model = build_models("swin-tiny-patch4-window7-224", with_timm=impl == "timm")[impl]
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
     step = make_step(model, mode, dtype, x, y, "cpu")
@@ -107,7 +107,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.mode, args.dtype, args.no_trim, args.steps)))
         return
     results = {}
-    for impl in ("ours", "transformers"):
+    for impl in ("ours", "transformers", "timm") if _timm_imports() else ("ours", "transformers"):
         command = [sys.executable, os.path.abspath(__file__), args.mode, "--child", impl, "--steps", str(args.steps), "--dtype", args.dtype]
         done = subprocess.run(command + (["--no-trim"] if args.no_trim else []), capture_output=True, text=True, check=True)
         results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,18 +122,26 @@ def main() -> None:
 
     cats = {impl: by_category(r["ops"]) for impl, r in results.items()}
     print(f"Swin-T {args.mode} {args.dtype}, batch 8, 2 threads, glibc trimming {'off' if args.no_trim else 'on (default)'}")
-    print("| ms per step | ours | transformers |\n|---|---:|---:|")
+    print("| ms per step | " + " | ".join(results) + " |\n|---|" + "---:|" * len(results))
     for name in cats["ours"]:
-        print(f"| {name} | {cats['ours'][name]:.0f} | {cats['transformers'][name]:.0f} |")
+        print(f"| {name} | " + " | ".join(f"{cats[impl][name]:.0f}" for impl in results) + " |")
     for label, fn in [("sum of the timed ops", lambda r, c: f"{sum(c.values()):.0f}"),
                       ("step, untimed", lambda r, c: f"{r['step_s'] * 1e3:.0f}"),
                       ("page faults per step", lambda r, c: f"{r['faults']:.0f}")]:  # fmt: skip
-        print(f"| {label} | {fn(results['ours'], cats['ours'])} | {fn(results['transformers'], cats['transformers'])} |")
-    for impl in ("ours", "transformers") if args.top else ():
+        print(f"| {label} | " + " | ".join(fn(results[impl], cats[impl]) for impl in results) + " |")
+    for impl in results if args.top else ():
         print(f"\n{impl}: the {args.top} costliest (op, input shapes): ms per step (calls, page faults)")
         for key, (n, seconds, faults) in sorted(results[impl]["ops"].items(), key=lambda kv: -kv[1][1])[: args.top]:
             print(f"{seconds * 1e3:8.2f} ({n:.0f}, {faults:.0f})  {key}")
 
+
+def _timm_imports() -> bool:
+    """Whether timm's column can run here (it needs a torchvision that loads against this torch)."""
+    try:
+        import timm  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or torchvision's RuntimeError
+        return False
+    return True
 
 if __name__ == "__main__":
     main()

@@ -264,6 +264,77 @@ def test_inference_in_sample_groups_matches_transformers(monkeypatch):
     assert batches == [5] * 16
 
 
+def _count_chunked_attention(monkeypatch) -> list:
+    calls = []
+    real = modeling.chunked_attention
+    monkeypatch.setattr(modeling, "chunked_attention", lambda q, *rest: calls.append(q.shape) or real(q, *rest))
+    return calls
+
+
+def test_inference_attention_in_chunks_matches_transformers(monkeypatch):
+    """CPU inference spells attention out over chunks of windows (chunked_attention). Forced to chunks of
+    3 windows' logits (TINY: window 4, so N = 16), stage 1's W-MSA runs 320 windows in 107 chunks, the last
+    one partial, and its SW-MSA (64 windows x 1 head per sample) one sample per chunk; the logits and every
+    stage's output are still transformers'."""
+    monkeypatch.setattr(modeling, "ATTENTION_CHUNK_LOGITS", 3 * 16 * 16)
+    calls = _count_chunked_attention(monkeypatch)
+    softmaxes = []
+    real_softmax = torch.softmax
+    monkeypatch.setattr(torch, "softmax", lambda x, dim: softmaxes.append(len(x)) or real_softmax(x, dim))
+    theirs, ours = reference_pair(dict(TINY, num_labels=4))
+    x = images(5, 64, 64)
+    with torch.inference_mode():
+        got = ours(x, output_hidden_states=True)
+        expected = theirs(x, output_hidden_states=True)
+    assert calls[:2] == [(5 * 64, 1, 16, 16), (5, 64, 16, 16)]  # stage 1: W-MSA, then SW-MSA (windows x heads)
+    assert len(calls) == 8  # every block of the four stages
+    assert softmaxes[:107] == [3] * 106 + [2] and softmaxes[107:112] == [1] * 5
+    torch.testing.assert_close(got.logits, expected.logits, **TOL)
+    for mine, ref in zip(got.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(mine, ref, **TOL)
+
+
+def test_chunked_attention_only_in_cpu_inference(monkeypatch):
+    """Not with autograd recording, not in training mode (even with autograd off, as in a checkpointed
+    block's first pass), not in a block whose attention map is returned, not when switched off: SDPA or
+    the spelled-out path with its own backward runs there."""
+    calls = _count_chunked_attention(monkeypatch)
+    _, ours = reference_pair(dict(TINY, num_labels=4))
+    x = images(2, 64, 64)
+    with torch.no_grad():
+        ours(x, output_attentions=True)  # each stage returns its last block's map
+    assert len(calls) == 4
+    calls.clear()
+    ours(x).logits.sum()
+    with torch.no_grad():
+        ours.train()(x)
+        ours.eval()
+        monkeypatch.setattr(modeling, "CHUNKED_INFERENCE_ATTENTION", False)
+        ours(x)
+    assert calls == []
+    monkeypatch.setattr(modeling, "CHUNKED_INFERENCE_ATTENTION", True)
+    with torch.no_grad():
+        ours(x)
+    assert len(calls) == 8
+
+
+def test_chunked_attention_under_bf16_autocast_matches_sdpa(monkeypatch):
+    """Under bf16 autocast the chunks run their products in bf16 and the softmax in fp32, as SDPA's CPU
+    kernel does; the logits agree with SDPA's to bf16 precision."""
+    _, ours = reference_pair(dict(TINY, num_labels=4))
+    x = images(3, 64, 64)
+    outputs = {}
+    for chunked in (True, False):
+        monkeypatch.setattr(modeling, "CHUNKED_INFERENCE_ATTENTION", chunked)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[chunked] = ours(x).logits.float()
+    with torch.inference_mode():
+        fp32 = ours(x).logits
+    spread = fp32.std().item()
+    torch.testing.assert_close(outputs[True], outputs[False], atol=0.05 * spread, rtol=0)
+    torch.testing.assert_close(outputs[True], fp32, atol=0.05 * spread, rtol=0)
+
+
 @pytest.mark.parametrize("shape", [(7, 12), (2, 5, 12), (2, 3, 4, 12)])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_inference_products_on_reordered_weights_equal_f_linear(shape, autocast, onednn):
