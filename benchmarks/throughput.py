@@ -19,7 +19,8 @@ AdamW is the same for every implementation: fused (one kernel over all parameter
 this CPU 9 ms per step for Swin-T instead of 51 ms for the default multi-tensor version) unless
 `--optimizer foreach`.
 bf16 = `torch.autocast(device, torch.bfloat16)` around the forward (weights stay fp32); with --dtype bf16 the
-ratio is also given against transformers' fp32 throughput and the top-1 agreement bf16 vs fp32 is checked.
+ratio is also given against transformers' fp32 throughput (timed in the same alternating rounds) and the
+top-1 agreement bf16 vs fp32 is checked.
 """
 
 from __future__ import annotations
@@ -271,6 +272,9 @@ def top1_agreement(model, device: str, batch_size: int, n_batches: int, image_si
     return agree / total
 
 
+FP32_BASELINE = "transformers fp32"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="swin-tiny-patch4-window7-224")
@@ -337,12 +341,10 @@ def main() -> None:
     steps = {
         name: make_step(m, args.mode, args.dtype, batch, labels, device, args.optimizer) for name, m in models.items()
     }
+    if args.dtype == "bf16":  # the target compares our bf16 with transformers' fp32: timed in the same rounds
+        steps[FP32_BASELINE] = make_step(models["transformers"], args.mode, "fp32", batch, labels, device, args.optimizer)
     timings = time_alternating(steps, args.batch_size, args.warmup, args.rounds, args.iters, device)
-    baseline_fp32 = None
-    if args.dtype == "bf16":  # the target compares our bf16 with transformers' fp32
-        fp32_step = {"transformers_fp32": make_step(models["transformers"], args.mode, "fp32", batch, labels, device, args.optimizer)}
-        baseline_fp32 = time_alternating(fp32_step, args.batch_size, 1, max(3, args.rounds // 2), args.iters, device)
-        baseline_fp32 = baseline_fp32["transformers_fp32"]["median"]
+    baseline_fp32 = timings.pop(FP32_BASELINE)["median"] if args.dtype == "bf16" else None
 
     # 3. memory, one child per implementation
     memory = {}
