@@ -5,6 +5,7 @@
     python benchmarks/profile_step.py infer --dtype bf16 # bf16 autocast
     python benchmarks/profile_step.py train --no-trim    # glibc keeps freed memory: no page faults
     python benchmarks/profile_step.py train --top 30     # also the 30 costliest (op, shapes) of each model
+    python benchmarks/profile_step.py train --drop-path 0  # stochastic depth off in every model
 
 timm's column is there when timm imports (BENCHMARKS.md, "timm's column"). Each model runs in its own
 child process (allocator state never leaks from one to the other). An op is timed with time.perf_counter
@@ -68,14 +69,14 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def child(impl: str, mode: str, dtype: str, no_trim: bool, steps: int) -> dict:
+def child(impl: str, mode: str, dtype: str, no_trim: bool, steps: int, drop_path: float | None) -> dict:
     if no_trim:  # glibc: serve every allocation from the heap and never give it back to the OS
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         if not (libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, 1 << 30)):  # M_MMAP_ and M_TRIM_THRESHOLD
             raise SystemExit("mallopt failed: --no-trim needs glibc")
     torch.set_num_threads(2)
-    model = build_models("swin-tiny-patch4-window7-224", with_timm=impl == "timm")[impl]
+    model = build_models("swin-tiny-patch4-window7-224", with_timm=impl == "timm", drop_path=drop_path)[impl]
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
     step = make_step(model, mode, dtype, x, y, "cpu")
@@ -100,15 +101,17 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     parser.add_argument("--no-trim", action="store_true", help="glibc never returns memory (no page faults)")
     parser.add_argument("--steps", type=int, default=3, help="steps timed (after 3 warm-up steps)")
+    parser.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the preset's, 0.2)")
     parser.add_argument("--top", type=int, default=0, help="also list the N costliest (op, shapes) per model")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.mode, args.dtype, args.no_trim, args.steps)))
+        print(json.dumps(child(args.child, args.mode, args.dtype, args.no_trim, args.steps, args.drop_path)))
         return
     results = {}
     for impl in ("ours", "transformers", "timm") if _timm_imports() else ("ours", "transformers"):
         command = [sys.executable, os.path.abspath(__file__), args.mode, "--child", impl, "--steps", str(args.steps), "--dtype", args.dtype]
+        command += [] if args.drop_path is None else ["--drop-path", str(args.drop_path)]
         done = subprocess.run(command + (["--no-trim"] if args.no_trim else []), capture_output=True, text=True, check=True)
         results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
 
