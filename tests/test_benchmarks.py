@@ -1,0 +1,44 @@
+"""The benchmark harness runs end to end and reports what BENCHMARKS.md quotes. Nothing here is timed:
+each run is one round of one step at batch 1, and only the report's structure and its non-timing
+numbers (logit agreement, memory of checkpointing) are checked."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+THROUGHPUT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+ONE_STEP = ["--batch-size", "1", "--rounds", "1", "--iters", "1", "--warmup", "0"]
+
+
+def _throughput(tmp_path, *args) -> dict:
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, str(THROUGHPUT), *ONE_STEP, *args, "--json", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_bf16_inference_report(tmp_path):
+    report = _throughput(tmp_path, "--mode", "infer", "--dtype", "bf16", "--no-memory", "--agreement-batches", "1")
+    assert report["max_logits_diff"] < 1e-4  # same weights, same function (fp32)
+    # transformers' fp32 baseline ran in the same rounds, and is reported apart from the timed rows
+    assert set(report["timings"]) == {"ours", "transformers"}
+    assert report["transformers_fp32_images_per_s"] > 0
+    agreement = report["bf16_top1_agreement"]
+    assert set(agreement) == {"ours", "transformers"} and all(0 <= a <= 1 for a in agreement.values())
+
+
+@pytest.mark.slow
+def test_training_report_with_checkpointing_measures_memory(tmp_path):
+    report = _throughput(tmp_path, "--mode", "train", "--gradient-checkpointing")
+    assert set(report["timings"]) == {"ours", "ours+ckpt", "transformers"}
+    peaks = {name: m["step_peak_mib"] for name, m in report["memory"].items()}
+    assert all(math.isfinite(p) and p > 0 for p in peaks.values()), peaks
+    # Swin-T at batch 1: ~160 MiB per step without checkpointing, ~140 with (each in a fresh process)
+    assert peaks["ours+ckpt"] < peaks["ours"], peaks
