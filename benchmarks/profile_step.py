@@ -7,14 +7,14 @@
     python benchmarks/profile_step.py train --top 30     # also the 30 costliest (op, shapes) of each model
     python benchmarks/profile_step.py train --drop-path 0  # stochastic depth off in every model
 
-timm's column is there when timm imports (BENCHMARKS.md, "timm's column"). Each model runs in its own
-child process (allocator state never leaks from one to the other). An op is timed with time.perf_counter
-around its call, from a TorchDispatchMode that sees every aten op of forward and backward. CPU ops are
-synchronous, so the times add up: on the benchmark machine they sum to ~96% of the untimed step.
-torch.profiler is not used. On that machine it read a 0.75 s step as 1.5 s of self time and inflated
-elementwise kernels up to 30x. Page faults per step are counted too. On that machine a first touch of a
-4 KiB page costs ~0.9 us, so a step that grows the heap and gives it back pays for it every time. The
-fault time is inside the times of the ops that first write the new memory.
+timm's column is there when timm imports (BENCHMARKS.md, "Three implementations"). Each model runs in
+its own child process (allocator state never leaks from one to the other). An op is timed with
+time.perf_counter around its call, from a TorchDispatchMode that sees every aten op of forward and
+backward. CPU ops are synchronous, so the times add up: on the benchmark machine they sum to ~96% of the
+untimed step. torch.profiler is not used. On that machine it read a 0.75 s step as 1.5 s of self time
+and inflated elementwise kernels up to 30x. Page faults per step are counted too. On that machine a
+first touch of a 4 KiB page costs ~0.9 us, so a step that grows the heap and gives it back pays for it
+every time. The fault time is inside the times of the ops that first write the new memory.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import build_models, make_step  # noqa: E402
+from throughput import build_models, import_timm, make_step  # noqa: E402
 
 CATEGORIES = {
     # names as seen in training; under inference_mode some composite ops arrive undecomposed (linear, ...)
@@ -109,7 +109,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.mode, args.dtype, args.no_trim, args.steps, args.drop_path)))
         return
     results = {}
-    for impl in ("ours", "transformers", "timm") if _timm_imports() else ("ours", "transformers"):
+    for impl in ("ours", "transformers") + (("timm",) if import_timm() is not None else ()):
         command = [sys.executable, os.path.abspath(__file__), args.mode, "--child", impl, "--steps", str(args.steps), "--dtype", args.dtype]
         command += [] if args.drop_path is None else ["--drop-path", str(args.drop_path)]
         done = subprocess.run(command + (["--no-trim"] if args.no_trim else []), capture_output=True, text=True, check=True)
@@ -137,14 +137,6 @@ def main() -> None:
         for key, (n, seconds, faults) in sorted(results[impl]["ops"].items(), key=lambda kv: -kv[1][1])[: args.top]:
             print(f"{seconds * 1e3:8.2f} ({n:.0f}, {faults:.0f})  {key}")
 
-
-def _timm_imports() -> bool:
-    """Whether timm's column can run here (it needs a torchvision that loads against this torch)."""
-    try:
-        import timm  # noqa: F401
-    except Exception:  # noqa: BLE001 - ImportError, or torchvision's RuntimeError
-        return False
-    return True
 
 if __name__ == "__main__":
     main()

@@ -117,7 +117,7 @@ def test_timm_weights_give_the_reference_outputs():
 
 def _timm_or_skip():
     """timm itself, where it imports. It is an optional extra: it needs a torchvision that loads against
-    this torch (BENCHMARKS.md, "timm's column", says how to set up one); the hand-written layout above
+    this torch (BENCHMARKS.md, "Three implementations", says how to set one up); the hand-written layout above
     covers the key names without it."""
     try:
         import timm
