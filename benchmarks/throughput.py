@@ -145,11 +145,6 @@ def make_step(
     return step
 
 
-def enable_checkpointing(model) -> None:
-    """Per-block activation checkpointing (transformers 5.24 renamed gradient_checkpointing_enable)."""
-    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-
-
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -211,7 +206,7 @@ def child_memory(args) -> dict:
     model = models[impl].to(args.device)
     del models
     if ckpt:
-        enable_checkpointing(model)
+        model.activation_checkpointing_enable()
     torch.manual_seed(1)
     batch = torch.randn(args.batch_size, 3, *_image_size(model), device=args.device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
@@ -347,7 +342,7 @@ def main() -> None:
         import copy
 
         models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
-        enable_checkpointing(models["ours+ckpt"])
+        models["ours+ckpt"].activation_checkpointing_enable()
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
     steps = {

@@ -4,6 +4,7 @@ MLP in token tiles (_LeanMLP / _mlp_forward) give the numbers plain F.linear / n
 The test models are small, so their products fall under ONEDNN_MIN_MACS and would run on F.linear; the
 `onednn` fixture lowers the threshold to 0 so that every product takes the oneDNN path."""
 
+import copy
 import gc
 
 import pytest
@@ -406,3 +407,82 @@ def test_reordered_weights_follow_the_weights(onednn, monkeypatch):
     with torch.no_grad():
         token_linear(torch.randn(3, 12), weight, pack=True)
     assert weight not in modeling._PACKED
+
+
+def test_attention_bias_is_built_once_in_inference_and_follows_the_table(monkeypatch):
+    """In inference each block builds its bias (B, plus the mask in SW-MSA) once and reuses it: across a
+    forward's sample groups and across forwards. It is rebuilt when the table changes (in place, new
+    storage), when the map size changes the window or the mask, and for another dtype; with autograd on,
+    or in training mode, it is built on every call and never kept. The reference is a copy of the model
+    run with autograd on (the bias is then gathered anew, differentiably)."""
+    monkeypatch.setattr(modeling, "INFERENCE_GROUP_ACTIVATIONS", 2 * 32 * 32 * 16)  # stage 1: 3 groups of 5
+    builds = []
+    real_build = modeling.WindowAttention._build_attention_bias
+    monkeypatch.setattr(
+        modeling.WindowAttention, "_build_attention_bias", lambda self, *a: builds.append(a[-1]) or real_build(self, *a)
+    )
+    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3)).eval()
+    tables = [m.relative_position_bias_table for m in model.modules() if isinstance(m, modeling.WindowAttention)]
+    assert len(tables) == 8
+
+    def check(x):
+        builds.clear()
+        with torch.no_grad():
+            got = model(x).logits
+        fresh = copy.deepcopy(model)(x).logits.detach()  # autograd on: built anew (and the copy's cache dropped)
+        torch.testing.assert_close(got, fresh, **TOL)
+        return len(builds) - 8  # the inference forward's builds (the copy's builds all 8)
+
+    x = images(5, 64, 64)
+    assert check(x) == 8  # once per block, although stage 1 ran three groups
+    assert check(x) == 0  # kept
+    with torch.no_grad():
+        tables[0].mul_(-3.0).add_(0.5)  # in place: an optimizer step, load_state_dict, EMA
+        tables[5].add_(1.0)
+    assert check(x) == 2
+    tables[3].data = torch.randn_like(tables[3])  # new storage
+    assert check(x) == 1
+    # 48x48: maps 24, 12, 6, 3. New masks in stages 1-2 (their W-MSA bias depends on the window only);
+    # stage 3 pads 6 to 8, the 64x64 map size, so its mask is the same; stage 4 gets windows of 3
+    assert check(images(2, 48, 48)) == 1 + 1 + 0 + 2
+    assert check(x) == 4  # back to 64x64: the blocks that changed
+    builds.clear()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        model(x)
+    assert builds == []  # chunked attention takes the fp32 bias under autocast too
+    monkeypatch.setattr(modeling, "CHUNKED_INFERENCE_ATTENTION", False)
+    builds.clear()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        model(x)
+    assert builds == [torch.bfloat16] * 8  # SDPA's mask in the products' dtype
+    builds.clear()
+    with torch.no_grad():
+        model.train()(x)
+        model.train()(x)
+    assert len(builds) == 16  # training mode: built every call
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_inference_between_optimizer_steps_in_eval_mode_sees_the_new_weights(fused, onednn):
+    """A fine-tune that stays in eval mode: forward with autograd on, AdamW step, an inference forward in
+    between. AdamW(fused=True) updates the weights in place without bumping their version counters, so
+    the inference caches (reordered weights, attention biases) must go with the forward that has autograd
+    on; the inference logits after each step are those of the updated weights."""
+    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3)).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=fused, foreach=False if fused else None)
+    x, labels = images(2, 64, 64), torch.tensor([0, 2])
+    table = model.swin.stages[0].blocks[1].attn.relative_position_bias_table
+    before = []
+    for _ in range(3):
+        with torch.no_grad():
+            served = model(x).logits  # fills the caches
+        assert model.swin.stages[0].blocks[1].attn._inference_bias is not None
+        assert model.swin.stages[0].blocks[0].mlp.fc1.weight in modeling._PACKED
+        before.append(served)
+        version = table._version
+        model(x, labels=labels).loss.backward()
+        torch.testing.assert_close(model(x).logits.detach(), served, **TOL)  # (autograd on: computed anew)
+        optimizer.step()
+        optimizer.zero_grad()
+        assert (table._version == version) == fused  # what the caches cannot rely on
+    assert (before[1] - before[0]).abs().max() > 0.01 and (before[2] - before[1]).abs().max() > 0.01

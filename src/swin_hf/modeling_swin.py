@@ -87,8 +87,8 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
 # that costs as much as the product (Swin-T at batch 1: stage 4 fc1, 49 tokens x 768 -> 3072, 1.8 ms
 # plain, 1.1 ms with the weight reordered beforehand). In inference (eval mode, autograd off) each
 # weight is therefore reordered once and the copy kept until the weight changes (in-place update, new
-# storage, other dtype) or the model goes back to training (SwinPreTrainedModel.train drops it). It
-# costs one extra copy of the product weights while a model serves; False turns it off.
+# storage, other dtype) or the model trains again (drop_inference_caches). It costs one extra copy of
+# the product weights while a model serves; False turns it off.
 PACK_INFERENCE_WEIGHTS = True
 _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # weight -> ((version, address, dtype), packed)
 
@@ -104,12 +104,6 @@ def _packed_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | N
             entry = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), 1024))
         _PACKED[weight] = entry
     return entry[1]
-
-
-def drop_packed_weights(module: nn.Module) -> None:
-    """Forget the reordered inference copies of `module`'s weights (see PACK_INFERENCE_WEIGHTS)."""
-    for param in module.parameters():
-        _PACKED.pop(param, None)
 
 
 def token_linear(
@@ -430,7 +424,7 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     A, h, N, _ = q.shape
     out = torch.empty_like(q)
     step = max(1, ATTENTION_CHUNK_LOGITS // (h * N * N))
-    k_t, bias = k.transpose(-2, -1), bias.float()
+    k_t, bias = k.transpose(-2, -1), bias.float()  # (WindowAttention passes an fp32 bias: no copy)
     for i in range(0, A, step):
         c = slice(i, i + step)
         logits = torch.matmul(q[c], k_t[c]).float().add_(bias)  # (c, h, N, N)
@@ -457,12 +451,38 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
         M = config.window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * M - 1) ** 2, num_heads))
+        self._inference_bias = None  # (stamp, mask, bias): see attention_bias
 
     def relative_position_bias(self, window: int) -> torch.Tensor:
         """B for windows of side `window`: (heads, N, N)."""
         index = relative_position_index(window, self.window_size, self.relative_position_bias_table.device)
         N = window * window
         return self.relative_position_bias_table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+
+    def attention_bias(self, window: int, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """What is added to the logits: B, (1, h, N, N) for W-MSA; B + mask, (1, nW*h, N, N) for SW-MSA
+        (bias and mask differ per window, not per sample: windows are folded into the heads, so it
+        broadcasts over the batch instead of being copied per sample).
+
+        In inference (eval mode, autograd off, not traced) it is built once and kept while the table,
+        the window, the mask and the dtype stay the same (and until drop_inference_caches): a forward
+        over sample groups (SwinStage) or a stream of same-size images reuses it instead of gathering and
+        adding it again per call."""
+        table = self.relative_position_bias_table
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or table.is_inference():
+            return self._build_attention_bias(window, mask, dtype)
+        stamp = (table._version, table.data_ptr(), window, dtype)
+        cached = self._inference_bias
+        if cached is None or cached[0] != stamp or cached[1] is not mask:
+            cached = self._inference_bias = (stamp, mask, self._build_attention_bias(window, mask, dtype))
+        return cached[2]
+
+    def _build_attention_bias(self, window: int, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        bias = self.relative_position_bias(window)  # (h, N, N)
+        if mask is None:
+            return bias.unsqueeze(0).to(dtype)
+        N = window * window
+        return (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, -1, N, N).to(dtype)  # (1, nW*h, N, N)
 
     def forward(
         self, x: torch.Tensor, window: int, mask: torch.Tensor | None = None, need_weights: bool = False
@@ -474,21 +494,16 @@ class WindowAttention(nn.Module):
         # one fused projection, split into heads by one copy, so that every reshape below is a view
         q, k, v = _SplitHeads.apply(self.qkv(x), h, self.scale)  # each (B, nW, h, N, d), q scaled
 
-        bias = self.relative_position_bias(window).to(q.dtype)  # (h, N, N)
-        if mask is None:
-            # W-MSA: one bias for every window -> fold windows into the batch and broadcast it
-            q, k, v = (t.view(B * nW, h, N, d) for t in (q, k, v))
-            bias = bias.unsqueeze(0)  # (1, h, N, N)
-        else:
-            # SW-MSA: bias + mask differ per window, not per sample -> fold windows into the heads,
-            # so the (nW*h, N, N) bias broadcasts over the batch instead of being copied per sample
-            q, k, v = (t.view(B, nW * h, N, d) for t in (q, k, v))
-            bias = (bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)).reshape(1, nW * h, N, N)
+        # W-MSA: one bias for every window -> fold windows into the batch; SW-MSA: into the heads
+        q, k, v = (t.view(B * nW, h, N, d) if mask is None else t.view(B, nW * h, N, d) for t in (q, k, v))
+        bias_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
+        explicit = need_weights or bias_needs_grad or self.config._attn_implementation == "eager"
+        chunked = not explicit and CHUNKED_INFERENCE_ATTENTION and not self.training and _cpu_inference(q)
+        bias = self.attention_bias(window, mask, torch.float32 if chunked else q.dtype)  # (1, h or nW*h, N, N)
 
         dropout = self.attn_drop if self.training else 0.0
         weights = None
-        bias_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
-        if need_weights or bias_needs_grad or self.config._attn_implementation == "eager":
+        if explicit:
             # Spelled out. SDPA cannot return the gradient of its additive mask, so when B is being
             # trained it falls back to a math path that also saves scaled copies of q and k; here only
             # q, k, v (one storage) and the probabilities are saved, and the N x N logits are biased
@@ -497,7 +512,7 @@ class WindowAttention(nn.Module):
             probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
             out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
             weights = probs.view(B * nW, h, N, N) if need_weights else None
-        elif CHUNKED_INFERENCE_ATTENTION and not self.training and _cpu_inference(q):
+        elif chunked:
             out = chunked_attention(q, k, v, bias)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)  # q is scaled
@@ -772,6 +787,21 @@ class SwinImageClassifierOutput(ModelOutput):
     reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+def drop_inference_caches(module: nn.Module) -> None:
+    """Forget what inference keeps from one forward to the next: the reordered weights
+    (PACK_INFERENCE_WEIGHTS) and the attention biases (WindowAttention.attention_bias).
+
+    Both are stamped with their tensor's version counter, but AdamW(fused=True) updates the weights in
+    place without bumping it (torch 2.13). So they are also dropped whenever the model may be training:
+    when it goes back to training mode, and on every forward with autograd on (a fine-tune run in eval
+    mode with a fused optimizer still passes there before each step)."""
+    for param in module.parameters():
+        _PACKED.pop(param, None)
+    for attention in module.modules():
+        if isinstance(attention, WindowAttention):
+            attention._inference_bias = None
+
+
 class SwinPreTrainedModel(PreTrainedModel):
     """Weight initialisation, checkpoint loading and the PreTrainedModel plumbing shared by all heads."""
 
@@ -786,11 +816,17 @@ class SwinPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _can_compile_fullgraph = True
 
+    if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers < 5.24
+
+        def activation_checkpointing_enable(self, **kwargs) -> None:
+            """Per-block activation checkpointing: transformers 5.24's name for gradient_checkpointing_enable,
+            so that one spelling works with every transformers this package supports."""
+            self.gradient_checkpointing_enable(**kwargs)
+
     def train(self, mode: bool = True):
-        """nn.Module.train; back in training mode, the weights' inference copies are freed (see
-        PACK_INFERENCE_WEIGHTS)."""
+        """nn.Module.train; back in training mode, what inference cached is freed (drop_inference_caches)."""
         if mode:
-            drop_packed_weights(self)
+            drop_inference_caches(self)
         return super().train(mode)
 
     @classmethod
@@ -966,6 +1002,8 @@ class SwinModel(SwinPreTrainedModel):
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
 
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            drop_inference_caches(self)  # the weights may be about to change (see there)
         x = self.embeddings(pixel_values, bool_masked_pos)  # (B, H/4, W/4, C)
         maps = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None

@@ -278,8 +278,7 @@ def run(config: TrainConfig, fabric=None) -> dict:
     image_size = model.config.image_size
     image_size = image_size if isinstance(image_size, int) else image_size[0]
     if config.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
+        model.activation_checkpointing_enable()
     raw_model = model
 
     from swin_hf import SwinImageProcessor
