@@ -793,8 +793,9 @@ def drop_inference_caches(module: nn.Module) -> None:
 
     Both are stamped with their tensor's version counter, but AdamW(fused=True) updates the weights in
     place without bumping it (torch 2.13). So they are also dropped whenever the model may be training:
-    when it goes back to training mode, and on every forward with autograd on (a fine-tune run in eval
-    mode with a fused optimizer still passes there before each step)."""
+    when it goes back to training mode, and on every eager forward with autograd on (a fine-tune run in
+    eval mode with a fused optimizer still passes there before each step). Compiled graphs never use
+    these caches."""
     for param in module.parameters():
         _PACKED.pop(param, None)
     for attention in module.modules():
