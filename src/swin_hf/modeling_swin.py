@@ -795,7 +795,8 @@ def drop_inference_caches(module: nn.Module) -> None:
     place without bumping it (torch 2.13). So they are also dropped whenever the model may be training:
     when it goes back to training mode, and on every eager forward with autograd on (a fine-tune run in
     eval mode with a fused optimizer still passes there before each step). Compiled graphs never use
-    these caches."""
+    these caches, and do not drop them either: a compiled training step in eval mode with a fused
+    optimizer, between eager inference calls, needs `model.train()` (or this function) after it."""
     for param in module.parameters():
         _PACKED.pop(param, None)
     for attention in module.modules():
