@@ -279,6 +279,19 @@ def top1_agreement(model, device: str, batch_size: int, n_batches: int, image_si
 FP32_BASELINE = "transformers fp32"
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """fp32 products and convolutions in true fp32 (no TF32) inside the block, on any device."""
+    saved = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="swin-tiny-patch4-window7-224")
@@ -304,6 +317,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=2, help="steps per timed round")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory children")
+    parser.add_argument(
+        "--no-fp32-baseline", action="store_true", help="bf16: do not also time transformers in fp32 (on a GPU: one compile less)"
+    )
     parser.add_argument("--agreement-batches", type=int, default=16, help="bf16: random batches for top-1 check")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child-impl", help=argparse.SUPPRESS)
@@ -323,8 +339,9 @@ def main() -> None:
     batch = torch.randn(args.batch_size, 3, *image_size, device=device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=device)
 
-    # 1. same weights, same outputs (every implementation against transformers')
-    with torch.no_grad():
+    # 1. same weights, same outputs (every implementation against transformers'), in full fp32: on a GPU
+    #    cuDNN's convolutions default to TF32, which is rounding, not a difference between the models
+    with torch.no_grad(), full_fp32():
         reference = logits_of(models["transformers"].eval(), batch[:2])
         others = [m for name, m in models.items() if name != "transformers"]
         diff = max((logits_of(m.eval(), batch[:2]) - reference).abs().max().item() for m in others)
@@ -332,7 +349,7 @@ def main() -> None:
         raise SystemExit(f"outputs differ by {diff:.2e}: not the same model, refusing to benchmark")
 
     agreement = None
-    if args.dtype == "bf16":
+    if args.dtype == "bf16" and args.agreement_batches > 0:
         agreement = {  # every implementation on the same images: how much of a miss is the weights, not the code
             name: top1_agreement(m, device, args.batch_size, args.agreement_batches, image_size) for name, m in models.items()
         }
@@ -348,10 +365,11 @@ def main() -> None:
     steps = {
         name: make_step(m, args.mode, args.dtype, batch, labels, device, args.optimizer) for name, m in models.items()
     }
-    if args.dtype == "bf16":  # the target compares our bf16 with transformers' fp32: timed in the same rounds
+    if args.dtype == "bf16" and not args.no_fp32_baseline:  # the CPU target compares our bf16 with
+        # transformers' fp32: timed in the same rounds
         steps[FP32_BASELINE] = make_step(models["transformers"], args.mode, "fp32", batch, labels, device, args.optimizer)
     timings = time_alternating(steps, args.batch_size, args.warmup, args.rounds, args.iters, device)
-    baseline_fp32 = timings.pop(FP32_BASELINE)["median"] if args.dtype == "bf16" else None
+    baseline_fp32 = timings.pop(FP32_BASELINE)["median"] if FP32_BASELINE in timings else None
 
     # 3. memory, one child per implementation
     memory = {}
@@ -361,6 +379,10 @@ def main() -> None:
     report(args, timings, memory, diff, agreement, baseline_fp32)
 
 
+def _device_name(device: str) -> str:
+    return f"{device} ({torch.cuda.get_device_name()})" if device.startswith("cuda") else device
+
+
 def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
     load = os.getloadavg()
     header = (
@@ -368,7 +390,7 @@ def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
         f"{' compiled' if args.compile else ''}{' grad-ckpt' if args.gradient_checkpointing else ''}"
         f"{f' AdamW {args.optimizer}' if args.mode == 'train' else ''}"
         f"{f' drop_path {args.drop_path}' if args.drop_path is not None else ''} | "
-        f"{args.device}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
+        f"{_device_name(args.device)}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
         f" | load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} | max |logits diff| {diff:.1e}"
     )
     print(header)

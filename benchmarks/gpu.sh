@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# BENCHMARKS.md's GPU table in one call on a lent GPU machine: throughput.py in bf16, eager and
+# torch.compile, batch 256 and 64, ours vs transformers' vs timm's (inference, then training), and a
+# kernel profile of each. Runs come in order of importance; each gets what is left of a deadline, so a
+# short lease still returns the first ones. Everything goes to DIR (gpu.log and one JSON per run).
+#
+#   bash benchmarks/gpu.sh [DIR] [SECONDS]        # defaults: $OUT or ./gpu_results, 480
+set -u
+cd "$(dirname "$0")/.."
+dir=${1:-${OUT:-gpu_results}}
+budget=${2:-480}
+mkdir -p "$dir"
+log="$dir/gpu.log"
+start=$(date +%s)
+export PYTHONUNBUFFERED=1
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+    python3 -c 'import sys, torch, transformers; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, transformers.__file__)'
+    python3 -c 'import timm, torchvision; print("timm", timm.__version__, "torchvision", torchvision.__version__)'
+    nproc
+} 2>&1 | tee -a "$log"
+
+run() {  # run NAME SCRIPT ARGS...: one run, cut off at the deadline
+    local name=$1 script=$2 left
+    shift 2
+    left=$((budget - ($(date +%s) - start)))
+    if ((left < 40)); then
+        echo "== $name: not run (${left}s of the deadline left)" | tee -a "$log"
+        return
+    fi
+    echo "== $name ($((left))s left): python3 benchmarks/$script $*" | tee -a "$log"
+    local t0=$(date +%s)
+    timeout "$left" python3 "benchmarks/$script" "$@" 2>&1 | grep -v -i "warn" | tee -a "$log"
+    echo "== $name took $(($(date +%s) - t0))s" | tee -a "$log"
+}
+
+infer=(--mode infer --dtype bf16 --threads 8 --no-memory --no-fp32-baseline --rounds 5 --iters 10)
+run infer-b256 throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 4 --json "$dir/infer-b256.json"
+run infer-b256-compiled throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 0 --compile --json "$dir/infer-b256-compiled.json"
+run infer-b64 throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 8 --json "$dir/infer-b64.json"
+run profile-infer-b256 profile_gpu.py --batch-size 256 --dtype bf16
+run infer-b64-compiled throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 0 --compile --json "$dir/infer-b64-compiled.json"
+train=(--mode train --dtype bf16 --threads 8 --no-memory --no-fp32-baseline --rounds 5 --iters 5 --agreement-batches 0)
+run train-b64 throughput.py "${train[@]}" --batch-size 64 --json "$dir/train-b64.json"
+run profile-train-b64 profile_gpu.py --mode train --batch-size 64 --dtype bf16
+echo "== done in $(($(date +%s) - start))s" | tee -a "$log"
