@@ -2,6 +2,7 @@
 
     python benchmarks/profile_gpu.py --batch-size 256 --dtype bf16            # inference
     python benchmarks/profile_gpu.py --mode train --batch-size 64 --top 20
+    python benchmarks/profile_gpu.py --compile                                # torch.compile'd models
 
 On a GPU torch.profiler reads each kernel's own time from CUPTI, so these times are the device's, not
 the inflated CPU op times that profile_step.py avoids the profiler for. Per implementation it prints the
@@ -34,7 +35,7 @@ def kernel_times(prof) -> dict[str, tuple[float, int]]:
 
 
 def profile_one(name, model, args, batch, labels) -> None:
-    step = make_step(model, args.mode, args.dtype, batch, labels, "cuda")
+    step = make_step(torch.compile(model) if args.compile else model, args.mode, args.dtype, batch, labels, "cuda")
     for _ in range(3):
         step()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -65,12 +66,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each model (fixed shapes)")
     args = parser.parse_args()
     models = build_models(args.model)
     torch.manual_seed(0)
     batch = torch.randn(args.batch_size, 3, 224, 224, device="cuda")
     labels = torch.randint(0, 1000, (args.batch_size,), device="cuda")
-    print(f"{args.model} batch {args.batch_size} {args.mode} {args.dtype} | {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    compiled = " compiled" if args.compile else ""
+    print(f"{args.model} batch {args.batch_size} {args.mode} {args.dtype}{compiled} | {torch.cuda.get_device_name()}, torch {torch.__version__}")
     for name, model in models.items():
         try:
             profile_one(name, model.cuda(), args, batch, labels)

@@ -42,3 +42,12 @@ def test_training_report_with_checkpointing_measures_memory(tmp_path):
     assert all(math.isfinite(p) and p > 0 for p in peaks.values()), peaks
     # Swin-T at batch 1: ~160 MiB per step without checkpointing, ~140 with (each in a fresh process)
     assert peaks["ours+ckpt"] < peaks["ours"], peaks
+
+
+@pytest.mark.slow
+def test_bf16_report_without_fp32_baseline_or_agreement(tmp_path):
+    """The GPU suite's flags (benchmarks/gpu.sh): no transformers-fp32 row, no agreement check."""
+    args = ("--mode", "infer", "--dtype", "bf16", "--no-memory", "--no-fp32-baseline", "--agreement-batches", "0")
+    report = _throughput(tmp_path, *args)
+    assert set(report["timings"]) == {"ours", "transformers"}
+    assert report["transformers_fp32_images_per_s"] is None and report["bf16_top1_agreement"] is None

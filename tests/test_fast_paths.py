@@ -149,6 +149,38 @@ def test_tiled_mlp_under_bf16_autocast_matches_untiled(small_tiles, onednn, monk
         torch.testing.assert_close(tiled, whole, atol=1e-2, rtol=1e-2)
 
 
+def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monkeypatch):
+    """Backward recomputes LayerNorm(x) under the autocast that forward ran under. CUDA's autocast runs
+    LayerNorm in fp32; a recompute with autocast off called layer_norm(bf16 x, fp32 weight), which CUDA
+    refuses (RuntimeError in every bf16 training step from stage 2 on, seen on an H200). CPU accepts that
+    call, so here each LayerNorm call records whether autocast was on, and the gradients are checked
+    against plain modules for a bf16 input (a stage's input after patch merging under autocast)."""
+    mlp, norm = modeling.SwinMLP(modeling.SwinConfig(**TINY), 16), nn.LayerNorm(16)
+    x = torch.randn(2, 7, 7, 16).bfloat16()
+    seen, layer_norm = [], F.layer_norm
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return layer_norm(*args, **kwargs)
+
+    def run(module_path: bool):
+        xx = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            out = mlp.fc2(mlp.act(mlp.fc1(norm(xx)))) if module_path else mlp(xx, norm)
+        out.float().square().sum().backward()
+        grads = [xx.grad] + [p.grad.clone() for p in (*mlp.parameters(), *norm.parameters())]
+        mlp.zero_grad(), norm.zero_grad()
+        return grads
+
+    monkeypatch.setattr(F, "layer_norm", spy)
+    lean = run(module_path=False)
+    assert len(seen) == 2 and all(seen)  # forward's call and backward's recompute, both under autocast
+    plain = run(module_path=True)
+    assert lean[0].dtype == torch.bfloat16
+    for a, b in zip(lean, plain):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
 @pytest.mark.parametrize("kept_seed", [0, 3, 5])
 def test_stochastic_depth_runs_the_branch_on_kept_samples_only(kept_seed):
     """residual() on CPU computes the branch for the kept samples only, and gives the outputs and

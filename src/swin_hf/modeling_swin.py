@@ -432,6 +432,14 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     return out
 
 
+# On a CUDA GPU attention is spelled out (q k^T + bias, softmax, @ v), as in training: for 49-token
+# windows with head dim 32, SDPA's kernels are built for long sequences. On an H200 (torch 2.11, Swin-T
+# bf16 inference, batch 256) SDPA ran 5 of the 12 calls on cuDNN's flash kernel at ~1.1 ms each and 7 on its
+# fp32 math fallback; spelled out, the whole step is 1.17x as fast eager (6420 vs 5468 images/s) and 1.10x
+# compiled (11511 vs 10452; Inductor fuses the bias into the softmax). BENCHMARKS.md, "GPU". False: SDPA.
+SPELLED_CUDA_ATTENTION = True
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside each window, plus a learned relative position bias B.
 
@@ -497,17 +505,22 @@ class WindowAttention(nn.Module):
         # W-MSA: one bias for every window -> fold windows into the batch; SW-MSA: into the heads
         q, k, v = (t.view(B * nW, h, N, d) if mask is None else t.view(B, nW * h, N, d) for t in (q, k, v))
         bias_needs_grad = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
-        explicit = need_weights or bias_needs_grad or self.config._attn_implementation == "eager"
+        explicit = (
+            need_weights
+            or bias_needs_grad
+            or self.config._attn_implementation == "eager"
+            or (q.is_cuda and SPELLED_CUDA_ATTENTION)
+        )
         chunked = not explicit and CHUNKED_INFERENCE_ATTENTION and not self.training and _cpu_inference(q)
         bias = self.attention_bias(window, mask, torch.float32 if chunked else q.dtype)  # (1, h or nW*h, N, N)
 
         dropout = self.attn_drop if self.training else 0.0
         weights = None
         if explicit:
-            # Spelled out. SDPA cannot return the gradient of its additive mask, so when B is being
-            # trained it falls back to a math path that also saves scaled copies of q and k; here only
-            # q, k, v (one storage) and the probabilities are saved, and the N x N logits are biased
-            # in place.
+            # Spelled out: on a CUDA GPU (SPELLED_CUDA_ATTENTION), and whenever B is being trained. SDPA
+            # cannot return the gradient of its additive mask, so it would fall back to a math path that
+            # also saves scaled copies of q and k; here only q, k, v (one storage) and the probabilities
+            # are saved, and the N x N logits are biased in place.
             logits = (q @ k.transpose(-2, -1)).add_(bias)  # (..., N, N)
             probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
             out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
@@ -569,6 +582,12 @@ class _LeanMLP(torch.autograd.Function):
     def forward(ctx, x, norm: nn.LayerNorm, norm_weight, norm_bias, w1, b1, act: nn.Module, w2, b2):
         out, hidden = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, w1, b1, act, w2, b2, keep_hidden=True)
         ctx.norm, ctx.act = norm, act
+        # backward recomputes LayerNorm(x) and act(h) under the same autocast as here (CUDA's autocast runs
+        # LayerNorm in fp32, CPU's in the input's dtype); backward itself runs with autocast off
+        device = x.device.type
+        ctx.autocast = dict(
+            device_type=device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device)
+        )
         ctx.save_for_backward(x, norm_weight, norm_bias, w1, w2, *hidden)  # h kept as its tiles: no copy
         return out.view(*x.shape[:-1], -1)
 
@@ -581,7 +600,7 @@ class _LeanMLP(torch.autograd.Function):
         tiles = _tiles(len(tokens), x.device)
         grad_x, param_grads = torch.empty_like(tokens) if len(tiles) > 1 else None, None
         for t, h in zip(tiles, hidden):
-            with torch.enable_grad():  # recompute the two cheap intermediates, tracking their inputs
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):  # recompute the two cheap intermediates
                 x_t, h_t = tokens[t].detach().requires_grad_(), h.detach().requires_grad_()
                 weight, bias = norm_weight.detach().requires_grad_(), norm_bias.detach().requires_grad_()
                 n = F.layer_norm(x_t, (C,), weight, bias, ctx.norm.eps)  # (tile, C)
