@@ -509,10 +509,13 @@ def test_inference_between_optimizer_steps_in_eval_mode_sees_the_new_weights(fus
         with torch.no_grad():
             served = model(x).logits  # fills the caches
         assert model.swin.stages[0].blocks[1].attn._inference_bias is not None
+        assert model.swin.stages[0].blocks[1].attn in modeling._BIAS_HOLDERS  # drop_inference_caches looks here
         assert model.swin.stages[0].blocks[0].mlp.fc1.weight in modeling._PACKED
         before.append(served)
         version = table._version
         model(x, labels=labels).loss.backward()
+        assert model.swin.stages[0].blocks[1].attn not in modeling._BIAS_HOLDERS
+        assert model.swin.stages[0].blocks[0].mlp.fc1.weight not in modeling._PACKED
         torch.testing.assert_close(model(x).logits.detach(), served, **TOL)  # (autograd on: computed anew)
         optimizer.step()
         optimizer.zero_grad()
