@@ -6,6 +6,9 @@
 # models), an eager one ~30 s. Everything goes to DIR (gpu.log and one JSON per run).
 #
 #   bash benchmarks/gpu.sh [DIR] [SECONDS]        # defaults: $OUT or ./gpu_results, 540
+#
+# Needs a CUDA torch, transformers (5.24.0 in BENCHMARKS.md), timm (1.0.31) with its torchvision, and for
+# the recipe run `datasets`; on a machine without network bring them as wheels (pip install --no-deps).
 set -u
 cd "$(dirname "$0")/.."
 dir=${1:-${OUT:-gpu_results}}
@@ -22,7 +25,7 @@ export PYTHONUNBUFFERED=1
     nproc
 } 2>&1 | tee -a "$log"
 
-run() {  # run NAME SCRIPT ARGS...: one run, cut off at the deadline
+run() {  # run NAME SCRIPT ARGS...: one run of a script of this repository, cut off at the deadline
     local name=$1 script=$2 left
     shift 2
     left=$((budget - ($(date +%s) - start)))
@@ -30,20 +33,22 @@ run() {  # run NAME SCRIPT ARGS...: one run, cut off at the deadline
         echo "== $name: not run (${left}s of the deadline left)" | tee -a "$log"
         return
     fi
-    echo "== $name ($((left))s left): python3 benchmarks/$script $*" | tee -a "$log"
+    echo "== $name ($((left))s left): python3 $script $*" | tee -a "$log"
     local t0=$(date +%s)
-    timeout "$left" python3 "benchmarks/$script" "$@" 2>&1 | grep -v -i "warn" | tee -a "$log"
+    timeout "$left" python3 "$script" "$@" 2>&1 | grep -v -i "warn" | tee -a "$log"
     echo "== $name took $(($(date +%s) - t0))s" | tee -a "$log"
 }
 
 infer=(--mode infer --dtype bf16 --threads 8 --no-memory --no-fp32-baseline --rounds 5 --iters 10)
-run infer-b256 throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 4 --json "$dir/infer-b256.json"
-run infer-b256-compiled throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 0 --compile --json "$dir/infer-b256-compiled.json"
-run infer-b64 throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 8 --json "$dir/infer-b64.json"
-run infer-b64-compiled throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 0 --compile --json "$dir/infer-b64-compiled.json"
 train=(--mode train --dtype bf16 --threads 8 --no-memory --no-fp32-baseline --rounds 5 --iters 5 --agreement-batches 0)
-run train-b64 throughput.py "${train[@]}" --batch-size 64 --json "$dir/train-b64.json"
-run train-b256 throughput.py "${train[@]}" --batch-size 256 --json "$dir/train-b256.json"
-run profile-train-b64 profile_gpu.py --mode train --batch-size 64 --dtype bf16 --top 20
-run profile-infer-b256-compiled profile_gpu.py --batch-size 256 --dtype bf16 --compile --top 20
+run infer-b256 benchmarks/throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 4 --json "$dir/infer-b256.json"
+run infer-b256-compiled benchmarks/throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 0 --compile --json "$dir/infer-b256-compiled.json"
+run infer-b64 benchmarks/throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 8 --json "$dir/infer-b64.json"
+run train-b64 benchmarks/throughput.py "${train[@]}" --batch-size 64 --json "$dir/train-b64.json"
+# README's main job on the GPU (bf16-mixed by default there); needs `datasets` (carried, see above)
+run recipe recipes/finetune.py --output-dir /tmp/recipe --overwrite
+run infer-b64-compiled benchmarks/throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 0 --compile --json "$dir/infer-b64-compiled.json"
+run train-b256 benchmarks/throughput.py "${train[@]}" --batch-size 256 --json "$dir/train-b256.json"
+run profile-train-b64 benchmarks/profile_gpu.py --mode train --batch-size 64 --dtype bf16 --top 20
+run profile-infer-b256-compiled benchmarks/profile_gpu.py --batch-size 256 --dtype bf16 --compile --top 20
 echo "== done in $(($(date +%s) - start))s" | tee -a "$log"

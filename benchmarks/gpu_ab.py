@@ -5,7 +5,8 @@
 Variants: "spelled" (q k^T + B, softmax, @ v as separate ops: `modeling_swin.SPELLED_CUDA_ATTENTION`, the
 default) and "sdpa" (F.scaled_dot_product_attention, PyTorch's choice of kernel). Phases, each started only
 while the deadline allows: bf16 inference at batch 256 and 64 for every variant; a bf16 training step at
-batch 64; torch.compile'd inference at batch 256 for the first variant and timm.
+batch 64, ours with the lean and the plain MLP (`modeling_swin.LEAN_MLP`); torch.compile'd inference at
+batch 256 for the first variant and timm.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from throughput import build_models, logits_of, make_step, time_alternating  # n
 from swin_hf import modeling_swin  # noqa: E402  (throughput put the checkout's src on the path)
 
 
-def use_variant(variant: str) -> None:
+def spelled(variant: str) -> bool:
+    """The value of modeling_swin.SPELLED_CUDA_ATTENTION for a variant's name."""
     if variant not in ("spelled", "sdpa"):
         raise SystemExit(f"unknown variant {variant!r}: spelled or sdpa")
-    modeling_swin.SPELLED_CUDA_ATTENTION = variant == "spelled"
+    return variant == "spelled"
 
 
-def with_variant(variant: str, step):
+def with_flag(name: str, value, step):
     def run():
-        use_variant(variant)
+        setattr(modeling_swin, name, value)
         step()
 
     return run
@@ -65,7 +67,7 @@ def main() -> None:
     with torch.inference_mode():
         reference = logits_of(models["transformers"].eval(), x).float()
         for variant in variants:
-            use_variant(variant)
+            modeling_swin.SPELLED_CUDA_ATTENTION = spelled(variant)
             fp32 = logits_of(ours.eval(), x)
             with torch.autocast(device, dtype=torch.bfloat16):
                 bf16 = logits_of(ours, x).float()
@@ -78,7 +80,10 @@ def main() -> None:
             continue
         batch = torch.randn(size, 3, 224, 224, device=device)
         labels = torch.randint(0, 1000, (size,), device=device)
-        steps = {f"ours {v}": with_variant(v, make_step(ours, "infer", "bf16", batch, labels, device)) for v in variants}
+        steps = {
+            f"ours {v}": with_flag("SPELLED_CUDA_ATTENTION", spelled(v), make_step(ours, "infer", "bf16", batch, labels, device))
+            for v in variants
+        }
         steps.update({n: make_step(m, "infer", "bf16", batch, labels, device) for n, m in models.items() if n != "ours"})
         table(f"bf16 inference, batch {size}, eager", time_alternating(steps, size, 2, 5, 10, device))
 
@@ -94,6 +99,10 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001
                 print(f"{name} training failed: {type(error).__name__}: {error}")
                 steps.pop(name, None)
+        if "ours" in steps:  # the MLP's two training forms (modeling_swin.LEAN_MLP), same model, same rounds
+            lean = steps.pop("ours")
+            steps["ours lean MLP"] = with_flag("LEAN_MLP", True, lean)
+            steps["ours plain MLP"] = with_flag("LEAN_MLP", False, lean)
         table(f"bf16 training (AdamW fused), batch {size}, eager", time_alternating(steps, size, 2, 5, 5, device))
         for model in models.values():
             model.eval()
@@ -106,7 +115,7 @@ def main() -> None:
             print(f"\n(compiled {name}: skipped)")
             continue
         if variant:
-            use_variant(variant)
+            modeling_swin.SPELLED_CUDA_ATTENTION = spelled(variant)
         t0 = time.perf_counter()
         step = make_step(torch.compile(model), "infer", "bf16", batch, batch[:, 0, 0, 0].long(), device)
         step()
