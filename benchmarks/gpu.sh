@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md's GPU table in one call on a lent GPU machine: throughput.py in bf16, eager and
+# BENCHMARKS.md's GPU table in one call on a lent GPU machine: tests/test_cuda.py, then throughput.py in bf16, eager and
 # torch.compile, batch 256 and 64, ours vs transformers' vs timm's (inference, then training), then kernel
 # profiles (profile_gpu.py). Runs come in order of importance; each gets what is left of a deadline, so
 # a short lease still returns the first ones. On an H200 a compiled run takes 130-160 s (compiling three
@@ -41,6 +41,7 @@ run() {  # run NAME SCRIPT ARGS...: one run of a script of this repository, cut 
 
 infer=(--mode infer --dtype bf16 --threads 8 --no-memory --no-fp32-baseline --rounds 5 --iters 10)
 train=(--mode train --dtype bf16 --threads 8 --no-memory --no-fp32-baseline --rounds 5 --iters 5 --agreement-batches 0)
+run cuda-tests -m pytest -q -p no:cacheprovider tests/test_cuda.py  # correctness first (seconds)
 run infer-b256 benchmarks/throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 4 --json "$dir/infer-b256.json"
 run infer-b256-compiled benchmarks/throughput.py "${infer[@]}" --batch-size 256 --agreement-batches 0 --compile --json "$dir/infer-b256-compiled.json"
 run infer-b64 benchmarks/throughput.py "${infer[@]}" --batch-size 64 --agreement-batches 8 --json "$dir/infer-b64.json"

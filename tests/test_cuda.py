@@ -1,0 +1,84 @@
+"""On a CUDA GPU, the paths that only run there compute what the CPU-tested ones do.
+
+CI has no GPU, so these are skipped there (and reported as skipped). On a GPU machine:
+`python -m pytest tests/test_cuda.py` (seconds). What differs on CUDA: attention is spelled out
+(SPELLED_CUDA_ATTENTION), products are plain F.linear, the MLP runs as one tile, stochastic depth
+multiplies by a mask, and autocast runs LayerNorm in fp32, which the lean MLP's backward must repeat
+(a bf16 training step failed there before: BENCHMARKS.md, "GPU").
+"""
+
+import pytest
+import torch
+
+import swin_hf.modeling_swin as modeling
+from swin_hf import convert_state_dict
+from swin_reference import TINY, images, reference_pair
+from test_parity import TOL, _gradients
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def true_fp32():
+    """No TF32 in fp32 products and convolutions: the comparisons are about the code, not the rounding."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _pair(**overrides):
+    theirs, ours = reference_pair(dict(TINY, num_labels=3, **overrides))
+    return theirs.cuda(), ours.cuda()
+
+
+def test_logits_and_gradients_match_transformers():
+    theirs, ours = _pair()
+    x, labels = images(2, 64, 64).cuda(), torch.tensor([0, 2]).cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, **TOL)
+    theirs_grads = convert_state_dict(_gradients(theirs, x, labels), source="transformers")
+    for name, grad in _gradients(ours, x, labels).items():
+        torch.testing.assert_close(grad, theirs_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_spelled_attention_equals_sdpa(autocast, monkeypatch):
+    _, ours = _pair()
+    x = images(4, 64, 64).cuda()
+    outputs = []
+    for spelled in (True, False):
+        monkeypatch.setattr(modeling, "SPELLED_CUDA_ATTENTION", spelled)
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
+            outputs.append(ours(x).logits.float())
+    tol = dict(atol=3e-2, rtol=3e-2) if autocast else TOL
+    torch.testing.assert_close(outputs[0], outputs[1], **tol)
+
+
+def test_bf16_autocast_training_step_lean_mlp_equals_plain_modules(monkeypatch):
+    """The lean MLP (recomputing LayerNorm and GELU in backward) gives the gradients of plain modules
+    under CUDA's autocast, stages 2-4 (bf16 inputs after patch merging) included."""
+    _, ours = _pair(drop_path_rate=0.0)  # no random branch drops: both runs compute the same function
+    ours.train()
+    x, labels = images(2, 64, 64).cuda(), torch.tensor([0, 2]).cuda()
+    grads = []
+    for lean in (True, False):
+        monkeypatch.setattr(modeling, "LEAN_MLP", lean)
+        ours.zero_grad()
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = ours(x, labels=labels).loss
+        loss.backward()
+        grads.append({n: p.grad.float().clone() for n, p in ours.named_parameters()})
+    for name, grad in grads[0].items():
+        scale = grads[1][name].abs().max().clamp_min(1e-6)
+        assert ((grad - grads[1][name]).abs().max() / scale) < 0.05, name
+
+
+def test_stochastic_depth_on_cuda_keeps_the_expected_value():
+    """On CUDA a dropped branch is multiplied by zero, a kept one by 1/(1-p): the mean over many draws
+    is the branch itself."""
+    x = torch.zeros(4096, 3, device="cuda")
+    out = modeling.residual(x, lambda t: torch.ones_like(t), drop_path=0.25, training=True)
+    kept = out[:, 0] != 0
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
