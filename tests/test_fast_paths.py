@@ -181,6 +181,25 @@ def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monk
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
 
 
+def test_lean_mlp_switch_gives_the_same_training_gradients(monkeypatch):
+    """LEAN_MLP = False (plain modules in training, for a GPU step that waits for the host) computes the
+    same gradients as the lean form, and really leaves _LeanMLP out."""
+    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3, drop_path_rate=0.0)).train()
+    x, labels = images(2, 64, 64), torch.tensor([0, 2])
+    calls, apply = [], modeling._LeanMLP.apply
+    monkeypatch.setattr(modeling._LeanMLP, "apply", lambda *a: calls.append(1) or apply(*a))
+    grads = []
+    for lean in (True, False):
+        monkeypatch.setattr(modeling, "LEAN_MLP", lean)
+        calls.clear()
+        model.zero_grad()
+        model(x, labels=labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        assert len(calls) == (sum(TINY["depths"]) if lean else 0)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("kept_seed", [0, 3, 5])
 def test_stochastic_depth_runs_the_branch_on_kept_samples_only(kept_seed):
     """residual() on CPU computes the branch for the kept samples only, and gives the outputs and

@@ -4,8 +4,8 @@ Read top to bottom:
   0. TokenLinear       - the per-token linear layer, routed to oneDNN on CPU (in inference on weights
                          reordered once)
   1. window geometry   - window_partition / window_reverse, the relative position index, the SW-MSA mask
-  2. WindowAttention   - W-MSA / SW-MSA with the learned relative position bias B (in CPU inference
-                         spelled out over cache-sized chunks of windows)
+  2. WindowAttention   - W-MSA / SW-MSA with the learned relative position bias B (on CUDA spelled out;
+                         in CPU inference spelled out over cache-sized chunks of windows)
   3. SwinBlock         - LN -> (S)W-MSA -> residual, LN -> MLP -> residual
   4. PatchMerging      - 2x2 neighbourhood concat, LN, linear 4C -> 2C
   5. SwinStage         - blocks alternating W-MSA / SW-MSA, then patch merging
@@ -646,8 +646,9 @@ class SwinMLP(nn.Module):
         """MLP(norm(x)): (..., C) -> (..., C) through a 4C hidden layer. The block's LayerNorm is passed
         in so that training can recompute its output instead of keeping it."""
         fc1, fc2 = self.fc1, self.fc2
-        if (self.training and self.drop.p > 0) or torch.compiler.is_compiling() or not LEAN_MLP:
-            # hidden dropout, or torch.compile (which fuses and picks what to save itself): plain modules
+        plain_training = torch.is_grad_enabled() and not LEAN_MLP
+        if (self.training and self.drop.p > 0) or torch.compiler.is_compiling() or plain_training:
+            # hidden dropout, torch.compile (which fuses and picks what to save itself), or LEAN_MLP off
             return self.drop(fc2(self.drop(self.act(fc1(norm(x))))))
         if torch.is_grad_enabled():  # keep only x and fc1's output for backward
             return _LeanMLP.apply(x, norm, norm.weight, norm.bias, fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias)
