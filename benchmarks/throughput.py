@@ -19,8 +19,12 @@ AdamW is the same for every implementation: fused (one kernel over all parameter
 this CPU 9 ms per step for Swin-T instead of 51 ms for the default multi-tensor version) unless
 `--optimizer foreach`.
 bf16 = `torch.autocast(device, torch.bfloat16)` around the forward (weights stay fp32); with --dtype bf16 the
-ratio is also given against transformers' fp32 throughput (timed in the same alternating rounds) and the
-top-1 agreement bf16 vs fp32 is checked for every implementation on the same random images.
+ratio is also given against transformers' fp32 throughput (timed in the same alternating rounds; not with
+--no-fp32-baseline) and the top-1 agreement bf16 vs fp32 is checked for every implementation on the same
+random images (--agreement-batches, 0: not checked).
+
+On a GPU (`--device cuda`, the default when there is one) the same script runs unchanged; benchmarks/gpu.sh
+runs BENCHMARKS.md's GPU table with it.
 """
 
 from __future__ import annotations
