@@ -528,7 +528,9 @@ class WindowAttention(nn.Module):
             # also saves scaled copies of q and k; here only q, k, v (one storage) and the probabilities
             # are saved, and the N x N logits are biased in place.
             logits = (q @ k.transpose(-2, -1)).add_(bias)  # (..., N, N)
-            probs = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            # in the logits' dtype: the kernels accumulate bf16/fp16 in fp32 anyway, and an fp32 result
+            # would be kept for backward next to its cast (bf16 training on CPU: -14% step peak memory)
+            probs = logits.softmax(dim=-1)
             out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
             weights = probs.view(B * nW, h, N, N) if need_weights else None
         elif chunked:
