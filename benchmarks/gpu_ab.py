@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import build_models, logits_of, make_step, time_alternating  # noqa: E402
+from throughput import build_models, logits_of, make_step, sync, time_alternating  # noqa: E402
 
 from swin_hf import modeling_swin  # noqa: E402  (throughput put the checkout's src on the path)
 
@@ -37,6 +37,11 @@ def with_flag(name: str, value, step):
         step()
 
     return run
+
+
+def random_batch(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (size, 3, 224, 224), labels (size,)) on `device`."""
+    return torch.randn(size, 3, 224, 224, device=device), torch.randint(0, 1000, (size,), device=device)
 
 
 def table(title: str, timings: dict) -> None:
@@ -78,8 +83,7 @@ def main() -> None:
         if left() < 30:
             print(f"\n(inference at batch {size}: skipped, deadline)")
             continue
-        batch = torch.randn(size, 3, 224, 224, device=device)
-        labels = torch.randint(0, 1000, (size,), device=device)
+        batch, labels = random_batch(size, device)
         steps = {
             f"ours {v}": with_flag("SPELLED_CUDA_ATTENTION", spelled(v), make_step(ours, "infer", "bf16", batch, labels, device))
             for v in variants
@@ -89,8 +93,7 @@ def main() -> None:
 
     if left() > 40:
         size = args.train_batch_size
-        batch = torch.randn(size, 3, 224, 224, device=device)
-        labels = torch.randint(0, 1000, (size,), device=device)
+        batch, labels = random_batch(size, device)
         steps = {}
         for name, model in models.items():
             try:
@@ -108,7 +111,7 @@ def main() -> None:
             model.eval()
 
     size = int(args.batch_sizes.split(",")[0])
-    batch = torch.randn(size, 3, 224, 224, device=device)
+    batch, labels = random_batch(size, device)
     compiled = {}
     for name, model, variant in (("ours " + variants[0], ours, variants[0]), ("timm", models.get("timm"), None)):
         if model is None or left() < 80:
@@ -117,9 +120,9 @@ def main() -> None:
         if variant:
             modeling_swin.SPELLED_CUDA_ATTENTION = spelled(variant)
         t0 = time.perf_counter()
-        step = make_step(torch.compile(model), "infer", "bf16", batch, batch[:, 0, 0, 0].long(), device)
+        step = make_step(torch.compile(model), "infer", "bf16", batch, labels, device)
         step()
-        torch.cuda.synchronize() if device == "cuda" else None
+        sync(device)
         print(f"compiled {name} in {time.perf_counter() - t0:.0f}s")
         compiled[name] = step
     if compiled:

@@ -16,7 +16,7 @@ import swin_hf.modeling_swin as modeling
 from swin_hf import convert_state_dict
 from swin_hf.modeling_swin import TokenLinear, token_linear, token_linear_backward
 from swin_reference import TINY, images, reference_pair
-from test_parity import CASES, TOL
+from test_parity import CASES, TOL, _gradients
 
 
 @pytest.fixture
@@ -192,9 +192,7 @@ def test_lean_mlp_switch_gives_the_same_training_gradients(monkeypatch):
     for lean in (True, False):
         monkeypatch.setattr(modeling, "LEAN_MLP", lean)
         calls.clear()
-        model.zero_grad()
-        model(x, labels=labels).loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        grads.append(_gradients(model, x, labels))
         assert len(calls) == (sum(TINY["depths"]) if lean else 0)
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
