@@ -3,6 +3,7 @@
     python benchmarks/compare_revisions.py HEAD~1                    # Swin-T, batch 8, preset drop_path
     python benchmarks/compare_revisions.py 8b85d4a --drop-path 0 --steps 20
     python benchmarks/compare_revisions.py HEAD~1 --mode infer [--dtype bf16]
+    python benchmarks/compare_revisions.py HEAD~1 --host-stand-in --steps 200   # Python/dispatch time only
 
 On a small shared machine the throughput of one model drifts by 5-10% between runs, more than most single
 changes are worth. Here both revisions train the same weights on the same batch in one process, their
@@ -26,6 +27,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
+HOST_STAND_IN = {"embed_dim": 12, "image_size": 64, "window_size": 2}
 
 
 def import_revision(revision: str, folder: str):
@@ -49,7 +51,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
+    parser.add_argument(
+        "--host-stand-in", action="store_true",
+        help="the model's depths and heads at embed_dim 12 on 64x64 images (window 2, batch 2, 1 thread): a "
+        "step whose arithmetic is negligible, so that it times the host work a GPU step may wait for",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.host_stand_in:
+        args.batch_size, args.threads = 2, 1
     torch.set_num_threads(args.threads)
 
     sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -60,7 +69,8 @@ def main() -> None:
         overrides = {} if args.drop_path is None else {"drop_path_rate": args.drop_path}
         runs, state = {}, None
         for name, package in packages.items():
-            config = package.SwinConfig.from_preset(args.model, num_labels=1000, **overrides)
+            stand_in = HOST_STAND_IN if args.host_stand_in else {}
+            config = package.SwinConfig.from_preset(args.model, num_labels=1000, **overrides, **stand_in)
             model = package.SwinForImageClassification(config).train(args.mode == "train")
             if state is None:
                 state = model.state_dict()
@@ -95,10 +105,11 @@ def main() -> None:
             for name in (old, new) if i % 2 else (new, old):
                 times[name].append(step(name, i))
 
-    what = f"{args.mode} step {args.dtype}" + (f", drop_path {config.drop_path_rate}" if args.mode == "train" else "")
+    what = f"{args.mode} step {args.dtype}" + (" (host stand-in)" if args.host_stand_in else "")
+    what += (f", drop_path {config.drop_path_rate}" if args.mode == "train" else "")
     print(f"{args.model} batch {args.batch_size} {what}, {args.steps} pairs")
     for name, t in times.items():
-        print(f"{name:>16}: median {statistics.median(t) * 1e3:.0f} ms, min {min(t) * 1e3:.0f} ms")
+        print(f"{name:>16}: median {statistics.median(t) * 1e3:.1f} ms, min {min(t) * 1e3:.1f} ms")
     ratio = statistics.median(n / o for n, o in zip(times[new], times[old]))
     print(f"this checkout / {old}: {ratio:.3f} (median of per-pair ratios)")
 

@@ -157,11 +157,15 @@ def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monk
     against plain modules for a bf16 input (a stage's input after patch merging under autocast)."""
     mlp, norm = modeling.SwinMLP(modeling.SwinConfig(**TINY), 16), nn.LayerNorm(16)
     x = torch.randn(2, 7, 7, 16).bfloat16()
-    seen, layer_norm = [], F.layer_norm
+    seen, layer_norm, native_layer_norm = [], F.layer_norm, torch.native_layer_norm
 
     def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu"))
         return layer_norm(*args, **kwargs)
+
+    def native_spy(*args, **kwargs):  # backward's recompute, which also returns the mean and 1/std
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return native_layer_norm(*args, **kwargs)
 
     def run(module_path: bool):
         xx = x.clone().requires_grad_()
@@ -173,6 +177,7 @@ def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monk
         return grads
 
     monkeypatch.setattr(F, "layer_norm", spy)
+    monkeypatch.setattr(torch, "native_layer_norm", native_spy)
     lean = run(module_path=False)
     assert len(seen) == 2 and all(seen)  # forward's call and backward's recompute, both under autocast
     plain = run(module_path=True)
@@ -181,10 +186,13 @@ def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monk
         torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
 
 
-def test_lean_mlp_switch_gives_the_same_training_gradients(monkeypatch):
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
+def test_lean_mlp_switch_gives_the_same_training_gradients(monkeypatch, act):
     """LEAN_MLP = False (plain modules in training, for a GPU step that waits for the host) computes the
-    same gradients as the lean form, and really leaves _LeanMLP out."""
-    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3, drop_path_rate=0.0)).train()
+    same gradients as the lean form, and really leaves _LeanMLP out. "gelu" takes the lean backward's
+    direct GELU gradient; other activations the autograd fallback."""
+    config = modeling.SwinConfig(**TINY, num_labels=3, drop_path_rate=0.0, hidden_act=act)
+    model = modeling.SwinForImageClassification(config).train()
     x, labels = images(2, 64, 64), torch.tensor([0, 2])
     calls, apply = [], modeling._LeanMLP.apply
     monkeypatch.setattr(modeling._LeanMLP, "apply", lambda *a: calls.append(1) or apply(*a))
