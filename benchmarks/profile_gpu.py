@@ -6,15 +6,19 @@
 
 On a GPU torch.profiler reads each kernel's own time from CUPTI, so these times are the device's, not
 the inflated CPU op times that profile_step.py avoids the profiler for. Per implementation it prints the
-step's wall time (CUDA events), the kernels' total (the gap is launch overhead: the GPU waiting for
-Python), the kernel count and the costliest kernels.
+step's wall time (CUDA events), the host's time to issue it (the step's Python and dispatch, timed
+from a synchronized start to the return of the last call, without waiting for the GPU), the kernels'
+total (a wall above the kernels' total is the GPU waiting for the host), the kernel count, the costliest
+kernels and the operators that take the most host time (profiler-inflated, but in the right order).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -46,6 +50,13 @@ def profile_one(name, model, args, batch, labels) -> None:
     end.record()
     torch.cuda.synchronize()
     wall = start.elapsed_time(end) / args.steps
+    host = []
+    for _ in range(args.steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        host.append(time.perf_counter() - t0)  # until the last launch returned; a full launch queue would block
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(args.steps):
             step()
@@ -53,9 +64,14 @@ def profile_one(name, model, args, batch, labels) -> None:
     kernels = kernel_times(prof)
     total = sum(ms for ms, _ in kernels.values()) / args.steps
     launches = sum(calls for _, calls in kernels.values()) // args.steps
-    print(f"\n== {name}: step {wall:.2f} ms wall, kernels {total:.2f} ms ({launches} launches per step)")
+    issue = statistics.median(host) * 1000
+    print(f"\n== {name}: step {wall:.2f} ms wall, host {issue:.2f} ms to issue it, kernels {total:.2f} ms ({launches} launches per step)")
     for kernel, (ms, calls) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"  {ms / args.steps:8.3f} ms {calls // args.steps:5d}x  {kernel[:110]}")
+    print("  host: operators by self CPU time (profiled), per step")
+    averages = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]
+    for e in averages:
+        print(f"  {e.self_cpu_time_total / 1000 / args.steps:8.3f} ms {e.count // args.steps:5d}x  {e.key[:110]}")
 
 
 def main() -> None:
