@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's GPU table in one call on a lent GPU machine: tests/test_cuda.py, then throughput.py
 # in bf16, eager and torch.compile, batch 256 and 64, ours vs transformers' vs timm's (inference, then
-# training), README's main job, then kernel profiles (profile_gpu.py). Runs come in order of importance; each gets what is left of a deadline, so
-# a short lease still returns the first ones. On an H200 a compiled run takes 130-160 s (compiling three
+# training), README's main job, kernel profiles (profile_gpu.py), then compiled training. Runs come in
+# order of importance; each gets what is left of a deadline, so a short lease still returns the first ones. On an H200 a compiled run takes 130-160 s (compiling three
 # models), an eager one ~30 s. Everything goes to DIR (gpu.log and one JSON per run).
 #
 #   bash benchmarks/gpu.sh [DIR] [SECONDS]        # defaults: $OUT or ./gpu_results, 540
@@ -52,4 +52,6 @@ run infer-b64-compiled benchmarks/throughput.py "${infer[@]}" --batch-size 64 --
 run train-b256 benchmarks/throughput.py "${train[@]}" --batch-size 256 --json "$dir/train-b256.json"
 run profile-train-b64 benchmarks/profile_gpu.py --mode train --batch-size 64 --dtype bf16 --top 20
 run profile-infer-b256-compiled benchmarks/profile_gpu.py --batch-size 256 --dtype bf16 --compile --top 20
+# compiled training takes the host out of a small-batch step (compiling three models: minutes)
+run train-b64-compiled benchmarks/throughput.py "${train[@]}" --batch-size 64 --compile --json "$dir/train-b64-compiled.json"
 echo "== done in $(($(date +%s) - start))s" | tee -a "$log"
