@@ -3,7 +3,8 @@
 # in bf16, eager and torch.compile, batch 256 and 64, ours vs transformers' vs timm's (inference, then
 # training), README's main job, kernel profiles (profile_gpu.py), then compiled training. Runs come in
 # order of importance; each gets what is left of a deadline, so a short lease still returns the first
-# ones. On an H200 a compiled run takes 130-160 s (compiling three models), an eager one ~30 s. Everything goes to DIR (gpu.log and one JSON per run).
+# ones. On an H200 a compiled run takes 130-160 s (compiling three models), an eager one ~30 s.
+# Everything goes to DIR (gpu.log and one JSON per run).
 #
 #   bash benchmarks/gpu.sh [DIR] [SECONDS]        # defaults: $OUT or ./gpu_results, 540
 #
