@@ -83,6 +83,27 @@ def test_fullgraph_capture_of_the_onednn_path(monkeypatch):
     assert not any(p in modeling._PACKED for p in model.parameters())
 
 
+@pytest.mark.skipif(not modeling._ONEDNN_CPU, reason="the opaque product is registered on x86 CPUs with oneDNN only")
+def test_compiled_inference_uses_the_reordered_weights(monkeypatch):
+    """Compiled in inference (eval mode, autograd off), the products take swin_hf::token_linear_inference,
+    which keeps each weight reordered for oneDNN between calls as eager inference does, with the same
+    logits; with autograd on, the same model traces swin_hf::token_linear and reorders nothing."""
+    monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
+    model, x = _model(), torch.randn(2, 3, 32, 32)
+    products = [m.weight for m in model.modules() if isinstance(m, modeling.TokenLinear)]
+    with torch.no_grad():
+        calls = _traced_calls(model, x)
+        assert calls.count("swin_hf.token_linear_inference") == len(products) == 17
+        modeling.drop_inference_caches(model)
+        expected = model(x).logits
+        modeling.drop_inference_caches(model)
+        got = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert all(w in modeling._PACKED for w in products)
+    calls = _traced_calls(model, x)
+    assert calls.count("swin_hf.token_linear") == 17 and not any("inference" in c for c in calls)
+
+
 @pytest.mark.slow
 def test_fullgraph_compile_training_step():
     model = _model().train()
@@ -127,7 +148,7 @@ def test_a_second_copy_of_the_model_file_reuses_the_registered_op(tmp_path):
     model.save_pretrained(tmp_path)
     remote_cls = get_class_from_dynamic_module("modeling_swin.SwinForImageClassification", str(tmp_path))
     remote = sys.modules[remote_cls.__module__]
-    assert remote is not modeling and remote._TOKEN_LINEAR_OP is modeling._TOKEN_LINEAR_OP
+    assert remote is not modeling and remote._TOKEN_LINEAR_OPS == modeling._TOKEN_LINEAR_OPS
     copy = remote_cls.from_pretrained(tmp_path).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -117,7 +117,7 @@ def token_linear(
     reordered copy; never in training, where the weights change every step.
     """
     if torch.compiler.is_compiling():
-        return _traced_token_linear(x, weight, bias)
+        return _traced_token_linear(x, weight, bias, pack)
     return _eager_token_linear(x, weight, bias, pack)
 
 
@@ -154,41 +154,58 @@ def token_linear_backward(
     return grad_x.permute(0, 2, 3, 1).reshape(x.shape), grad_w.view(weight.shape), grad_b
 
 
-def _traced_token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _traced_token_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = False
+) -> torch.Tensor:
     """token_linear as torch.compile / torch.export see it.
 
     Traced, F.linear becomes Inductor's MKL sgemm and a 1x1 convolution Inductor's own convolution
     (compiled Swin-T inference: 16.2 and 12.6 images/s, against eager's 25). So torch.compile on an x86
     CPU gets the opaque op swin_hf::token_linear, which runs the eager oneDNN product (or F.linear, by
-    size) while Inductor fuses everything around it (28-30 images/s). Export, autocast and other devices
-    trace F.linear, which exports as a plain MatMul and which autocast knows how to cast.
+    size) while Inductor fuses everything around it (28-30 images/s); for `pack` (inference: eval mode,
+    autograd off, which the compiled graph is guarded on) swin_hf::token_linear_inference, the same on
+    the weight's cached reordered copy (compiled Swin-T at batch 1: 102 -> 81 ms). Export, autocast and
+    other devices trace F.linear, which exports as a plain MatMul and which autocast knows how to cast.
     """
-    if _TOKEN_LINEAR_OP is None or torch.compiler.is_exporting() or x.device.type != "cpu":
+    if _TOKEN_LINEAR_OPS is None or torch.compiler.is_exporting() or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     if torch.is_autocast_enabled("cpu") or x.dtype not in (torch.float32, torch.bfloat16):
         return F.linear(x, weight, bias)
-    return _TOKEN_LINEAR_OP(x, weight, bias)
+    return _TOKEN_LINEAR_OPS[pack](x, weight, bias)
 
 
-def _define_token_linear_op():
-    """Register swin_hf::token_linear (forward, shapes for tracing, gradient) once per process.
+def _define_token_linear_ops():
+    """Register swin_hf::token_linear (forward, shapes for tracing, gradient) and
+    swin_hf::token_linear_inference (no gradient) once per process: (token_linear, token_linear_inference).
 
     A second copy of this file (a checkpoint loaded with trust_remote_code next to an installed
-    swin_hf) reuses the registered op instead of registering it again.
+    swin_hf) reuses the registered ops instead of registering them again. Their schemas never change:
+    a copy saved by another version of swin_hf may be the one that registered them.
     """
     if not _ONEDNN_CPU:
         return None
-    if hasattr(torch.ops.swin_hf, "token_linear"):
-        return torch.ops.swin_hf.token_linear
+    ops = []
+    for name, pack in (("token_linear", False), ("token_linear_inference", True)):
+        if hasattr(torch.ops.swin_hf, name):
+            ops.append(getattr(torch.ops.swin_hf, name))
+            continue
+        op = torch.library.custom_op(
+            f"swin_hf::{name}", functools.partial(_token_linear_impl, pack=pack), mutates_args=(),
+            schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+        )  # fmt: skip
+        op.register_fake(lambda x, weight, bias: x.new_empty(*x.shape[:-1], weight.shape[0]))
+        if not pack:
+            _register_token_linear_gradient(op)
+        ops.append(getattr(torch.ops.swin_hf, name))
+    return tuple(ops)
 
-    def forward_impl(x, weight, bias):
-        # runs inside compiled graphs, whose forward has autograd off in training too: never packed weights
-        return _eager_token_linear(x, weight, bias)
 
-    forward = torch.library.custom_op(
-        "swin_hf::token_linear", forward_impl, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
-    )
+def _token_linear_impl(x, weight, bias, pack: bool):
+    # the forward of a compiled graph runs with autograd off in training too: `pack` comes from the trace
+    return _eager_token_linear(x, weight, bias, pack)
 
+
+def _register_token_linear_gradient(forward) -> None:
     def backward_impl(grad, x, weight, has_bias):
         grad_x, grad_w, grad_b = token_linear_backward(grad, x, weight, has_bias)
         return grad_x, grad_w, grad_b if has_bias else grad.new_empty(0)
@@ -197,10 +214,6 @@ def _define_token_linear_op():
         "swin_hf::token_linear_backward", backward_impl, mutates_args=(),
         schema="(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)",
     )  # fmt: skip
-
-    @forward.register_fake
-    def _(x, weight, bias):
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
 
     @backward.register_fake
     def _(grad, x, weight, has_bias):
@@ -217,10 +230,9 @@ def _define_token_linear_op():
         return grad_x, grad_w, grad_b if ctx.has_bias else None
 
     forward.register_autograd(gradient, setup_context=save)
-    return torch.ops.swin_hf.token_linear
 
 
-_TOKEN_LINEAR_OP = _define_token_linear_op()
+_TOKEN_LINEAR_OPS = _define_token_linear_ops()
 
 
 class TokenLinear(nn.Linear):
