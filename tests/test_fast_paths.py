@@ -196,12 +196,15 @@ def test_lean_mlp_switch_gives_the_same_training_gradients(monkeypatch, act):
     x, labels = images(2, 64, 64), torch.tensor([0, 2])
     calls, apply = [], modeling._LeanMLP.apply
     monkeypatch.setattr(modeling._LeanMLP, "apply", lambda *a: calls.append(1) or apply(*a))
+    inner_graphs, grad = [], torch.autograd.grad  # the lean backward's autograd fallback
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: inner_graphs.append(1) or grad(*a, **k))
     grads = []
     for lean in (True, False):
         monkeypatch.setattr(modeling, "LEAN_MLP", lean)
         calls.clear()
         grads.append(_gradients(model, x, labels))
         assert len(calls) == (sum(TINY["depths"]) if lean else 0)
+    assert len(inner_graphs) == (0 if act == "gelu" else sum(TINY["depths"]))
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
