@@ -589,6 +589,17 @@ def _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden: bool, pack: boo
     return out, hidden
 
 
+def _activation_with_gradient(act: nn.Module, h: torch.Tensor, exact_gelu: bool):
+    """act(h) recomputed, and the map from dL/d act(h) to dL/dh: exact GELU's own backward kernel, or
+    autograd over a one-op graph for any other activation."""
+    if exact_gelu:
+        return F.gelu(h), lambda grad: torch.ops.aten.gelu_backward(grad, h)
+    with torch.enable_grad():
+        h_t = h.detach().requires_grad_()
+        a = act(h_t)
+    return a.detach(), lambda grad: torch.autograd.grad(a, h_t, grad)[0]
+
+
 class _LeanMLP(torch.autograd.Function):
     """fc2(act(fc1(LayerNorm(x)))) in tiles, saving only x and h = fc1(LayerNorm(x)) for backward.
 
@@ -621,25 +632,17 @@ class _LeanMLP(torch.autograd.Function):
         grad_x, param_grads = torch.empty_like(tokens) if len(tiles) > 1 else None, None
         for t, h in zip(tiles, hidden):
             # recompute the two cheap intermediates: LayerNorm(x) under forward's autocast (which may cast
-            # x to fp32 for it, as CUDA's does), act(h) with autograd only for an activation without its
-            # own backward op. The gradients come from the ops' own backward kernels, as autograd would
-            # call them, without building and walking a graph per tile (Python a GPU step waits for).
+            # x to fp32 for it, as CUDA's does), and act(h). Their gradients come from the ops' own
+            # backward kernels, the ones autograd would call, without building and walking a graph per
+            # tile (Python that a GPU step waits for).
             autocast = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
             with autocast:
                 n, mean, rstd = torch.native_layer_norm(tokens[t], (C,), norm_weight, norm_bias, ctx.norm.eps)
             x_t = tokens[t].to(n.dtype)  # LayerNorm's input as forward's autocast gave it (tile, C)
-            if ctx.exact_gelu:
-                h_t, a = None, F.gelu(h)  # (tile, 4C)
-            else:
-                with torch.enable_grad():
-                    h_t = h.detach().requires_grad_()
-                    a = ctx.act(h_t)
+            a, act_backward = _activation_with_gradient(ctx.act, h, ctx.exact_gelu)  # (tile, 4C)
             # the products ran in grad's dtype in forward (autocast), so their gradients do too
-            grad_a, grad_w2, grad_b2 = token_linear_backward(grad[t], a.detach(), w2, has_bias=True)
-            if ctx.exact_gelu:
-                grad_h = torch.ops.aten.gelu_backward(grad_a.to(a.dtype), h)
-            else:
-                (grad_h,) = torch.autograd.grad(a, h_t, grad_a.to(a.dtype))
+            grad_a, grad_w2, grad_b2 = token_linear_backward(grad[t], a, w2, has_bias=True)
+            grad_h = act_backward(grad_a.to(a.dtype))
             grad_n, grad_w1, grad_b1 = token_linear_backward(grad_h, n, w1, has_bias=True)
             grad_x_t, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
                 grad_n.to(n.dtype), x_t, (C,), mean, rstd, norm_weight, norm_bias, (True, True, True)
