@@ -149,23 +149,24 @@ def test_tiled_mlp_under_bf16_autocast_matches_untiled(small_tiles, onednn, monk
         torch.testing.assert_close(tiled, whole, atol=1e-2, rtol=1e-2)
 
 
-def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monkeypatch):
-    """Backward recomputes LayerNorm(x) under the autocast that forward ran under. CUDA's autocast runs
-    LayerNorm in fp32; a recompute with autocast off called layer_norm(bf16 x, fp32 weight), which CUDA
-    refuses (RuntimeError in every bf16 training step from stage 2 on, seen on an H200). CPU accepts that
-    call, so here each LayerNorm call records whether autocast was on, and the gradients are checked
-    against plain modules for a bf16 input (a stage's input after patch merging under autocast)."""
+def test_lean_mlp_backward_recomputes_layernorm_in_the_dtype_forward_ran_it_in(monkeypatch):
+    """Backward recomputes LayerNorm(x) in the dtype forward's LayerNorm ran in. CUDA's autocast runs
+    LayerNorm in fp32 (casting a bf16 x and the weights); a recompute in x's bf16 against the fp32
+    weights is refused there (RuntimeError in every bf16 training step from stage 2 on, seen on an H200).
+    CPU's autocast leaves LayerNorm alone and accepts mixed dtypes, so here CUDA's rule is imitated by a
+    LayerNorm that casts its inputs to fp32, and each recompute's input dtype is recorded; the gradients
+    are checked against plain modules under the same rule."""
     mlp, norm = modeling.SwinMLP(modeling.SwinConfig(**TINY), 16), nn.LayerNorm(16)
-    x = torch.randn(2, 7, 7, 16).bfloat16()
-    seen, layer_norm, native_layer_norm = [], F.layer_norm, torch.native_layer_norm
+    x = torch.randn(2, 7, 7, 16).bfloat16()  # a stage's input after patch merging under autocast
+    recomputed, layer_norm, native_layer_norm = [], F.layer_norm, torch.native_layer_norm
 
-    def spy(*args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return layer_norm(*args, **kwargs)
+    def layer_norm_in_fp32(input, *args, **kwargs):  # autocast's fp32 rule, as CUDA applies it
+        args = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+        return layer_norm(input.float(), *args, **kwargs)
 
-    def native_spy(*args, **kwargs):  # backward's recompute, which also returns the mean and 1/std
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return native_layer_norm(*args, **kwargs)
+    def spy(input, *args, **kwargs):  # backward's recompute, which also returns the mean and 1/std
+        recomputed.append(input.dtype)
+        return native_layer_norm(input, *args, **kwargs)
 
     def run(module_path: bool):
         xx = x.clone().requires_grad_()
@@ -176,10 +177,10 @@ def test_lean_mlp_backward_recomputes_layernorm_under_the_forwards_autocast(monk
         mlp.zero_grad(), norm.zero_grad()
         return grads
 
-    monkeypatch.setattr(F, "layer_norm", spy)
-    monkeypatch.setattr(torch, "native_layer_norm", native_spy)
+    monkeypatch.setattr(F, "layer_norm", layer_norm_in_fp32)
+    monkeypatch.setattr(torch, "native_layer_norm", spy)
     lean = run(module_path=False)
-    assert len(seen) == 2 and all(seen)  # forward's call and backward's recompute, both under autocast
+    assert recomputed == [torch.float32]
     plain = run(module_path=True)
     assert lean[0].dtype == torch.bfloat16
     for a, b in zip(lean, plain):

@@ -19,7 +19,6 @@ the API boundary. Self-contained on purpose (it imports only configuration_swin 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import platform
@@ -572,21 +571,23 @@ def _tiles(num_tokens: int, device: torch.device) -> list[slice]:
 
 
 def _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden: bool, pack: bool = False):
-    """fc2(act(fc1(norm(tokens)))) tile by tile: (T, C) -> (T, C), and, if `keep_hidden`, the tiles of
-    h = fc1(norm(tokens)), (tile, 4C) each. Under autocast the outputs come in the autocast dtype, as
-    from nn.Linear. `pack`: inference products (token_linear)."""
+    """fc2(act(fc1(norm(tokens)))) tile by tile: (T, C) -> (T, C), the tiles of h = fc1(norm(tokens)),
+    (tile, 4C) each, if `keep_hidden`, and the dtype norm's output came in (under CUDA's autocast fp32,
+    under CPU's the input's). Under autocast the outputs come in the autocast dtype, as from nn.Linear.
+    `pack`: inference products (token_linear)."""
     out, hidden = None, []
     for t in _tiles(len(tokens), tokens.device):
-        h = token_linear(norm(tokens[t]), w1, b1, pack)  # (tile, 4C)
+        n = norm(tokens[t])  # (tile, C)
+        h = token_linear(n, w1, b1, pack)  # (tile, 4C)
         out_t = token_linear(act(h), w2, b2, pack)  # (tile, C)
         if keep_hidden:
             hidden.append(h)
         if t.start == 0 and t.stop >= len(tokens):  # a single tile: its output is the output
-            return out_t, hidden
+            return out_t, hidden, n.dtype
         if out is None:  # the dtype is known now
             out = out_t.new_empty(len(tokens), out_t.shape[1])
         out[t] = out_t
-    return out, hidden
+    return out, hidden, n.dtype
 
 
 def _activation_with_gradient(act: nn.Module, h: torch.Tensor, exact_gelu: bool):
@@ -611,14 +612,10 @@ class _LeanMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm: nn.LayerNorm, norm_weight, norm_bias, w1, b1, act: nn.Module, w2, b2):
-        out, hidden = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, w1, b1, act, w2, b2, keep_hidden=True)
+        tokens = x.reshape(-1, x.shape[-1])
+        out, hidden, ctx.norm_dtype = _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden=True)
         ctx.norm, ctx.act = norm, act
         ctx.exact_gelu = isinstance(act, GELUActivation) and act.act is F.gelu  # config.hidden_act "gelu"
-        # backward recomputes LayerNorm(x) and act(h) under the same autocast as here (CUDA's autocast runs
-        # LayerNorm in fp32, CPU's in the input's dtype); backward itself runs with autocast off
-        device = x.device.type
-        on = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-        ctx.autocast = (device, torch.get_autocast_dtype(device)) if on else None
         ctx.save_for_backward(x, norm_weight, norm_bias, w1, w2, *hidden)  # h kept as its tiles: no copy
         return out.view(*x.shape[:-1], -1)
 
@@ -630,22 +627,24 @@ class _LeanMLP(torch.autograd.Function):
         params = (norm_weight, norm_bias, w1, w1, w2, w2)  # dtypes of the gradients returned below
         tiles = _tiles(len(tokens), x.device)
         grad_x, param_grads = torch.empty_like(tokens) if len(tiles) > 1 else None, None
+        # LayerNorm is recomputed in the dtype it ran in forward. Where that is not x's, an autocast ran it
+        # in fp32 (CUDA's does; CPU's leaves it in x's dtype) and cast all its inputs: so is it here.
+        weight, bias = norm_weight, norm_bias
+        if ctx.norm_dtype != x.dtype:
+            weight, bias = weight.to(ctx.norm_dtype), bias.to(ctx.norm_dtype)
         for t, h in zip(tiles, hidden):
-            # recompute the two cheap intermediates: LayerNorm(x) under forward's autocast (which may cast
-            # x to fp32 for it, as CUDA's does), and act(h). Their gradients come from the ops' own
-            # backward kernels, the ones autograd would call, without building and walking a graph per
-            # tile (Python that a GPU step waits for).
-            autocast = torch.autocast(*ctx.autocast) if ctx.autocast else contextlib.nullcontext()
-            with autocast:
-                n, mean, rstd = torch.native_layer_norm(tokens[t], (C,), norm_weight, norm_bias, ctx.norm.eps)
-            x_t = tokens[t].to(n.dtype)  # LayerNorm's input as forward's autocast gave it (tile, C)
+            # recompute the two cheap intermediates, LayerNorm(x) and act(h). Their gradients come from the
+            # ops' own backward kernels, the ones autograd would call, without building and walking a
+            # graph per tile (Python that a GPU step waits for).
+            x_t = tokens[t].to(ctx.norm_dtype)  # (tile, C)
+            n, mean, rstd = torch.native_layer_norm(x_t, (C,), weight, bias, ctx.norm.eps)
             a, act_backward = _activation_with_gradient(ctx.act, h, ctx.exact_gelu)  # (tile, 4C)
             # the products ran in grad's dtype in forward (autocast), so their gradients do too
             grad_a, grad_w2, grad_b2 = token_linear_backward(grad[t], a, w2, has_bias=True)
             grad_h = act_backward(grad_a.to(a.dtype))
             grad_n, grad_w1, grad_b1 = token_linear_backward(grad_h, n, w1, has_bias=True)
             grad_x_t, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
-                grad_n.to(n.dtype), x_t, (C,), mean, rstd, norm_weight, norm_bias, (True, True, True)
+                grad_n.to(n.dtype), x_t, (C,), mean, rstd, weight, bias, (True, True, True)
             )
             tile = [g.to(p.dtype) for g, p in zip((grad_nw, grad_nb, grad_w1, grad_b1, grad_w2, grad_b2), params)]
             param_grads = tile if param_grads is None else [s.add_(g) for s, g in zip(param_grads, tile)]
@@ -685,7 +684,7 @@ class SwinMLP(nn.Module):
         if torch.is_grad_enabled():  # keep only x and fc1's output for backward
             return _LeanMLP.apply(x, norm, norm.weight, norm.bias, fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias)
         weights = (fc1.weight, fc1.bias, self.act, fc2.weight, fc2.bias)
-        out, _ = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, *weights, keep_hidden=False, pack=not self.training)
+        out, _, _ = _mlp_forward(x.reshape(-1, x.shape[-1]), norm, *weights, keep_hidden=False, pack=not self.training)
         return out.view(*x.shape[:-1], -1)
 
 
