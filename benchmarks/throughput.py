@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --mode infer --dtype bf16
     python benchmarks/throughput.py --mode train --gradient-checkpointing
     python benchmarks/throughput.py --mode infer --compile
+    python benchmarks/throughput.py --host-stand-in --plain-mlp-column --rounds 15 --iters 10
 
 What it does, in one process:
   1. builds transformers' SwinForImageClassification from the preset, and ours (and timm's) with the
@@ -25,6 +26,10 @@ random images (--agreement-batches, 0: not checked).
 
 On a GPU (`--device cuda`, the default when there is one) the same script runs unchanged; benchmarks/gpu.sh
 runs BENCHMARKS.md's GPU table with it.
+
+`--host-stand-in` shrinks every model to the preset's depths and heads at embed dim 12 on 64x64 images
+(window 2), batch 2, 1 thread: a step whose arithmetic is negligible, so that it times the Python and
+dispatch work a GPU step at a small batch waits for. `--plain-mlp-column` adds ours with LEAN_MLP off.
 """
 
 from __future__ import annotations
@@ -48,17 +53,28 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))  # the checkout's swin_hf, n
 # ------------------------------------------------------------------------------------------------ models
 
 
+# --host-stand-in: the preset's depths and heads, every size shrunk until the arithmetic is negligible
+HOST_STAND_IN = {"embed_dim": 12, "image_size": 64, "window_size": 2}
+
+
 def build_models(
-    preset: str, seed: int = 0, with_timm: bool = True, pretrained: str | None = None, drop_path: float | None = None
+    preset: str,
+    seed: int = 0,
+    with_timm: bool = True,
+    pretrained: str | None = None,
+    drop_path: float | None = None,
+    sizes: dict | None = None,
 ) -> dict[str, torch.nn.Module]:
     """{'ours': ..., 'transformers': ..., ['timm': ...]}, ours carrying transformers' weights: random ones of
     the preset, or those of a transformers checkpoint (`pretrained`: Hub id or folder) for the bf16
-    agreement check with trained weights. `drop_path` replaces the preset's stochastic depth rate."""
+    agreement check with trained weights. `drop_path` replaces the preset's stochastic depth rate, `sizes`
+    (HOST_STAND_IN) its embed_dim, image_size and window_size."""
     import transformers
 
     from swin_hf import SwinConfig, SwinForImageClassification, convert_state_dict
 
     overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
+    overrides.update(sizes or {})
     if pretrained is not None:
         attn = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
         theirs = transformers.SwinForImageClassification.from_pretrained(pretrained, attn_implementation=attn, **overrides)
@@ -77,7 +93,7 @@ def build_models(
     ours.load_state_dict(convert_state_dict(theirs.state_dict(), source="transformers"))
     models = {"ours": ours, "transformers": theirs}
     if with_timm:
-        timm_model = build_timm(preset, ours_config.drop_path_rate)
+        timm_model = build_timm(preset, ours_config.drop_path_rate, sizes)
         if timm_model is not None:
             timm_model.load_state_dict(convert_state_dict(ours.state_dict(), to="timm"), strict=True)
             models["timm"] = timm_model
@@ -98,15 +114,17 @@ def import_timm():
     return timm
 
 
-def build_timm(preset: str, drop_path: float) -> torch.nn.Module | None:
+def build_timm(preset: str, drop_path: float, sizes: dict | None = None) -> torch.nn.Module | None:
     """timm's Swin of the same architecture, or None (timm missing or broken). build_models gives it the
     same weights as the other two (`convert_state_dict(..., to="timm")`), so its logits are checked too."""
     timm = import_timm()
     if timm is None:
         return None
     name = preset.replace("-", "_")
+    names = {"embed_dim": "embed_dim", "image_size": "img_size", "window_size": "window_size"}
+    kwargs = {names[key]: value for key, value in (sizes or {}).items()}
     try:
-        return timm.create_model(name, pretrained=False, num_classes=1000, drop_path_rate=drop_path)
+        return timm.create_model(name, pretrained=False, num_classes=1000, drop_path_rate=drop_path, **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure just drops the column
         print(f"[timm] skipped: {error}", file=sys.stderr)
         return None
@@ -147,6 +165,23 @@ def make_step(
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+PLAIN_MLP = "ours, plain MLP"
+
+
+def with_plain_mlp(step):
+    """`step` with swin_hf's LEAN_MLP off while it runs (plain modules in training)."""
+    import swin_hf.modeling_swin as modeling
+
+    def plain_step():
+        saved, modeling.LEAN_MLP = modeling.LEAN_MLP, False
+        try:
+            step()
+        finally:
+            modeling.LEAN_MLP = saved
+
+    return plain_step
 
 
 def sync(device: str) -> None:
@@ -326,6 +361,11 @@ def main() -> None:
     )
     parser.add_argument("--agreement-batches", type=int, default=16, help="bf16: random batches for top-1 check")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--host-stand-in", action="store_true",
+        help="every model at embed_dim 12 on 64x64 images (window 2), batch 2, 1 thread: host work only",
+    )  # fmt: skip
+    parser.add_argument("--plain-mlp-column", action="store_true", help="add a column: ours with LEAN_MLP off")
     parser.add_argument("--child-impl", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -333,9 +373,12 @@ def main() -> None:
         print(json.dumps(child_memory(args)))
         return
 
+    if args.host_stand_in:
+        args.batch_size, args.threads, args.no_memory = 2, 1, True
     torch.set_num_threads(args.threads)
     device = args.device
-    models = build_models(args.model, pretrained=args.pretrained, drop_path=args.drop_path)
+    sizes = HOST_STAND_IN if args.host_stand_in else None
+    models = build_models(args.model, pretrained=args.pretrained, drop_path=args.drop_path, sizes=sizes)
     for model in models.values():
         model.to(device)
     image_size = _image_size(models["ours"])
@@ -364,11 +407,17 @@ def main() -> None:
 
         models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
         models["ours+ckpt"].activation_checkpointing_enable()
+    if args.plain_mlp_column:
+        import copy
+
+        models = {"ours": models["ours"], PLAIN_MLP: copy.deepcopy(models["ours"]), **models}
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
     steps = {
         name: make_step(m, args.mode, args.dtype, batch, labels, device, args.optimizer) for name, m in models.items()
     }
+    if PLAIN_MLP in steps:
+        steps[PLAIN_MLP] = with_plain_mlp(steps[PLAIN_MLP])
     if args.dtype == "bf16" and not args.no_fp32_baseline:  # the CPU target compares our bf16 with
         # transformers' fp32: timed in the same rounds
         steps[FP32_BASELINE] = make_step(models["transformers"], args.mode, "fp32", batch, labels, device, args.optimizer)
@@ -392,6 +441,7 @@ def report(args, timings, memory, diff, agreement, baseline_fp32) -> None:
     header = (
         f"{args.pretrained or args.model} batch {args.batch_size} {args.mode} {args.dtype}"
         f"{' compiled' if args.compile else ''}{' grad-ckpt' if args.gradient_checkpointing else ''}"
+        f"{' (host stand-in: embed_dim 12, 64x64, window 2)' if args.host_stand_in else ''}"
         f"{f' AdamW {args.optimizer}' if args.mode == 'train' else ''}"
         f"{f' drop_path {args.drop_path}' if args.drop_path is not None else ''} | "
         f"{_device_name(args.device)}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}"
