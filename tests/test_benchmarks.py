@@ -51,3 +51,22 @@ def test_bf16_report_without_fp32_baseline_or_agreement(tmp_path):
     report = _throughput(tmp_path, *args)
     assert set(report["timings"]) == {"ours", "transformers"}
     assert report["transformers_fp32_images_per_s"] is None and report["bf16_top1_agreement"] is None
+
+
+def test_host_stand_in_report_with_a_plain_mlp_column(tmp_path):
+    """The host stand-in (every model shrunk, batch 2, 1 thread) with ours once more with LEAN_MLP off;
+    the shrunk models still share their weights, and the switch is back on after the plain column's steps."""
+    report = _throughput(tmp_path, "--mode", "train", "--host-stand-in", "--plain-mlp-column")
+    assert report["max_logits_diff"] < 1e-4
+    assert list(report["timings"])[:3] == ["ours", "ours, plain MLP", "transformers"]  # (then timm, if it imports)
+    assert report["args"]["batch_size"] == 2 and report["args"]["threads"] == 1 and report["memory"] == {}
+
+
+def test_plain_mlp_step_switches_lean_mlp_off_only_while_it_runs():
+    sys.path.insert(0, str(THROUGHPUT.parent))
+    import swin_hf.modeling_swin as modeling
+    from throughput import with_plain_mlp
+
+    seen = []
+    with_plain_mlp(lambda: seen.append(modeling.LEAN_MLP))()
+    assert seen == [False] and modeling.LEAN_MLP is True
