@@ -159,12 +159,13 @@ def _traced_token_linear(
     """token_linear as torch.compile / torch.export see it.
 
     Traced, F.linear becomes Inductor's MKL sgemm and a 1x1 convolution Inductor's own convolution
-    (compiled Swin-T inference: 16.2 and 12.6 images/s, against eager's 25). So torch.compile on an x86
-    CPU gets the opaque op swin_hf::token_linear, which runs the eager oneDNN product (or F.linear, by
-    size) while Inductor fuses everything around it (28-30 images/s); for `pack` (inference: eval mode,
+    (compiled Swin-T inference on Zen 5: 16.2 and 12.6 images/s, against eager's 25). So torch.compile on
+    an x86 CPU gets the opaque op swin_hf::token_linear, which runs the eager oneDNN product (or F.linear,
+    by size) while Inductor fuses everything around it (28-30 images/s); for `pack` (inference: eval mode,
     autograd off, which the compiled graph is guarded on) swin_hf::token_linear_inference, the same on
-    the weight's cached reordered copy (compiled Swin-T at batch 1: 102 -> 81 ms). Export, autocast and
-    other devices trace F.linear, which exports as a plain MatMul and which autocast knows how to cast.
+    the weight's cached reordered copy (compiled Swin-T at batch 1 on Zen 4: 102 -> 81 ms). Export,
+    autocast and other devices trace F.linear, which exports as a plain MatMul and which autocast knows
+    how to cast.
     """
     if _TOKEN_LINEAR_OPS is None or torch.compiler.is_exporting() or x.device.type != "cpu":
         return F.linear(x, weight, bias)
