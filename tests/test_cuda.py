@@ -7,6 +7,9 @@ multiplies by a mask, and autocast runs LayerNorm in fp32, which the lean MLP's 
 (a bf16 training step failed there before: BENCHMARKS.md, "GPU").
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,16 +18,17 @@ from swin_hf import convert_state_dict
 from swin_reference import TINY, images, reference_pair
 from test_parity import TOL, _gradients
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from throughput import full_fp32  # noqa: E402 - the harness's own switch, so that both mean the same
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(autouse=True)
 def true_fp32():
     """No TF32 in fp32 products and convolutions: the comparisons are about the code, not the rounding."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with full_fp32():
+        yield
 
 
 def _pair(**overrides):
