@@ -16,6 +16,7 @@ import torch
 import swin_hf.modeling_swin as modeling
 from swin_hf import convert_state_dict
 from swin_reference import TINY, images, reference_pair
+from test_fast_paths import attention_dtypes_kept_for_backward
 from test_parity import TOL, _gradients
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -76,6 +77,13 @@ def test_bf16_autocast_training_step_lean_mlp_equals_plain_modules(monkeypatch):
     for name, grad in grads[0].items():
         scale = grads[1][name].abs().max().clamp_min(1e-6)
         assert ((grad - grads[1][name]).abs().max() / scale) < 0.05, name
+
+
+def test_bf16_training_keeps_no_fp32_attention_probabilities_on_cuda():
+    """CUDA's autocast runs softmax in fp32 (CPU's leaves it alone); the spelled-out attention calls the
+    op underneath (aten::_softmax), so its probabilities stay bf16 there too, kept once for backward."""
+    square = attention_dtypes_kept_for_backward("cuda")
+    assert square and all(dtype == torch.bfloat16 for dtype in square), square
 
 
 def test_stochastic_depth_on_cuda_keeps_the_expected_value():

@@ -210,10 +210,9 @@ def test_lean_mlp_switch_gives_the_same_training_gradients(monkeypatch, act):
         torch.testing.assert_close(grad, grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_bf16_training_keeps_no_fp32_attention_probabilities():
-    """Under bf16 autocast, autograd keeps nothing N x N in fp32 for backward: the softmax runs in the
-    logits' dtype (an fp32 softmax would be kept next to its bf16 cast, +14% step peak memory)."""
-    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3)).train()
+def attention_dtypes_kept_for_backward(device: str) -> list[torch.dtype]:
+    """The dtypes of the N x N tensors autograd keeps in a bf16-autocast training step on `device`."""
+    model = modeling.SwinForImageClassification(modeling.SwinConfig(**TINY, num_labels=3)).train().to(device)
     N = TINY["window_size"] ** 2
     saved = []
 
@@ -221,10 +220,17 @@ def test_bf16_training_keeps_no_fp32_attention_probabilities():
         saved.append((tuple(t.shape[-2:]), t.dtype))
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16):
-        loss = model(images(2, 64, 64), labels=torch.tensor([0, 2])).loss
+    x, labels = images(2, 64, 64).to(device), torch.tensor([0, 2], device=device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(device, torch.bfloat16):
+        loss = model(x, labels=labels).loss
     loss.backward()
-    square = [dtype for shape, dtype in saved if shape == (N, N)]
+    return [dtype for shape, dtype in saved if shape == (N, N)]
+
+
+def test_bf16_training_keeps_no_fp32_attention_probabilities():
+    """Under bf16 autocast, autograd keeps nothing N x N in fp32 for backward: the softmax runs in the
+    logits' dtype (an fp32 softmax would be kept next to its bf16 cast, +14% step peak memory)."""
+    square = attention_dtypes_kept_for_backward("cpu")
     assert square and all(dtype == torch.bfloat16 for dtype in square), square
 
 

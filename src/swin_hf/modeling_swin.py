@@ -541,8 +541,9 @@ class WindowAttention(nn.Module):
             # are saved, and the N x N logits are biased in place.
             logits = (q @ k.transpose(-2, -1)).add_(bias)  # (..., N, N)
             # in the logits' dtype: the kernels accumulate bf16/fp16 in fp32 anyway, and an fp32 result
-            # would be kept for backward next to its cast (bf16 training on CPU: -14% step peak memory)
-            probs = logits.softmax(dim=-1)
+            # would be kept for backward next to its cast (bf16 training on CPU: -14% step peak memory).
+            # aten::_softmax is the op softmax runs; unlike softmax it is not on CUDA autocast's fp32 list.
+            probs = torch._softmax(logits, -1, False)
             out = (F.dropout(probs, dropout, self.training) if dropout else probs) @ v
             weights = probs.view(B * nW, h, N, N) if need_weights else None
         elif chunked:
