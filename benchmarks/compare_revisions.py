@@ -68,10 +68,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         packages = {args.revision: import_revision(args.revision, folder), "this checkout": swin_hf}
         overrides = {} if args.drop_path is None else {"drop_path_rate": args.drop_path}
+        overrides.update(HOST_STAND_IN if args.host_stand_in else {})
         runs, state = {}, None
         for name, package in packages.items():
-            stand_in = HOST_STAND_IN if args.host_stand_in else {}
-            config = package.SwinConfig.from_preset(args.model, num_labels=1000, **overrides, **stand_in)
+            config = package.SwinConfig.from_preset(args.model, num_labels=1000, **overrides)
             model = package.SwinForImageClassification(config).train(args.mode == "train")
             if state is None:
                 state = model.state_dict()

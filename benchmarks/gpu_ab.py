@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import build_models, logits_of, make_step, sync, time_alternating  # noqa: E402
+from throughput import build_models, logits_of, make_step, sync, time_alternating, with_flag  # noqa: E402
 
 from swin_hf import modeling_swin  # noqa: E402  (throughput put the checkout's src on the path)
 
@@ -29,14 +29,6 @@ def spelled(variant: str) -> bool:
     if variant not in ("spelled", "sdpa"):
         raise SystemExit(f"unknown variant {variant!r}: spelled or sdpa")
     return variant == "spelled"
-
-
-def with_flag(name: str, value, step):
-    def run():
-        setattr(modeling_swin, name, value)
-        step()
-
-    return run
 
 
 def random_batch(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -170,18 +171,20 @@ def make_step(
 PLAIN_MLP = "ours, plain MLP"
 
 
-def with_plain_mlp(step):
-    """`step` with swin_hf's LEAN_MLP off while it runs (plain modules in training)."""
+def with_flag(name: str, value, step):
+    """`step` with swin_hf.modeling_swin's switch `name` (LEAN_MLP, SPELLED_CUDA_ATTENTION, ...) set to
+    `value` while it runs, and restored after."""
     import swin_hf.modeling_swin as modeling
 
-    def plain_step():
-        saved, modeling.LEAN_MLP = modeling.LEAN_MLP, False
+    def flagged_step():
+        saved = getattr(modeling, name)
+        setattr(modeling, name, value)
         try:
             step()
         finally:
-            modeling.LEAN_MLP = saved
+            setattr(modeling, name, saved)
 
-    return plain_step
+    return flagged_step
 
 
 def sync(device: str) -> None:
@@ -403,13 +406,9 @@ def main() -> None:
 
     # 2. throughput, alternating
     if args.gradient_checkpointing:  # ours without and with checkpointing, side by side, plus transformers'
-        import copy
-
         models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
         models["ours+ckpt"].activation_checkpointing_enable()
     if args.plain_mlp_column:
-        import copy
-
         models = {"ours": models["ours"], PLAIN_MLP: copy.deepcopy(models["ours"]), **models}
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
@@ -417,7 +416,7 @@ def main() -> None:
         name: make_step(m, args.mode, args.dtype, batch, labels, device, args.optimizer) for name, m in models.items()
     }
     if PLAIN_MLP in steps:
-        steps[PLAIN_MLP] = with_plain_mlp(steps[PLAIN_MLP])
+        steps[PLAIN_MLP] = with_flag("LEAN_MLP", False, steps[PLAIN_MLP])
     if args.dtype == "bf16" and not args.no_fp32_baseline:  # the CPU target compares our bf16 with
         # transformers' fp32: timed in the same rounds
         steps[FP32_BASELINE] = make_step(models["transformers"], args.mode, "fp32", batch, labels, device, args.optimizer)

@@ -65,8 +65,8 @@ def test_host_stand_in_report_with_a_plain_mlp_column(tmp_path):
 def test_plain_mlp_step_switches_lean_mlp_off_only_while_it_runs():
     sys.path.insert(0, str(THROUGHPUT.parent))
     import swin_hf.modeling_swin as modeling
-    from throughput import with_plain_mlp
+    from throughput import with_flag
 
     seen = []
-    with_plain_mlp(lambda: seen.append(modeling.LEAN_MLP))()
+    with_flag("LEAN_MLP", False, lambda: seen.append(modeling.LEAN_MLP))()
     assert seen == [False] and modeling.LEAN_MLP is True

@@ -616,7 +616,7 @@ class _LeanMLP(torch.autograd.Function):
     def forward(ctx, x, norm: nn.LayerNorm, norm_weight, norm_bias, w1, b1, act: nn.Module, w2, b2):
         tokens = x.reshape(-1, x.shape[-1])
         out, hidden, ctx.norm_dtype = _mlp_forward(tokens, norm, w1, b1, act, w2, b2, keep_hidden=True)
-        ctx.norm, ctx.act = norm, act
+        ctx.eps, ctx.act = norm.eps, act
         ctx.exact_gelu = isinstance(act, GELUActivation) and act.act is F.gelu  # config.hidden_act "gelu"
         ctx.save_for_backward(x, norm_weight, norm_bias, w1, w2, *hidden)  # h kept as its tiles: no copy
         return out.view(*x.shape[:-1], -1)
@@ -639,7 +639,7 @@ class _LeanMLP(torch.autograd.Function):
             # ops' own backward kernels, the ones autograd would call, without building and walking a
             # graph per tile (Python that a GPU step waits for).
             x_t = tokens[t].to(ctx.norm_dtype)  # (tile, C)
-            n, mean, rstd = torch.native_layer_norm(x_t, (C,), weight, bias, ctx.norm.eps)
+            n, mean, rstd = torch.native_layer_norm(x_t, (C,), weight, bias, ctx.eps)
             a, act_backward = _activation_with_gradient(ctx.act, h, ctx.exact_gelu)  # (tile, 4C)
             # the products ran in grad's dtype in forward (autocast), so their gradients do too
             grad_a, grad_w2, grad_b2 = token_linear_backward(grad[t], a, w2, has_bias=True)
