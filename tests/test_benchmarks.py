@@ -70,3 +70,20 @@ def test_plain_mlp_step_switches_lean_mlp_off_only_while_it_runs():
     seen = []
     with_flag("LEAN_MLP", False, lambda: seen.append(modeling.LEAN_MLP))()
     assert seen == [False] and modeling.LEAN_MLP is True
+
+
+def test_host_work_on_the_meta_device():
+    """host_meta.py runs every model on the meta device (shapes only): one row per implementation, plus
+    ours with LEAN_MLP off, each with the operators one training step dispatches."""
+    script = THROUGHPUT.parent / "host_meta.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "1", "--iters", "1", "--batch-size", "2"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {}
+    for line in done.stdout.splitlines()[2:]:
+        name, ms, ops, ratio = line.rsplit(maxsplit=3)
+        rows[name.strip()] = (float(ms), int(ops), ratio)
+    assert {"ours", "transformers", "ours, plain MLP"} <= set(rows)
+    assert all(ms > 0 and ops > 1000 for ms, ops, _ in rows.values()), rows
+    assert rows["transformers"][2] == "1.00x"

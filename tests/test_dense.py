@@ -157,8 +157,9 @@ def test_upernet_save_load_round_trip(tmp_path):
 def test_upernet_few_steps_learn_and_miou():
     """A few optimisation steps on a fixed tiny batch drive the loss down and the mIoU up.
 
-    Predictions use batch statistics (train mode): after 20 steps UperNet's BatchNorm running averages
-    still lag the weights, which is a property of BatchNorm, not of the backbone.
+    Predictions use batch statistics (train mode): after a few steps UperNet's BatchNorm running averages
+    still lag the weights, which is a property of BatchNorm, not of the backbone. 30 steps: with torch
+    2.8's random initial weights the mIoU passed 0.75 only after 20 (0.74; 0.88 with torch 2.13).
     """
     torch.manual_seed(0)
     model = tiny_upernet(num_labels=2)
@@ -184,7 +185,7 @@ def test_upernet_few_steps_learn_and_miou():
     model.train()
     losses = []
     before = miou()
-    for _ in range(20):
+    for _ in range(30):
         loss = model(pixels, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

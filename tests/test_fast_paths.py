@@ -264,7 +264,9 @@ def test_stochastic_depth_runs_the_branch_on_kept_samples_only(kept_seed):
     assert batches[0] == kept and 0 < kept < 8  # this one only the kept ones (seeds chosen so)
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+        # the gradients reach ~1000 (the loss weights reach 143) and are sums over the samples in another
+        # order (kept ones only): fp32 rounding is ~1e-7 of that scale (3e-5 on torch 2.7's kernels)
+        torch.testing.assert_close(g, e, atol=1e-6 * e.abs().max().item(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("drop_path", [1.0 - 1e-9, 1e-9])

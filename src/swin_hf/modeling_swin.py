@@ -167,11 +167,20 @@ def _traced_token_linear(
     autocast and other devices trace F.linear, which exports as a plain MatMul and which autocast knows
     how to cast.
     """
-    if _TOKEN_LINEAR_OPS is None or torch.compiler.is_exporting() or x.device.type != "cpu":
+    if _TOKEN_LINEAR_OPS is None or _exporting() or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     if torch.is_autocast_enabled("cpu") or x.dtype not in (torch.float32, torch.bfloat16):
         return F.linear(x, weight, bias)
     return _TOKEN_LINEAR_OPS[pack](x, weight, bias)
+
+
+def _exporting() -> bool:
+    """torch.export is tracing (not torch.compile). Dynamo folds torch.compiler.is_exporting() to True
+    under torch.compile too in torch 2.7-2.8 (not in 2.13), so the flag it returns is read directly where
+    that flag exists. (In torch 2.7 a strict export does not see the flag either: one reason pyproject.toml
+    asks for torch >= 2.8.)"""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else flag
 
 
 def _define_token_linear_ops():
