@@ -10,31 +10,19 @@ sizes. Not measured: kernel launches, the CUDA caching allocator, autocast, and 
 BENCHMARKS.md ("Session 10") compares it with the H200's profile.
 
 A step is forward with labels (cross-entropy) + backward + dropping the gradients; no optimizer (fused
-AdamW has no meta kernel). The report is the median over alternating rounds, and the number of operators
-one step dispatches (forward and backward).
+AdamW has no meta kernel). Timing is throughput.time_alternating's (alternating rounds, each after
+one untimed step; the median), and the operators one step dispatches (forward and backward) are
+counted with profile_step.OpTimer.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import statistics
-import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from throughput import PLAIN_MLP, build_models, logits_of, with_flag
-
-
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.counts = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func)] += 1
-        return func(*args, **(kwargs or {}))
+from profile_step import OpTimer
+from throughput import PLAIN_MLP, build_models, logits_of, time_alternating, with_flag
 
 
 def meta_step(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor):
@@ -66,23 +54,16 @@ def main() -> None:
     ops = {}
     for name, step in steps.items():
         step()  # warm-up: geometry caches, lazy initialisation
-        with _CountOps() as counter:
+        with OpTimer() as counter:
             step()
-        ops[name] = sum(counter.counts.values())
-    times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.iters):
-                step()
-            times[name].append((time.perf_counter() - start) / args.iters * 1e3)
+        ops[name] = sum(calls for calls, _, _ in counter.times.values())
+    timings = time_alternating(steps, args.batch_size, 0, args.rounds, args.iters, "meta")
+    ms = {name: args.batch_size / t["median"] * 1e3 for name, t in timings.items()}  # images/s -> ms/step
 
     print(f"{args.model}, batch {args.batch_size}, meta device, {args.threads} thread(s), torch {torch.__version__}")
     print(f"{'':<18}{'host ms/step':>14}{'operators':>11}{'vs transformers':>17}")
-    reference = statistics.median(times["transformers"])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:<18}{median:>14.1f}{ops[name]:>11}{reference / median:>16.2f}x")
+    for name, step_ms in ms.items():
+        print(f"{name:<18}{step_ms:>14.1f}{ops[name]:>11}{ms['transformers'] / step_ms:>16.2f}x")
 
 
 if __name__ == "__main__":
