@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
-from swin_hf.modeling_swin import token_linear  # noqa: E402
+from swin_hf.fast_paths import token_linear  # noqa: E402
 
 
 def swin_t_products(batch: int) -> list[tuple[str, int, int, int]]:

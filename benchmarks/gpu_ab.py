@@ -1,17 +1,17 @@
 """A/B of swin_hf's attention on a CUDA GPU, with transformers' and timm's Swin timed in the same rounds.
 
-    python benchmarks/gpu_ab.py --variants spelled,sdpa --deadline 280
+    python benchmarks/gpu_ab.py --variants eager,sdpa --deadline 280
 
-Variants: "spelled" (q k^T + B, softmax, @ v as separate ops: `modeling_swin.SPELLED_CUDA_ATTENTION`, the
-default) and "sdpa" (F.scaled_dot_product_attention, PyTorch's choice of kernel). Phases, each started only
-while the deadline allows: bf16 inference at batch 256 and 64 for every variant; a bf16 training step at
-batch 64, ours with the lean and the plain MLP (`modeling_swin.LEAN_MLP`); torch.compile'd inference at
-batch 256 for the first variant and timm.
+Variants: our model's `attn_implementation`: "eager" (q k^T + B, softmax, @ v as separate ops; what the
+default "auto" runs on CUDA) and "sdpa" (F.scaled_dot_product_attention, PyTorch's choice of kernel).
+Phases, each started only while the deadline allows: bf16 inference at batch 256 and 64 for every variant;
+a bf16 training step at batch 64; torch.compile'd inference at batch 256 for the first variant and timm.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -19,16 +19,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import build_models, logits_of, make_step, sync, time_alternating, with_flag  # noqa: E402
-
-from swin_hf import modeling_swin  # noqa: E402  (throughput put the checkout's src on the path)
+from throughput import build_models, logits_of, make_step, sync, time_alternating  # noqa: E402
 
 
-def spelled(variant: str) -> bool:
-    """The value of modeling_swin.SPELLED_CUDA_ATTENTION for a variant's name."""
-    if variant not in ("spelled", "sdpa"):
-        raise SystemExit(f"unknown variant {variant!r}: spelled or sdpa")
-    return variant == "spelled"
+def with_attention(model, variant: str):
+    """A copy of our model whose attn_implementation is `variant`."""
+    if variant not in ("auto", "eager", "sdpa"):
+        raise SystemExit(f"unknown variant {variant!r}: auto, eager or sdpa")
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(variant)
+    return model
 
 
 def random_batch(size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +45,7 @@ def table(title: str, timings: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", default="spelled,sdpa")
+    parser.add_argument("--variants", default="eager,sdpa")
     parser.add_argument("--deadline", type=float, default=280, help="seconds; later phases are skipped after it")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-sizes", default="256,64")
@@ -56,18 +56,17 @@ def main() -> None:
     variants = args.variants.split(",")
     device = args.device
     models = {name: m.to(device) for name, m in build_models("swin-tiny-patch4-window7-224").items()}
-    ours = models["ours"]
+    variants_of = {v: with_attention(models["ours"], v) for v in variants}
     torch.manual_seed(0)
 
     # every variant against fp32 (transformers' logits in fp32 for the same weights)
     x = torch.randn(8, 3, 224, 224, device=device)
     with torch.inference_mode():
         reference = logits_of(models["transformers"].eval(), x).float()
-        for variant in variants:
-            modeling_swin.SPELLED_CUDA_ATTENTION = spelled(variant)
-            fp32 = logits_of(ours.eval(), x)
+        for variant, model in variants_of.items():
+            fp32 = logits_of(model.eval(), x)
             with torch.autocast(device, dtype=torch.bfloat16):
-                bf16 = logits_of(ours, x).float()
+                bf16 = logits_of(model, x).float()
             print(f"{variant}: max |fp32 - transformers fp32| {(fp32 - reference).abs().max():.1e}, "
                   f"max |bf16 - transformers fp32| {(bf16 - reference).abs().max():.1e}")
 
@@ -76,10 +75,7 @@ def main() -> None:
             print(f"\n(inference at batch {size}: skipped, deadline)")
             continue
         batch, labels = random_batch(size, device)
-        steps = {
-            f"ours {v}": with_flag("SPELLED_CUDA_ATTENTION", spelled(v), make_step(ours, "infer", "bf16", batch, labels, device))
-            for v in variants
-        }
+        steps = {f"ours {v}": make_step(m, "infer", "bf16", batch, labels, device) for v, m in variants_of.items()}
         steps.update({n: make_step(m, "infer", "bf16", batch, labels, device) for n, m in models.items() if n != "ours"})
         table(f"bf16 inference, batch {size}, eager", time_alternating(steps, size, 2, 5, 10, device))
 
@@ -94,10 +90,6 @@ def main() -> None:
             except Exception as error:  # noqa: BLE001
                 print(f"{name} training failed: {type(error).__name__}: {error}")
                 steps.pop(name, None)
-        if "ours" in steps:  # the MLP's two training forms (modeling_swin.LEAN_MLP), same model, same rounds
-            lean = steps.pop("ours")
-            steps["ours lean MLP"] = with_flag("LEAN_MLP", True, lean)
-            steps["ours plain MLP"] = with_flag("LEAN_MLP", False, lean)
         table(f"bf16 training (AdamW fused), batch {size}, eager", time_alternating(steps, size, 2, 5, 5, device))
         for model in models.values():
             model.eval()
@@ -105,12 +97,10 @@ def main() -> None:
     size = int(args.batch_sizes.split(",")[0])
     batch, labels = random_batch(size, device)
     compiled = {}
-    for name, model, variant in (("ours " + variants[0], ours, variants[0]), ("timm", models.get("timm"), None)):
+    for name, model in (("ours " + variants[0], variants_of[variants[0]]), ("timm", models.get("timm"))):
         if model is None or left() < 80:
             print(f"\n(compiled {name}: skipped)")
             continue
-        if variant:
-            modeling_swin.SPELLED_CUDA_ATTENTION = spelled(variant)
         t0 = time.perf_counter()
         step = make_step(torch.compile(model), "infer", "bf16", batch, labels, device)
         step()

@@ -4,10 +4,9 @@
     python benchmarks/host_meta.py --batch-size 256 --rounds 9
 
 Meta tensors carry shapes and dtypes but no data, so an operator costs only its Python, the dispatcher and
-shape inference: what the host does to issue a step, with no arithmetic. Our model takes its non-CPU code
-paths there (those CUDA takes: one MLP tile, stochastic depth as a mask, no sample selection), at the real
-sizes. Not measured: kernel launches, the CUDA caching allocator, autocast, and any wait on the device;
-BENCHMARKS.md ("Session 10") compares it with the H200's profile.
+shape inference: what the host does to issue a step, with no arithmetic. Our model runs no speed path there
+(each is for CPU tensors), as on CUDA, at the real sizes. Not measured: kernel launches, the CUDA caching allocator, autocast, and any wait on the device;
+BENCHMARKS.md ("GPU") compares it with an H200's profile.
 
 A step is forward with labels (cross-entropy) + backward + dropping the gradients; no optimizer (fused
 AdamW has no meta kernel). Timing is throughput.time_alternating's (alternating rounds, each after
@@ -22,7 +21,7 @@ import argparse
 import torch
 
 from profile_step import OpTimer
-from throughput import PLAIN_MLP, build_models, logits_of, time_alternating, with_flag
+from throughput import build_models, logits_of, time_alternating
 
 
 def meta_step(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor):
@@ -49,7 +48,6 @@ def main() -> None:
     batch = torch.empty(args.batch_size, 3, size, size, device="meta")
     labels = torch.zeros(args.batch_size, dtype=torch.long, device="meta")
     steps = {name: meta_step(m, batch, labels) for name, m in models.items()}
-    steps[PLAIN_MLP] = with_flag("LEAN_MLP", False, meta_step(models["ours"], batch, labels))
 
     ops = {}
     for name, step in steps.items():

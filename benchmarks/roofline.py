@@ -35,7 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import build_models, make_step, time_alternating  # noqa: E402
 
-from swin_hf.modeling_swin import SwinBlock, token_linear  # noqa: E402
+from swin_hf.fast_paths import token_linear  # noqa: E402
+from swin_hf.modeling_swin import SwinBlock  # noqa: E402
 
 
 def best_product_rate(dtype: torch.dtype) -> float:

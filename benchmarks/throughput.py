@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --mode infer --dtype bf16
     python benchmarks/throughput.py --mode train --gradient-checkpointing
     python benchmarks/throughput.py --mode infer --compile
-    python benchmarks/throughput.py --host-stand-in --plain-mlp-column --rounds 15 --iters 10
+    python benchmarks/throughput.py --host-stand-in --plain-column --rounds 15 --iters 10
 
 What it does, in one process:
   1. builds transformers' SwinForImageClassification from the preset, and ours (and timm's) with the
@@ -29,7 +29,8 @@ runs BENCHMARKS.md's GPU table with it.
 
 `--host-stand-in` shrinks every model to the preset's depths and heads at embed dim 12 on 64x64 images
 (window 2), batch 2, 1 thread: a step whose arithmetic is negligible, so that it times the Python and
-dispatch work a GPU step at a small batch waits for. `--plain-mlp-column` adds ours with LEAN_MLP off.
+dispatch work a GPU step at a small batch waits for. `--plain-column` adds ours with every speed path
+off (`FastPaths.plain()`, the model as modeling_swin.py spells it); benchmarks/fast_paths.py times each path.
 """
 
 from __future__ import annotations
@@ -168,23 +169,16 @@ def make_step(
     return step
 
 
-PLAIN_MLP = "ours, plain MLP"
+PLAIN = "ours, plain"
 
 
-def with_flag(name: str, value, step):
-    """`step` with swin_hf.modeling_swin's switch `name` (LEAN_MLP, SPELLED_CUDA_ATTENTION, ...) set to
-    `value` while it runs, and restored after."""
-    import swin_hf.modeling_swin as modeling
+def plain_copy(model):
+    """A copy of our model with every speed path off (fast_paths.FastPaths.plain())."""
+    from swin_hf import FastPaths
 
-    def flagged_step():
-        saved = getattr(modeling, name)
-        setattr(modeling, name, value)
-        try:
-            step()
-        finally:
-            setattr(modeling, name, saved)
-
-    return flagged_step
+    plain = copy.deepcopy(model)
+    plain.set_fast_paths(FastPaths.plain())
+    return plain
 
 
 def sync(device: str) -> None:
@@ -368,7 +362,7 @@ def main() -> None:
         "--host-stand-in", action="store_true",
         help="every model at embed_dim 12 on 64x64 images (window 2), batch 2, 1 thread: host work only",
     )  # fmt: skip
-    parser.add_argument("--plain-mlp-column", action="store_true", help="add a column: ours with LEAN_MLP off")
+    parser.add_argument("--plain-column", action="store_true", help="add a column: ours with every speed path off")
     parser.add_argument("--child-impl", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -408,15 +402,13 @@ def main() -> None:
     if args.gradient_checkpointing:  # ours without and with checkpointing, side by side, plus transformers'
         models = {"ours": models["ours"], "ours+ckpt": copy.deepcopy(models["ours"]), "transformers": models["transformers"]}
         models["ours+ckpt"].activation_checkpointing_enable()
-    if args.plain_mlp_column:
-        models = {"ours": models["ours"], PLAIN_MLP: copy.deepcopy(models["ours"]), **models}
+    if args.plain_column:
+        models = {"ours": models["ours"], PLAIN: plain_copy(models["ours"]), **models}
     if args.compile:
         models = {name: torch.compile(model) for name, model in models.items()}
     steps = {
         name: make_step(m, args.mode, args.dtype, batch, labels, device, args.optimizer) for name, m in models.items()
     }
-    if PLAIN_MLP in steps:
-        steps[PLAIN_MLP] = with_flag("LEAN_MLP", False, steps[PLAIN_MLP])
     if args.dtype == "bf16" and not args.no_fp32_baseline:  # the CPU target compares our bf16 with
         # transformers' fp32: timed in the same rounds
         steps[FP32_BASELINE] = make_step(models["transformers"], args.mode, "fp32", batch, labels, device, args.optimizer)

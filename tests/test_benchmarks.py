@@ -53,28 +53,48 @@ def test_bf16_report_without_fp32_baseline_or_agreement(tmp_path):
     assert report["transformers_fp32_images_per_s"] is None and report["bf16_top1_agreement"] is None
 
 
-def test_host_stand_in_report_with_a_plain_mlp_column(tmp_path):
-    """The host stand-in (every model shrunk, batch 2, 1 thread) with ours once more with LEAN_MLP off;
-    the shrunk models still share their weights, and the switch is back on after the plain column's steps."""
-    report = _throughput(tmp_path, "--mode", "train", "--host-stand-in", "--plain-mlp-column")
+def test_host_stand_in_report_with_a_plain_column(tmp_path):
+    """The host stand-in (every model shrunk, batch 2, 1 thread) with ours once more with every speed path
+    off; the shrunk models still share their weights."""
+    report = _throughput(tmp_path, "--mode", "train", "--host-stand-in", "--plain-column")
     assert report["max_logits_diff"] < 1e-4
-    assert list(report["timings"])[:3] == ["ours", "ours, plain MLP", "transformers"]  # (then timm, if it imports)
+    assert list(report["timings"])[:3] == ["ours", "ours, plain", "transformers"]  # (then timm, if it imports)
     assert report["args"]["batch_size"] == 2 and report["args"]["threads"] == 1 and report["memory"] == {}
 
 
-def test_plain_mlp_step_switches_lean_mlp_off_only_while_it_runs():
+def test_plain_copy_has_every_path_off_and_leaves_the_model_alone():
     sys.path.insert(0, str(THROUGHPUT.parent))
-    import swin_hf.modeling_swin as modeling
-    from throughput import with_flag
+    from throughput import plain_copy
 
-    seen = []
-    with_flag("LEAN_MLP", False, lambda: seen.append(modeling.LEAN_MLP))()
-    assert seen == [False] and modeling.LEAN_MLP is True
+    from swin_hf import FastPaths, SwinConfig, SwinForImageClassification
+
+    model = SwinForImageClassification(SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4))
+    model.set_fast_paths(skip_dropped_branches=True, mlp_tile_tokens=64)
+    plain = plain_copy(model)
+    assert plain.fast_paths == FastPaths.plain() and plain.swin.stages[0].blocks[0].fast_paths == FastPaths.plain()
+    assert model.fast_paths.mlp_tile_tokens == 64 and model.swin.stages[0].blocks[0].fast_paths.mlp_tile_tokens == 64
+
+
+def test_fast_paths_benchmark_times_every_path_against_the_plain_model(tmp_path):
+    """benchmarks/fast_paths.py at its smallest: one round of one step per variant, a tiny model."""
+    script = THROUGHPUT.parent / "fast_paths.py"
+    args = ["--model", "swin-tiny-patch4-window7-224", "--batch-size", "1", "--rounds", "1", "--warmup", "0"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--modes", "infer-fp32", "train-bf16", "--host-stand-in"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "infer-fp32" in out and "train-bf16" in out and "torch " in out
+    for name in ("plain", "onednn_products", "mlp_tile_tokens", "transformers"):
+        assert name in out, name
+    assert "skip_dropped_branches" in out.split("train-bf16")[1]  # inert in inference, timed in training
+    assert "inference_group_size" not in out.split("train-bf16")[1]
 
 
 def test_host_work_on_the_meta_device():
-    """host_meta.py runs every model on the meta device (shapes only): one row per implementation, plus
-    ours with LEAN_MLP off, each with the operators one training step dispatches."""
+    """host_meta.py runs every model on the meta device (shapes only): one row per implementation, each
+    with the operators one training step dispatches."""
     script = THROUGHPUT.parent / "host_meta.py"
     done = subprocess.run(
         [sys.executable, str(script), "--rounds", "1", "--iters", "1", "--batch-size", "2"], capture_output=True, text=True
@@ -84,6 +104,6 @@ def test_host_work_on_the_meta_device():
     for line in done.stdout.splitlines()[2:]:
         name, ms, ops, ratio = line.rsplit(maxsplit=3)
         rows[name.strip()] = (float(ms), int(ops), ratio)
-    assert {"ours", "transformers", "ours, plain MLP"} <= set(rows)
+    assert {"ours", "transformers"} <= set(rows)
     assert all(ms > 0 and ops > 1000 for ms, ops, _ in rows.values()), rows
     assert rows["transformers"][2] == "1.00x"

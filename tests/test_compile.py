@@ -3,8 +3,14 @@
 import pytest
 import torch
 
+import swin_hf.fast_paths as fast_paths
 import swin_hf.modeling_swin as modeling
-from swin_hf import SwinConfig, SwinForImageClassification
+from swin_hf import FastPaths, SwinConfig, SwinForImageClassification
+
+ONEDNN = fast_paths._TOKEN_LINEAR is not None
+needs_onednn = pytest.mark.skipif(not ONEDNN, reason="the opaque product is registered on x86 CPUs with oneDNN only")
+# every product on oneDNN however small (in a full-size model the products are large enough anyway)
+ONEDNN_PATHS = FastPaths(onednn_products=True, onednn_min_macs=0)
 
 TINY = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, image_size=32, patch_size=2, num_labels=5)
 
@@ -16,9 +22,12 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _model():
+def _model(paths: FastPaths | None = None):
     torch.manual_seed(0)
-    return SwinForImageClassification(SwinConfig(**TINY)).eval()
+    model = SwinForImageClassification(SwinConfig(**TINY)).eval()
+    if paths is not None:
+        model.set_fast_paths(paths)
+    return model
 
 
 @pytest.mark.slow
@@ -44,12 +53,12 @@ def _traced_calls(model, x) -> list[str]:
     return calls
 
 
-@pytest.mark.skipif(not modeling._ONEDNN_CPU, reason="the opaque product is registered on x86 CPUs with oneDNN only")
+@needs_onednn
 def test_compile_traces_the_products_as_one_opaque_op_and_export_as_linear():
-    """torch.compile keeps the products on oneDNN through swin_hf::token_linear (as F.linear they would
-    become MKL sgemms); torch.export, whose graphs go to ONNX and other runtimes, sees F.linear."""
-    model, x = _model(), torch.randn(2, 3, 32, 32)
-    products = sum(isinstance(m, modeling.TokenLinear) for m in model.modules())  # qkv, proj, fc1, fc2, merges
+    """With oneDNN products on, torch.compile keeps them on oneDNN through swin_hf::token_linear (as F.linear
+    they would become MKL sgemms); torch.export, whose graphs go to ONNX and other runtimes, sees F.linear."""
+    model, x = _model(ONEDNN_PATHS), torch.randn(2, 3, 32, 32)
+    products = sum(isinstance(m, fast_paths.TokenLinear) for m in model.modules())  # qkv, proj, fc1, fc2, merges
     calls = _traced_calls(model, x)
     assert sum("swin_hf.token_linear" in c for c in calls) == products == 17
     assert calls.count(str(torch._C._nn.linear)) == 1  # the classifier head, an nn.Linear
@@ -58,14 +67,16 @@ def test_compile_traces_the_products_as_one_opaque_op_and_export_as_linear():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts F.linear's inputs; the op is left out
         calls = _traced_calls(model, x)
     assert calls.count(str(torch._C._nn.linear)) == products + 1 and not any("swin_hf" in c for c in calls)
+    model.set_fast_paths(onednn_products=False)  # off: plain F.linear everywhere
+    calls = _traced_calls(model, x)
+    assert calls.count(str(torch._C._nn.linear)) == products + 1 and not any("swin_hf" in c for c in calls)
 
 
-def test_fullgraph_capture_of_the_onednn_path(monkeypatch):
-    """With every product large enough for oneDNN (as in a full-size model), eager runs oneDNN directly
-    and the traced graph swin_hf::token_linear: one graph through AOTAutograd, forward and backward (the
-    op's registered gradient) equal to eager."""
-    monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
-    model = _model().train()
+@needs_onednn
+def test_fullgraph_capture_of_the_onednn_path():
+    """Eager runs oneDNN directly and the traced graph swin_hf::token_linear: one graph through
+    AOTAutograd, forward and backward (the op's registered gradient) equal to eager."""
+    model = _model(ONEDNN_PATHS).train()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
     torch.manual_seed(1)
@@ -79,29 +90,6 @@ def test_fullgraph_capture_of_the_onednn_path(monkeypatch):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
-    # the compiled forward runs with autograd off, in training too: it must not keep inference copies
-    assert not any(p in modeling._PACKED for p in model.parameters())
-
-
-@pytest.mark.skipif(not modeling._ONEDNN_CPU, reason="the opaque product is registered on x86 CPUs with oneDNN only")
-def test_compiled_inference_uses_the_reordered_weights(monkeypatch):
-    """Compiled in inference (eval mode, autograd off), the products take swin_hf::token_linear_inference,
-    which keeps each weight reordered for oneDNN between calls as eager inference does, with the same
-    logits; with autograd on, the same model traces swin_hf::token_linear and reorders nothing."""
-    monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
-    model, x = _model(), torch.randn(2, 3, 32, 32)
-    products = [m.weight for m in model.modules() if isinstance(m, modeling.TokenLinear)]
-    with torch.no_grad():
-        calls = _traced_calls(model, x)
-        assert calls.count("swin_hf.token_linear_inference") == len(products) == 17
-        modeling.drop_inference_caches(model)
-        expected = model(x).logits
-        modeling.drop_inference_caches(model)
-        got = torch.compile(model, fullgraph=True, backend="aot_eager")(x).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert all(w in modeling._PACKED for w in products)
-    calls = _traced_calls(model, x)
-    assert calls.count("swin_hf.token_linear") == 17 and not any("inference" in c for c in calls)
 
 
 @pytest.mark.slow
@@ -143,37 +131,41 @@ def test_dynamic_shapes_do_not_recompile_every_call():
     assert graphs <= 2, f"{graphs} graphs captured for 3 calls"
 
 
-@pytest.mark.skipif(not modeling._ONEDNN_CPU, reason="the opaque product is registered on x86 CPUs with oneDNN only")
-def test_a_second_copy_of_the_model_file_reuses_the_registered_op(tmp_path):
-    """save_pretrained copies modeling_swin.py next to the weights; loading that copy as remote code in a
-    process that already imported swin_hf must not register swin_hf::token_linear twice (an error)."""
+@needs_onednn
+def test_a_second_copy_of_the_speed_paths_reuses_the_registered_op(tmp_path):
+    """save_pretrained copies modeling_swin.py and fast_paths.py next to the weights; loading that copy as
+    remote code in a process that already imported swin_hf must not register swin_hf::token_linear twice
+    (an error), and the copy's model compiles onto the same op."""
     import sys
 
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    model = _model()
+    model = _model(ONEDNN_PATHS)
     model.save_pretrained(tmp_path)
     remote_cls = get_class_from_dynamic_module("modeling_swin.SwinForImageClassification", str(tmp_path))
-    remote = sys.modules[remote_cls.__module__]
-    assert remote is not modeling and remote._TOKEN_LINEAR_OPS == modeling._TOKEN_LINEAR_OPS
+    remote_paths = sys.modules[remote_cls.__module__.rsplit(".", 1)[0] + ".fast_paths"]
+    assert remote_paths is not fast_paths and remote_paths._TOKEN_LINEAR is fast_paths._TOKEN_LINEAR
     copy = remote_cls.from_pretrained(tmp_path).eval()
+    copy.set_fast_paths(remote_paths.FastPaths(onednn_products=True, onednn_min_macs=0))
     x = torch.randn(2, 3, 32, 32)
+    assert sum("swin_hf.token_linear" in c for c in _traced_calls(copy, x)) == 17
     with torch.no_grad():
         got = torch.compile(copy, fullgraph=True, backend="aot_eager")(x).logits
         torch.testing.assert_close(got, model(x).logits, atol=1e-6, rtol=1e-6)
 
 
-def test_shifted_window_reverse_compiles_with_inductor_for_dynamic_shapes():
-    """The SW-MSA inverse gather under Inductor with symbolic sizes. Built by rolling indices, it made
-    Inductor's CPU code generation fail ('StrictLessThan' object has no attribute 'diff', torch 2.13),
-    and with it every torch.compile(model, dynamic=True) on CPU. (The whole tiny model compiles too,
-    but takes ~10 minutes on 2 cores.)"""
+def test_shifted_windows_compile_with_inductor_for_dynamic_shapes():
+    """SW-MSA's geometry (cyclic shift, partition, reverse, shift back) under Inductor with symbolic sizes,
+    which every torch.compile(model, dynamic=True) on CPU goes through. (With torch.roll there and back,
+    Inductor's CPU code generation fails: 'StrictLessThan' object has no attribute 'diff', torch 2.13.)"""
 
-    def reverse(x):  # (B, H, W, C) windows of 4x4 -> image, shifted back by 2
+    def shift_partition_reverse(x):  # (B, H, W, C), windows of 4x4, shift 2
         B, H, W, C = x.shape
-        return modeling.window_reverse(x.view(B, -1, 16, C), 4, H, W, 2)
+        windows = modeling.window_partition(modeling.cyclic_shift(x, 2), 4) * 2.0
+        return modeling.cyclic_shift(modeling.window_reverse(windows, 4, H, W), -2)
 
-    compiled = torch.compile(reverse, dynamic=True, fullgraph=True)
+    compiled = torch.compile(shift_partition_reverse, dynamic=True, fullgraph=True)
     for size in (16, 24):
         x = torch.randn(2, size, size, 8)
-        torch.testing.assert_close(compiled(x), reverse(x), atol=0, rtol=0)
+        torch.testing.assert_close(compiled(x), x * 2.0, atol=0, rtol=0)
+        torch.testing.assert_close(modeling.cyclic_shift(x, 2), torch.roll(x, (-2, -2), (1, 2)), atol=0, rtol=0)

@@ -1,10 +1,9 @@
-"""On a CUDA GPU, the paths that only run there compute what the CPU-tested ones do.
+"""On a CUDA GPU the model computes what the CPU-tested code does.
 
 CI has no GPU, so these are skipped there (and reported as skipped). On a GPU machine:
-`python -m pytest tests/test_cuda.py` (seconds). What differs on CUDA: attention is spelled out
-(SPELLED_CUDA_ATTENTION), products are plain F.linear, the MLP runs as one tile, stochastic depth
-multiplies by a mask, and autocast runs LayerNorm in fp32, which the lean MLP's backward must repeat
-(a bf16 training step failed there before: BENCHMARKS.md, "GPU").
+`python -m pytest tests/test_cuda.py` (seconds). What differs on CUDA: attn_implementation "auto" runs the
+spelled-out attention there, no speed path of fast_paths.py runs (each is for CPU tensors), stochastic
+depth multiplies by a mask, and autocast runs softmax in fp32 unless told the dtype.
 """
 
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import swin_hf.modeling_swin as modeling
 from swin_hf import convert_state_dict
 from swin_reference import TINY, images, reference_pair
 from test_fast_paths import attention_dtypes_kept_for_backward
@@ -48,40 +46,30 @@ def test_logits_and_gradients_match_transformers():
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_spelled_attention_equals_sdpa(autocast, monkeypatch):
+def test_every_attention_implementation_gives_the_same_logits(autocast):
     _, ours = _pair()
     x = images(4, 64, 64).cuda()
     outputs = []
-    for spelled in (True, False):
-        monkeypatch.setattr(modeling, "SPELLED_CUDA_ATTENTION", spelled)
+    for implementation in ("auto", "eager", "sdpa"):
+        ours.set_attn_implementation(implementation)
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=autocast):
             outputs.append(ours(x).logits.float())
     tol = dict(atol=3e-2, rtol=3e-2) if autocast else TOL
-    torch.testing.assert_close(outputs[0], outputs[1], **tol)
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], **tol)
 
 
-def test_bf16_autocast_training_step_lean_mlp_equals_plain_modules(monkeypatch):
-    """The lean MLP (recomputing LayerNorm and GELU in backward) gives the gradients of plain modules
-    under CUDA's autocast, stages 2-4 (bf16 inputs after patch merging) included."""
-    _, ours = _pair(drop_path_rate=0.0)  # no random branch drops: both runs compute the same function
-    ours.train()
-    x, labels = images(2, 64, 64).cuda(), torch.tensor([0, 2]).cuda()
-    grads = []
-    for lean in (True, False):
-        monkeypatch.setattr(modeling, "LEAN_MLP", lean)
-        ours.zero_grad()
-        with torch.autocast("cuda", torch.bfloat16):
-            loss = ours(x, labels=labels).loss
-        loss.backward()
-        grads.append({n: p.grad.float().clone() for n, p in ours.named_parameters()})
-    for name, grad in grads[0].items():
-        scale = grads[1][name].abs().max().clamp_min(1e-6)
-        assert ((grad - grads[1][name]).abs().max() / scale) < 0.05, name
+def test_auto_attention_is_spelled_out_on_cuda():
+    _, ours = _pair()
+    with torch.profiler.profile() as prof, torch.inference_mode():
+        ours(images(1, 64, 64).cuda())
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::scaled_dot_product_attention" not in ops and "aten::_softmax" in ops
 
 
 def test_bf16_training_keeps_no_fp32_attention_probabilities_on_cuda():
-    """CUDA's autocast runs softmax in fp32 (CPU's leaves it alone); the spelled-out attention calls the
-    op underneath (aten::_softmax), so its probabilities stay bf16 there too, kept once for backward."""
+    """CUDA's autocast runs softmax in fp32 unless its dtype is given; the spelled-out attention gives it,
+    so the probabilities stay bf16 there too, kept once for backward."""
     square = attention_dtypes_kept_for_backward("cuda")
     assert square and all(dtype == torch.bfloat16 for dtype in square), square
 
@@ -89,8 +77,11 @@ def test_bf16_training_keeps_no_fp32_attention_probabilities_on_cuda():
 def test_stochastic_depth_on_cuda_keeps_the_expected_value():
     """On CUDA a dropped branch is multiplied by zero, a kept one by 1/(1-p): the mean over many draws
     is the branch itself."""
+    _, ours = _pair(drop_path_rate=0.5)
+    block = ours.swin.stages[0].blocks[1].train()
+    block.drop_path = 0.25
     x = torch.zeros(4096, 3, device="cuda")
-    out = modeling.residual(x, lambda t: torch.ones_like(t), drop_path=0.25, training=True)
+    out = block.residual(x, lambda t: torch.ones_like(t))
     kept = out[:, 0] != 0
     torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.75))
     assert abs(kept.float().mean().item() - 0.75) < 0.03
@@ -98,10 +89,9 @@ def test_stochastic_depth_on_cuda_keeps_the_expected_value():
 
 def test_a_bf16_training_step_never_waits_for_the_device():
     """A training step (autocast forward, backward, fused AdamW) issues its work without ever waiting for
-    the GPU: a wait would leave the GPU idle while the host catches up. Session 8's H200 step at batch 64
-    took 68 ms for 32 ms of kernels (timm's 48 ms), while on the meta device our host work is timm's
-    (BENCHMARKS.md, "Session 10"); a synchronisation is what that leaves. In sync debug mode "error",
-    any wait raises and names the operation."""
+    the GPU: a wait would leave the GPU idle while the host catches up (an H200 step at batch 64 took
+    68 ms for 32 ms of kernels, BENCHMARKS.md "GPU"). In sync debug mode "error", any wait raises and
+    names the operation."""
     _, ours = _pair(drop_path_rate=0.2)  # stochastic depth's mask path included
     ours.train()
     optimizer = torch.optim.AdamW(ours.parameters(), fused=True)

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-import swin_hf.modeling_swin as modeling
-from swin_hf import SwinConfig, SwinForImageClassification, SwinModel
+from swin_hf import FastPaths, SwinConfig, SwinForImageClassification, SwinModel
 from swin_hf.cli import main as swin_hf_cli
 from swin_hf.export import export_onnx, run_onnx
 
@@ -22,11 +21,11 @@ def _check(model, path, shapes, output=0, attr="logits"):
 
 
 @pytest.mark.parametrize("onednn", [False, True])
-def test_export_classifier_dynamic_batch(tmp_path, onednn, monkeypatch):
-    if onednn:  # every product large enough for oneDNN in eager, as in a full-size model (export traces F.linear)
-        monkeypatch.setattr(modeling, "ONEDNN_MIN_MACS", 0)
+def test_export_classifier_dynamic_batch(tmp_path, onednn):
     torch.manual_seed(0)
     model = SwinForImageClassification(SwinConfig(**TINY, num_labels=5)).eval()
+    if onednn:  # every product on oneDNN in eager, as in a full-size model on AMD (export traces F.linear)
+        model.set_fast_paths(FastPaths(onednn_products=True, onednn_min_macs=0))
     path = export_onnx(model, tmp_path / "swin.onnx", batch_size=2, dynamic_batch=True)
     _check(model, path, [(1, 3, 32, 32), (3, 3, 32, 32)])
 

@@ -69,25 +69,45 @@ def test_backbone_feature_maps_match_transformers(size):
         torch.testing.assert_close(g, r, **TOL)
 
 
-def test_eager_and_sdpa_give_the_same_outputs_and_gradients():
+def test_eager_sdpa_and_auto_give_the_same_outputs_and_gradients():
     _, ours = reference_pair(dict(TINY, num_labels=4))
     x = images(2, 72, 60)
     results = {}
-    for implementation in ("eager", "sdpa"):
+    for implementation in ("eager", "sdpa", "auto"):
         ours.zero_grad()
         ours.set_attn_implementation(implementation)
         assert ours.config._attn_implementation == implementation
         logits = ours(x).logits
         logits.square().sum().backward()
         results[implementation] = (logits.detach(), {n: p.grad.clone() for n, p in ours.named_parameters()})
-    torch.testing.assert_close(results["sdpa"][0], results["eager"][0], **TOL)
-    for name, grad in results["eager"][1].items():
-        torch.testing.assert_close(results["sdpa"][1][name], grad, atol=1e-4, rtol=1e-3, msg=name)
+    for other in ("sdpa", "auto"):
+        torch.testing.assert_close(results[other][0], results["eager"][0], **TOL)
+        for name, grad in results["eager"][1].items():
+            torch.testing.assert_close(results[other][1][name], grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
-def test_default_attention_is_sdpa():
+def _attention_ops(model, x, grad: bool) -> set[str]:
+    with torch.profiler.profile() as prof, torch.set_grad_enabled(grad):
+        model(x)
+    return {e.key for e in prof.key_averages()} & {"aten::scaled_dot_product_attention", "aten::_softmax"}
+
+
+def test_default_attention_is_auto_sdpa_in_inference_spelled_out_while_the_bias_trains():
+    """"auto" (the default) calls SDPA where the relative position bias gets no gradient, and the spelled-out
+    form where it does (SDPA has no kernel for a trainable mask); "sdpa" and "eager" mean just that."""
     _, ours = reference_pair(TINY)
-    assert ours.config._attn_implementation == "sdpa"
+    assert ours.config._attn_implementation == "auto"
+    x = images(1, 64, 64)
+    sdpa, spelled = {"aten::scaled_dot_product_attention"}, {"aten::_softmax"}
+    assert _attention_ops(ours, x, grad=False) == sdpa
+    assert _attention_ops(ours, x, grad=True) == spelled
+    ours.requires_grad_(False)  # a frozen encoder: its biases get no gradient
+    assert _attention_ops(ours, x, grad=True) == sdpa
+    ours.requires_grad_(True)
+    ours.set_attn_implementation("sdpa")
+    assert "aten::scaled_dot_product_attention" in _attention_ops(ours, x, grad=True)
+    ours.set_attn_implementation("eager")
+    assert _attention_ops(ours, x, grad=False) == spelled
 
 
 def _gradients(model, x, labels):

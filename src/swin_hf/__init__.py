@@ -15,9 +15,10 @@ from transformers import (
 )
 
 from .configuration_swin import PRESETS, SwinConfig
-from .convert import ConversionError, convert_state_dict, infer_config
+from .convert import ConversionError, convert_state_dict, infer_config, prepare_pretrained
 from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
 from .export import export_onnx
+from .fast_paths import FastPaths
 from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
 from .model_card import write_model_cards
@@ -39,6 +40,9 @@ from .resize import adapt_state_dict
 from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
 
 __version__ = "0.1.0"
+
+# from_pretrained also reads transformers' own Swin checkpoints, and resizes position tables, through swin_hf
+SwinPreTrainedModel.checkpoint_adapter = staticmethod(prepare_pretrained)
 
 AutoConfig.register(SwinConfig.model_type, SwinConfig, exist_ok=True)
 # Registering makes transformers 5.23 resolve its lazy processor table, which logs that ViT's default
@@ -62,6 +66,7 @@ __all__ = [
     "PRESETS",
     "CheckpointError",
     "ConversionError",
+    "FastPaths",
     "SimMIMMaskGenerator",
     "SwinBackbone",
     "SwinConfig",

@@ -32,7 +32,8 @@ AUTO_MAP = {
 }
 
 
-def _pair(value) -> tuple[int, int]:
+def to_pair(value) -> tuple[int, int]:
+    """An image or patch size as (height, width): 224 -> (224, 224), [224, 192] -> (224, 192)."""
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
@@ -109,7 +110,7 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
             raise ValueError(f"SwinConfig.{field}: {problem}. {fix}")
 
         for field in ("image_size", "patch_size"):
-            size = _pair(getattr(self, field))
+            size = to_pair(getattr(self, field))
             if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
                 fail(field, f"got {getattr(self, field)!r}", "Use a positive int or a pair of positive ints.")
         for field in ("num_channels", "embed_dim", "window_size"):

@@ -25,6 +25,10 @@ import re
 
 import torch
 
+from .configuration_swin import SwinConfig, to_pair
+from .modeling_swin import SwinModel, relative_position_index, shifted_window_mask, window_geometry
+from .resize import adapt_state_dict
+
 logger = logging.getLogger(__name__)
 
 # (pattern on the source key, replacement) - the first match wins; a replacement of None drops the key.
@@ -245,7 +249,6 @@ def _inference_hints(state_dict: dict[str, torch.Tensor], source: str) -> dict:
 
 
 def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, torch.Tensor]:
-    from .modeling_swin import relative_position_index, shifted_window_mask, window_geometry
 
     # accept the base model's names (no `swin.` prefix) as well as the task models'
     ours = {(k if k.startswith(("swin.", "classifier.")) else "swin." + k): v for k, v in state_dict.items()}
@@ -293,12 +296,10 @@ def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, t
 
 def _grid(config) -> tuple[int, int]:
     """Patch grid of the first stage, (H/patch, W/patch) rounded up."""
-    size, patch = _pair(config.image_size), _pair(config.patch_size)
+    size, patch = to_pair(config.image_size), to_pair(config.patch_size)
     return (-(-size[0] // patch[0]), -(-size[1] // patch[1]))
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,7 +325,6 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
     embedding when there is one; otherwise it is taken as the size at which the last stage is one window
     (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's pairs) unless given in `overrides`.
     """
-    from .configuration_swin import SwinConfig
 
     body = _body(state_dict)
     proj = body.get("embeddings.proj.weight")
@@ -386,7 +386,6 @@ def expected_shapes(config, with_head: bool | None = None) -> dict[str, tuple[in
     """Names and shapes of the persistent tensors of SwinForImageClassification(config) (SwinModel's keys
     with the `swin.` prefix, plus `classifier.*` when config.num_labels > 0 and `with_head` is not False).
     Built on the meta device: nothing is allocated."""
-    from .modeling_swin import SwinModel
 
     with torch.device("meta"):
         model = SwinModel(config)
@@ -536,8 +535,6 @@ def prepare_pretrained(model_class, path, kwargs: dict):
     """
     from transformers import PretrainedConfig
     from transformers.utils import cached_file
-
-    from .resize import adapt_state_dict
 
     hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
     reinitialise_head = bool(kwargs.get("ignore_mismatched_sizes", False))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .configuration_swin import PRESETS, SwinConfig
+from .configuration_swin import PRESETS, SwinConfig, to_pair
 from .convert import SOURCES, ConversionError, config_from_transformers, convert_state_dict, infer_config
 from .image_processing_swin import SwinImageProcessor
 
@@ -254,7 +254,7 @@ def convert_checkpoint(
     config = base
     if preset is not None:
         config = _preset_config(preset, base)
-    resized = (config.window_size, _pair(config.image_size)) != (base.window_size, _pair(base.image_size))
+    resized = (config.window_size, to_pair(config.image_size)) != (base.window_size, to_pair(base.image_size))
     state_dict = adapt_state_dict(state_dict, config)
 
     model = _build_model(config, state_dict)
@@ -355,8 +355,6 @@ def _write_atomically(out_dir: Path, write, overwrite: bool) -> None:
         raise
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _plain(value):

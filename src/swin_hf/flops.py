@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .configuration_swin import PRESETS, SwinConfig
+from .configuration_swin import PRESETS, SwinConfig, to_pair
 
 
 @dataclass
@@ -135,8 +135,8 @@ def measure_cost(config: SwinConfig, image_size: int | tuple[int, int] | None = 
     image of `image_size` (default: config.image_size). Nothing is allocated: the model lives on `meta`."""
     from .modeling_swin import SwinForImageClassification, window_geometry
 
-    size = _pair(config.image_size if image_size is None else image_size)
-    patch = _pair(config.patch_size)
+    size = to_pair(config.image_size if image_size is None else image_size)
+    patch = to_pair(config.patch_size)
     if size[0] < patch[0] or size[1] < patch[1]:
         raise ValueError(
             f"Image size {size[0]}x{size[1]} is smaller than one {patch[0]}x{patch[1]} patch; use at least {max(patch)}."
@@ -239,8 +239,6 @@ def format_report(cost: ModelCost, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 __all__ = ["ModelCost", "PartCost", "attention_cost", "format_report", "measure_cost", "resolve_config"]

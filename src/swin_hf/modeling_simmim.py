@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .configuration_swin import SwinConfig
-from .modeling_swin import SwinModel, SwinPreTrainedModel, _pair
+from .configuration_swin import SwinConfig, to_pair
+from .modeling_swin import SwinModel, SwinPreTrainedModel
 
 
 class SimMIMMaskGenerator:
@@ -46,7 +46,7 @@ class SimMIMMaskGenerator:
         mask_ratio: float = 0.6,
         seed: int | None = None,
     ):
-        self.input_size = _pair(input_size)
+        self.input_size = to_pair(input_size)
         if any(s % mask_patch_size for s in self.input_size):
             raise ValueError(
                 f"input_size {self.input_size} is not a multiple of mask_patch_size={mask_patch_size}; resize or "
@@ -129,7 +129,7 @@ class SwinForMaskedImageModeling(SwinPreTrainedModel):
 
     def __init__(self, config: SwinConfig):
         super().__init__(config)
-        p_h, p_w = _pair(config.patch_size)
+        p_h, p_w = to_pair(config.patch_size)
         stride = p_h * 2 ** (len(config.depths) - 1)
         if p_h != p_w or config.encoder_stride != stride:
             raise ValueError(
@@ -175,7 +175,7 @@ class SwinForMaskedImageModeling(SwinPreTrainedModel):
         loss = None
         if bool_masked_pos is not None:
             loss = masked_l1_loss(
-                reconstruction, pixel_values.to(reconstruction.dtype), bool_masked_pos, _pair(self.config.patch_size)
+                reconstruction, pixel_values.to(reconstruction.dtype), bool_masked_pos, to_pair(self.config.patch_size)
             )
         if not return_dict:
             rest = (out.hidden_states, out.attentions, out.reshaped_hidden_states)

@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .configuration_swin import to_pair
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +56,8 @@ def adapt_state_dict(
     `reinitialise_head`) without a classifier whose number of labels differs from config.num_labels, so
     that the model initialises a new one. Logs what it changed."""
     window = config.window_size
-    patch = _pair(config.patch_size)
-    new_grid = tuple(-(-s // p) for s, p in zip(_pair(config.image_size), patch))
+    patch = to_pair(config.patch_size)
+    new_grid = tuple(-(-s // p) for s, p in zip(to_pair(config.image_size), patch))
     out: dict[str, torch.Tensor] = {}
     resized_tables: list[int] = []  # old window sizes
     for key, tensor in state_dict.items():
@@ -98,8 +100,6 @@ def _head_labels(state_dict) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 __all__ = ["adapt_state_dict", "resize_absolute_position_embedding", "resize_relative_position_bias_table"]

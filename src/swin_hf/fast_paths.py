@@ -1,0 +1,246 @@
+"""Speed paths beside the model: each computes exactly what the plain code in modeling_swin.py computes.
+
+Which of them run is a per-model setting, `FastPaths`, held by the modules that use one and changed with
+`model.set_fast_paths(...)` (also on a copy loaded with trust_remote_code: this file travels with it).
+Every path calls the modules it stands in for (so PEFT adapters, accelerate's offload hooks and forward
+hooks see each call), keeps no state, and steps aside under torch.compile / export where the compiler
+does better (or the path cannot be traced).
+
+The default (`FastPaths.for_this_cpu()`) turns a path on only on the CPUs where BENCHMARKS.md shows that
+it pays; `python benchmarks/fast_paths.py` measures each one against the plain code on the machine at
+hand. On other devices (CUDA, MPS) no path runs: each checks that its tensors are on the CPU.
+
+  onednn_products        per-token products as oneDNN 1x1 convolutions (AMD: MKL's sgemm is slow there)
+  mlp_tile_tokens        the MLP branch over tiles of this many tokens, so intermediates stay in cache
+  inference_group_size   CPU inference runs a large stage on groups of samples (same reason)
+  skip_dropped_branches  stochastic depth computes a residual branch on the kept samples only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPaths:
+    """Which speed paths a model uses. All off is the plain model."""
+
+    onednn_products: bool = False
+    onednn_min_macs: int = 1 << 24  # smaller products stay on F.linear (oneDNN's set-up costs more there)
+    mlp_tile_tokens: int = 0  # 0: one tile
+    inference_group_size: int = 0  # floats of a (b, H, W, C) group's input; 0: the whole batch at once
+    skip_dropped_branches: bool = False
+
+    @classmethod
+    def plain(cls) -> "FastPaths":
+        return cls()
+
+    @classmethod
+    def for_this_cpu(cls) -> "FastPaths":
+        """The paths that measured faster than the plain code on this CPU's family (BENCHMARKS.md)."""
+        vendor = cpu_vendor()
+        onednn = torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+        if vendor == "AuthenticAMD":  # Zen 4 and Zen 5
+            return cls(
+                onednn_products=onednn, mlp_tile_tokens=4096, inference_group_size=1 << 20, skip_dropped_branches=True
+            )
+        if vendor == "GenuineIntel":  # Xeon with AMX
+            return cls(skip_dropped_branches=True)
+        return cls()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo; '' where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _on_cpu_eagerly(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-token products on oneDNN
+# --------------------------------------------------------------------------------------------------
+# Every product of a Swin block maps channels-last tokens (..., K) -> (..., N). On CPU, F.linear goes to
+# MKL's sgemm, which on AMD Zen 5 runs at under half of oneDNN's rate (BENCHMARKS.md). A 1x1 convolution
+# over the same memory seen as a channels-last image is the same product on oneDNN.
+
+
+class TokenLinear(nn.Linear):
+    """nn.Linear (same parameters, same checkpoints); with `onednn_products`, its CPU product is a oneDNN
+    1x1 convolution."""
+
+    fast_paths: FastPaths = FastPaths()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = self.fast_paths
+        if paths.onednn_products and x.device.type == "cpu" and _large(x, self.weight, paths.onednn_min_macs):
+            return token_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def _large(x: torch.Tensor, weight: torch.Tensor, min_macs: int) -> bool:
+    return x.numel() // max(x.shape[-1], 1) * weight.numel() >= min_macs
+
+
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    """(..., K) tokens -> (1, K, tokens, 1), the same memory as a channels-last image (a view if contiguous)."""
+    return x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _onednn_dtype(x: torch.Tensor) -> torch.dtype | None:
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+
+
+def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T + bias over the last dim on oneDNN: (..., K) -> (..., N). Same math as F.linear."""
+    if torch.compiler.is_compiling():
+        # traced, a convolution would become Inductor's own; the opaque op keeps oneDNN while Inductor
+        # fuses what is around it. Export and autocast trace F.linear (a plain MatMul; autocast casts it).
+        if _TOKEN_LINEAR is None or _exporting() or torch.is_autocast_enabled("cpu"):
+            return F.linear(x, weight, bias)
+        return _TOKEN_LINEAR(x, weight, bias)
+    return _onednn_linear(x, weight, bias)
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    dtype = _onednn_dtype(x)
+    if dtype is None:
+        return F.linear(x, weight, bias)
+    w = weight.to(dtype)[:, :, None, None]  # (N, K, 1, 1)
+    b = None if bias is None else bias.to(dtype)
+    # oneDNN's convolution directly: conv2d's own dispatch picks a slower kernel for it at 1 thread
+    out = torch.ops.aten.mkldnn_convolution(_as_map(x.to(dtype)), w, b, [0, 0], [1, 1], [1, 1], 1)
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])  # (1, N, tokens, 1) channels-last
+
+
+def _token_linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool):
+    """(dL/dx, dL/dweight, dL/dbias or None) of _onednn_linear, in grad's dtype, on oneDNN."""
+    x, weight = x.to(grad.dtype), weight.to(grad.dtype)
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        _as_map(grad), _as_map(x), weight[:, :, None, None], [weight.shape[0]] if has_bias else None,
+        [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, has_bias],
+    )  # fmt: skip
+    return grad_x.permute(0, 2, 3, 1).reshape(x.shape), grad_w.view(weight.shape), grad_b
+
+
+def _exporting() -> bool:
+    """torch.export is tracing (not torch.compile). torch 2.7-2.8 fold is_exporting() to True under every
+    torch.compile, so the flag it returns is read directly where it exists."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else flag
+
+
+def _register_token_linear():
+    """swin_hf::token_linear (forward, shapes for tracing, gradient), once per process. A second copy of
+    this file (a folder loaded with trust_remote_code beside an installed swin_hf) reuses the registered
+    op; its schema never changes, since a copy saved by another version may be the one registering it."""
+    if not (torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")):
+        return None
+    if hasattr(torch.ops.swin_hf, "token_linear"):
+        return torch.ops.swin_hf.token_linear
+    op = torch.library.custom_op(
+        "swin_hf::token_linear", _onednn_linear, mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
+    )
+    op.register_fake(lambda x, weight, bias: x.new_empty(*x.shape[:-1], weight.shape[0]))
+
+    def backward_impl(grad, x, weight, has_bias):
+        grad_x, grad_w, grad_b = _token_linear_backward(grad, x, weight, has_bias)
+        return grad_x, grad_w, grad_b if has_bias else grad.new_empty(0)
+
+    backward = torch.library.custom_op(
+        "swin_hf::token_linear_backward", backward_impl, mutates_args=(),
+        schema="(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)",
+    )  # fmt: skip
+    backward.register_fake(
+        lambda grad, x, weight, has_bias: (
+            grad.new_empty(x.shape), grad.new_empty(weight.shape), grad.new_empty(weight.shape[0] if has_bias else 0)
+        )
+    )
+
+    def save(ctx, inputs, output):
+        x, weight, bias = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+
+    def gradient(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w, grad_b = backward(grad, x, weight, ctx.has_bias)
+        return grad_x, grad_w, grad_b if ctx.has_bias else None
+
+    op.register_autograd(gradient, setup_context=save)
+    return torch.ops.swin_hf.token_linear
+
+
+_TOKEN_LINEAR = _register_token_linear()
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache-sized pieces of work
+# --------------------------------------------------------------------------------------------------
+
+
+def in_token_tiles(branch, x: torch.Tensor, tile: int) -> torch.Tensor:
+    """branch(x) for a per-token branch (the MLP with its LayerNorm), computed `tile` tokens at a time so
+    that the 4C-wide intermediates of a tile stay in cache from one op to the next: (..., C) -> (..., C)."""
+    tokens = x.reshape(-1, x.shape[-1])  # (T, C)
+    if not tile or len(tokens) <= tile or not _on_cpu_eagerly(x):
+        return branch(x)
+    out = torch.cat([branch(tokens[i : i + tile]) for i in range(0, len(tokens), tile)])  # (T, C)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def sample_groups(x: torch.Tensor, group_size: int) -> list[slice]:
+    """Even groups of samples of x (B, H, W, C), each with at most about `group_size` floats, for CPU
+    inference (autograd off): a group's intermediates stay in cache through a stage. [all] otherwise."""
+    if not group_size or torch.is_grad_enabled() or not _on_cpu_eagerly(x):
+        return [slice(None)]
+    B = len(x)
+    count = -(-B // max(1, group_size // max(x[0].numel(), 1)))  # ceil(B / samples per group)
+    size = -(-B // count)
+    return [slice(i, i + size) for i in range(0, B, size)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Stochastic depth without the dropped work
+# --------------------------------------------------------------------------------------------------
+
+
+def residual_on_kept_samples(x: torch.Tensor, branch, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """x + branch(x) * keep * scale, keep (B,) of 0/1, with branch run on the kept samples only.
+
+    A dropped branch adds exactly zero and gets exactly zero gradient, so the result and the gradients are
+    those of the plain form. Every sample dropped: the branch runs on one sample, times zero, so that its
+    parameters still get (zero) gradients as optimizers and DDP expect.
+    """
+    kept = keep.nonzero().flatten()  # (k,)
+    if len(kept) == len(x):
+        return x.add(branch(x), alpha=scale)
+    if len(kept) == 0:
+        return x + branch(x[:1]) * 0.0
+    out = branch(x.index_select(0, kept))  # (k, ...)
+    return x.index_add(0, kept, out.to(x.dtype), alpha=scale)
+
+
+def can_skip_dropped(x: torch.Tensor) -> bool:
+    """Choosing the kept samples reads `keep` on the host: on the CPU and eagerly only (on a GPU it would
+    wait for the device; torch.compile wants shapes that do not depend on data)."""
+    return _on_cpu_eagerly(x)
+
+
+__all__ = ["FastPaths", "TokenLinear", "cpu_vendor", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]
