@@ -1,4 +1,5 @@
-"""SwinConfig: the hyper-parameters of a Swin Transformer (Liu et al., ICCV 2021).
+"""SwinConfig: the hyper-parameters of a Swin Transformer (Liu et al., ICCV 2021) or Swin V2 (Liu et al.,
+"Swin Transformer V2: Scaling Up Capacity and Resolution", CVPR 2022).
 
 Self-contained on purpose (it imports nothing from swin_hf): `save_pretrained` copies this file
 next to the weights so that `trust_remote_code=True` works where swin_hf is not installed.
@@ -6,18 +7,48 @@ next to the weights so that `trust_remote_code=True` works where swin_hf is not 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from transformers import PretrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-# The paper's models (Table 1 of the paper; 384² variants from its fine-tuning section).
-# name -> (embed_dim C, depths, num_heads, window M, image size)
-PRESETS: dict[str, tuple[int, tuple[int, ...], tuple[int, ...], int, int]] = {
-    "swin-tiny-patch4-window7-224": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224),
-    "swin-small-patch4-window7-224": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224),
-    "swin-base-patch4-window7-224": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224),
-    "swin-base-patch4-window12-384": (128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384),
-    "swin-large-patch4-window7-224": (192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224),
-    "swin-large-patch4-window12-384": (192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384),
+
+class Preset(NamedTuple):
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_size: int
+    image_size: int
+    version: int = 1
+    pretrained_window_sizes: tuple[int, ...] | None = None
+    num_labels: int | None = None  # the released checkpoint's head, where it is not ImageNet-1k's
+
+
+_T, _S = (2, 2, 6, 2), (2, 2, 18, 2)
+_HEADS = {96: (3, 6, 12, 24), 128: (4, 8, 16, 32), 192: (6, 12, 24, 48)}
+_V2_FT = (12, 12, 12, 6)  # the window of each stage when pre-trained on ImageNet-22k at 192²
+
+# The paper's models (Table 1 of the paper; 384² variants from its fine-tuning section), and Swin V2's
+# released models (its paper's Table 2 and the official repository's model zoo).
+PRESETS: dict[str, Preset] = {
+    "swin-tiny-patch4-window7-224": Preset(96, _T, _HEADS[96], 7, 224),
+    "swin-small-patch4-window7-224": Preset(96, _S, _HEADS[96], 7, 224),
+    "swin-base-patch4-window7-224": Preset(128, _S, _HEADS[128], 7, 224),
+    "swin-base-patch4-window12-384": Preset(128, _S, _HEADS[128], 12, 384),
+    "swin-large-patch4-window7-224": Preset(192, _S, _HEADS[192], 7, 224),
+    "swin-large-patch4-window12-384": Preset(192, _S, _HEADS[192], 12, 384),
+    "swinv2-tiny-patch4-window8-256": Preset(96, _T, _HEADS[96], 8, 256, 2),
+    "swinv2-tiny-patch4-window16-256": Preset(96, _T, _HEADS[96], 16, 256, 2),
+    "swinv2-small-patch4-window8-256": Preset(96, _S, _HEADS[96], 8, 256, 2),
+    "swinv2-small-patch4-window16-256": Preset(96, _S, _HEADS[96], 16, 256, 2),
+    "swinv2-base-patch4-window8-256": Preset(128, _S, _HEADS[128], 8, 256, 2),
+    "swinv2-base-patch4-window16-256": Preset(128, _S, _HEADS[128], 16, 256, 2),
+    "swinv2-base-patch4-window12-192-22k": Preset(128, _S, _HEADS[128], 12, 192, 2, None, 21841),
+    "swinv2-large-patch4-window12-192-22k": Preset(192, _S, _HEADS[192], 12, 192, 2, None, 21841),
+    "swinv2-base-patch4-window12to16-192to256-22kto1k-ft": Preset(128, _S, _HEADS[128], 16, 256, 2, _V2_FT),
+    "swinv2-base-patch4-window12to24-192to384-22kto1k-ft": Preset(128, _S, _HEADS[128], 24, 384, 2, _V2_FT),
+    "swinv2-large-patch4-window12to16-192to256-22kto1k-ft": Preset(192, _S, _HEADS[192], 16, 256, 2, _V2_FT),
+    "swinv2-large-patch4-window12to24-192to384-22kto1k-ft": Preset(192, _S, _HEADS[192], 24, 384, 2, _V2_FT),
 }
 
 
@@ -58,6 +89,10 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
         use_absolute_embeddings: add a learned absolute position embedding after patch embedding.
         layer_norm_eps: epsilon of every LayerNorm.
         initializer_range: std of the truncated-normal initialisation of linear layers and tables.
+        version: 1 (the paper) or 2 (Swin V2: res-post-norm, scaled cosine attention, log-spaced
+            continuous position bias, patch merging that normalises after the reduction).
+        pretrained_window_sizes: Swin V2 only: per stage, the window the weights were pre-trained with
+            (0: this model's own window); the continuous position bias normalises offsets by it.
         out_features / out_indices: which of "stem", "stage1".."stage4" `SwinBackbone` returns.
 
     Example:
@@ -87,13 +122,16 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     encoder_stride: int = 32
+    version: int = 1
+    pretrained_window_sizes: list[int] | tuple[int, ...] | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        self.depths = list(self.depths)
-        self.num_heads = list(self.num_heads)
         self._validate()
+        self.depths, self.num_heads = list(self.depths), list(self.num_heads)
+        if self.pretrained_window_sizes is not None:
+            self.pretrained_window_sizes = list(self.pretrained_window_sizes)
         self.num_layers = len(self.depths)
         # Width after the last stage; the name other transformers models (e.g. VisionEncoderDecoder) read.
         self.hidden_size = int(self.embed_dim * 2 ** (self.num_layers - 1))
@@ -106,61 +144,87 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
         super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
+        """Raise a ValueError naming the field, what it holds and what to use, for any value the model
+        cannot be built from (a config.json edited by hand included)."""
+
         def fail(field: str, problem: str, fix: str) -> None:
             raise ValueError(f"SwinConfig.{field}: {problem}. {fix}")
 
+        def positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
         for field in ("image_size", "patch_size"):
-            size = to_pair(getattr(self, field))
-            if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
-                fail(field, f"got {getattr(self, field)!r}", "Use a positive int or a pair of positive ints.")
-        for field in ("num_channels", "embed_dim", "window_size"):
             value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                fail(field, f"got {value!r}", "Use a positive integer.")
-        if not self.depths or any(not isinstance(d, int) or d <= 0 for d in self.depths):
-            fail("depths", f"got {self.depths!r}", "Use a non-empty list of positive block counts, e.g. [2, 2, 6, 2].")
+            size = to_pair(value) if isinstance(value, (int, list, tuple)) else ()
+            if len(size) != 2 or not all(positive_int(s) for s in size):
+                fail(field, f"got {value!r}", "Use a positive int or a pair of positive ints.")
+        for field in ("num_channels", "embed_dim", "window_size", "encoder_stride"):
+            if not positive_int(getattr(self, field)):
+                fail(field, f"got {getattr(self, field)!r}", "Use a positive integer.")
+        for field, example in (("depths", "[2, 2, 6, 2]"), ("num_heads", "[3, 6, 12, 24]")):
+            value = getattr(self, field)
+            if not isinstance(value, (list, tuple)) or not value or not all(positive_int(v) for v in value):
+                fail(field, f"got {value!r}", f"Use a non-empty list of positive integers, one per stage, e.g. {example}.")
         if len(self.num_heads) != len(self.depths):
-            fail(
-                "num_heads",
-                f"has {len(self.num_heads)} entries but depths has {len(self.depths)}",
-                "Give one head count per stage.",
-            )
+            fail("num_heads", f"has {len(self.num_heads)} entries but depths has {len(self.depths)}", "Give one head count per stage.")
         for stage, heads in enumerate(self.num_heads):
             width = self.embed_dim * 2**stage
-            if not isinstance(heads, int) or heads <= 0 or width % heads:
+            if width % heads:
                 fail(
                     "num_heads",
                     f"stage {stage + 1} has width {width} (embed_dim * 2**{stage}), not divisible by {heads!r} heads",
                     "Choose head counts that divide each stage width, or change embed_dim.",
                 )
-        if self.mlp_ratio <= 0:
+        if not number(self.mlp_ratio) or self.mlp_ratio <= 0:
             fail("mlp_ratio", f"got {self.mlp_ratio!r}", "Use a positive ratio (4.0 in the paper).")
         for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, field)
-            if not 0.0 <= value < 1.0:
+            if not number(value) or not 0.0 <= value < 1.0:
                 fail(field, f"got {value!r}", "Use a probability in [0, 1).")
-        if self.layer_norm_eps <= 0 or self.initializer_range <= 0:
-            fail("layer_norm_eps/initializer_range", "must be positive", "Use e.g. 1e-5 and 0.02.")
+        for field, example in (("layer_norm_eps", "1e-5"), ("initializer_range", "0.02")):
+            value = getattr(self, field)
+            if not number(value) or value <= 0:
+                fail(field, f"got {value!r}", f"Use a positive number, e.g. {example}.")
+        for field in ("qkv_bias", "use_absolute_embeddings"):
+            if not isinstance(getattr(self, field), bool):
+                fail(field, f"got {getattr(self, field)!r}", "Use true or false.")
+        if self.version not in (1, 2):
+            fail("version", f"got {self.version!r}", "Use 1 (Swin) or 2 (Swin V2).")
+        windows = self.pretrained_window_sizes
+        if windows is not None:
+            if self.version != 2:
+                fail("pretrained_window_sizes", "is a Swin V2 setting", "Set version=2, or leave it out.")
+            valid = isinstance(windows, (list, tuple)) and all(isinstance(w, int) and w >= 0 for w in windows)
+            if not valid or len(windows) != len(self.depths):
+                fail("pretrained_window_sizes", f"got {windows!r}", "Give one window (0 = this model's) per stage.")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "SwinConfig":
-        """A config of one of the paper's models, e.g. ``"swin-tiny-patch4-window7-224"``.
-
-        Keyword overrides (``num_labels=10``, ``drop_path_rate=0.2``, ...) replace preset values.
+        """A config of one of the released models (`PRESETS`), e.g. ``"swin-tiny-patch4-window7-224"`` or
+        ``"swinv2-tiny-patch4-window8-256"``. Keyword overrides (``num_labels=10``, ``drop_path_rate=0.2``,
+        ...) replace preset values.
         """
         if name not in PRESETS:
             raise ValueError(f"Unknown Swin preset {name!r}. Available presets: {', '.join(PRESETS)}.")
-        embed_dim, depths, num_heads, window, image_size = PRESETS[name]
+        preset = PRESETS[name]
         # stochastic depth of the official training configs
         drop_path = {"tiny": 0.2, "small": 0.3, "base": 0.5, "large": 0.2}[name.split("-")[1]]
         values = dict(
-            embed_dim=embed_dim,
-            depths=list(depths),
-            num_heads=list(num_heads),
-            window_size=window,
-            image_size=image_size,
+            embed_dim=preset.embed_dim,
+            depths=list(preset.depths),
+            num_heads=list(preset.num_heads),
+            window_size=preset.window_size,
+            image_size=preset.image_size,
             patch_size=4,
             drop_path_rate=drop_path,
         )
+        if preset.num_labels is not None:
+            values["num_labels"] = preset.num_labels
+        if preset.version == 2:
+            windows = preset.pretrained_window_sizes or (0,) * len(preset.depths)
+            values.update(version=2, pretrained_window_sizes=list(windows))
         values.update(overrides)
         return cls(**values)

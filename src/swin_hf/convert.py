@@ -50,6 +50,13 @@ _TRANSFORMERS_RULES: list[tuple[str, str | None]] = [
         r"stages.\1.blocks.\2.attn.relative_position_bias_table",
     ),
     (r"encoder\.layers\.\d+\.blocks\.\d+\.attention\.(?:relative_position_bias|self)\.relative_position_index$", None),
+    # Swin V2 (transformers' Swinv2): temperature, continuous position bias MLP; its coordinates are derived
+    (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.logit_scale$", r"stages.\1.blocks.\2.attn.logit_scale"),
+    (
+        r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.continuous_position_bias_mlp\.(\d)\.",
+        r"stages.\1.blocks.\2.attn.cpb_mlp.\3.",
+    ),
+    (r"encoder\.layers\.\d+\.blocks\.\d+\.attention\.self\.relative_coords_table$", None),
     (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.", r"stages.\1.blocks.\2.mlp.\3."),
     (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.intermediate\.dense\.", r"stages.\1.blocks.\2.mlp.fc1."),
     (r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.output\.dense\.", r"stages.\1.blocks.\2.mlp.fc2."),
@@ -63,6 +70,7 @@ _TRANSFORMERS_HEAD_RULES: list[tuple[str, str | None]] = [
 ]
 
 SOURCES = ("official", "timm", "transformers")
+TRANSFORMERS_MODEL_TYPES = ("swin", "swinv2")  # transformers' Swin and Swin V2
 EXPORT_FORMATS = ("official", "timm")
 
 # q, k and v projections (separate in transformers) become one fused `qkv` linear, in that order.
@@ -133,6 +141,9 @@ def _from_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     if unknown:
         raise _unknown_keys_error(unknown, "transformers", state_dict)
     for fused, parts in qkv_parts.items():
+        if fused.endswith("bias") and sorted(parts) == [0, 2]:  # Swin V2: q and v biases, none for k
+            out[fused.replace("qkv.bias", "q_bias")], out[fused.replace("qkv.bias", "v_bias")] = parts[0], parts[2]
+            continue
         if sorted(parts) != [0, 1, 2]:
             raise ConversionError(f"{fused}: found only parts {sorted(parts)} of q, k, v.")
         out[fused] = torch.cat([parts[0], parts[1], parts[2]], dim=0)  # (3C, C) or (3C,)
@@ -144,7 +155,10 @@ def _rename(key: str, head_rules, body_rules) -> str | None | bool:
     for pattern, replacement in head_rules:
         if re.match(pattern, key):
             return None if replacement is None else re.sub(pattern, replacement, key, count=1)
-    prefix, body = ("swin.", key[5:]) if key.startswith("swin.") else ("", key)
+    prefix, body = "", key
+    for task_prefix in ("swin.", "swinv2."):  # transformers' Swin and Swinv2 task models
+        if key.startswith(task_prefix):
+            prefix, body = "swin.", key[len(task_prefix) :]
     for pattern, replacement in body_rules:
         if re.match(pattern, body):
             return None if replacement is None else prefix + re.sub(pattern, replacement, body, count=1)
@@ -321,6 +335,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
 
     embed_dim, patch size and channels come from the patch embedding; depths from the block indices;
     heads and the window M from the relative position tables ((2M-1)^2, heads); mlp_ratio from fc1;
+    Swin V2 (`logit_scale` present) from its temperatures (heads, 1, 1), with window_size 8 unless given;
     num_labels from the classifier (0 without one). The image size is read from an absolute position
     embedding when there is one; otherwise it is taken as the size at which the last stage is one window
     (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's pairs) unless given in `overrides`.
@@ -343,17 +358,22 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
         if not blocks or blocks != list(range(len(blocks))):
             raise ConversionError(f"Stage {s} has blocks {blocks}; expected blocks 0..n-1 (the weights are incomplete).")
         depths.append(len(blocks))
-        table = body.get(f"stages.{s}.blocks.0.attn.relative_position_bias_table")
-        if table is None or table.ndim != 2:
+        heads = body.get(f"stages.{s}.blocks.0.attn.logit_scale")  # Swin V2: (heads, 1, 1)
+        heads = heads if heads is not None else body.get(f"stages.{s}.blocks.0.attn.relative_position_bias_table")
+        if heads is None or heads.ndim not in (2, 3):
             raise ConversionError(f"stages.{s}.blocks.0.attn.relative_position_bias_table is missing or not 2-D.")
-        num_heads.append(int(table.shape[1]))
-    table = body["stages.0.blocks.0.attn.relative_position_bias_table"]
-    side = math.isqrt(table.shape[0])
-    if side * side != table.shape[0] or side % 2 == 0:
-        raise ConversionError(
-            f"relative_position_bias_table has {table.shape[0]} rows; expected (2M-1)^2 for a window size M."
-        )
-    window = (side + 1) // 2
+        num_heads.append(int(heads.shape[0] if heads.ndim == 3 else heads.shape[1]))
+    version = 2 if "stages.0.blocks.0.attn.logit_scale" in body else 1
+    if version == 2:  # the continuous position bias holds no window size: the default, unless overridden
+        window = overrides.get("window_size", 8)
+    else:
+        table = body["stages.0.blocks.0.attn.relative_position_bias_table"]
+        side = math.isqrt(table.shape[0])
+        if side * side != table.shape[0] or side % 2 == 0:
+            raise ConversionError(
+                f"relative_position_bias_table has {table.shape[0]} rows; expected (2M-1)^2 for a window size M."
+            )
+        window = (side + 1) // 2
     fc1 = body.get("stages.0.blocks.0.mlp.fc1.weight")
     mlp_ratio = fc1.shape[0] / embed_dim if fc1 is not None else 4.0
     values = dict(
@@ -364,7 +384,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
         num_heads=num_heads,
         window_size=int(window),
         mlp_ratio=float(mlp_ratio),
-        qkv_bias="stages.0.blocks.0.attn.qkv.bias" in body,
+        qkv_bias="stages.0.blocks.0.attn.qkv.bias" in body or "stages.0.blocks.0.attn.q_bias" in body,
+        version=version,
         use_absolute_embeddings="embeddings.absolute_pos_embed" in body,
         image_size=int(window * patch_h * 2 ** (len(depths) - 1)),
     )
@@ -407,8 +428,8 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], config, source: str = 
     lenient = source == "transformers"
     allowed_extra = {"embeddings.mask_token"} if lenient else set()
     missing = sorted(set(expected) - set(body))
-    if lenient and any(k.startswith("hidden_states_norms.") for k in state_dict):
-        missing = [k for k in missing if not k.startswith("norm.")]  # transformers' backbone has no final norm
+    if lenient and not any(k.startswith("classifier.") for k in state_dict):
+        missing = [k for k in missing if not k.startswith("norm.")]  # transformers' Swinv2Backbone has no final norm
     unexpected = sorted(set(body) - set(expected) - allowed_extra)
     if not lenient:
         unexpected += sorted(k for k in state_dict if k.startswith("hidden_states_norms."))
@@ -495,8 +516,10 @@ _DROPPED_CONFIG_KEYS = {
 
 
 def config_from_transformers(config_dict: dict, config_class, **overrides):
-    """A swin_hf config from the dict of a transformers `SwinConfig` (same field names)."""
+    """A swin_hf config from the dict of a transformers `SwinConfig` or `Swinv2Config` (same field names)."""
     values = {k: v for k, v in config_dict.items() if k not in _DROPPED_CONFIG_KEYS and not k.startswith("_")}
+    if config_dict.get("model_type") == "swinv2":
+        values["version"] = 2
     for private in ("_out_features", "_out_indices"):
         if config_dict.get(private) is not None:
             values[private[1:]] = config_dict[private]
@@ -543,7 +566,7 @@ def prepare_pretrained(model_class, path, kwargs: dict):
     except (OSError, ValueError):
         return None  # not a readable folder/repo: let from_pretrained report it
     model_type = config_dict.get("model_type")
-    if model_type == "swin":
+    if model_type in TRANSFORMERS_MODEL_TYPES:
         user_config = kwargs.pop("config", None)
         overrides = _config_overrides(model_class, kwargs, pop=True)
         config = user_config or config_from_transformers(config_dict, model_class.config_class, **overrides)

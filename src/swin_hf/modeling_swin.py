@@ -1,18 +1,17 @@
-"""Swin Transformer: Hierarchical Vision Transformer using Shifted Windows (Liu et al., ICCV 2021).
+"""Swin Transformer (Liu et al., ICCV 2021) and Swin V2 (Liu et al., CVPR 2022), read top to bottom:
 
-Read top to bottom:
-  1. window geometry   - window_partition / window_reverse, cyclic shift, relative position index, SW-MSA mask
-  2. WindowAttention   - W-MSA / SW-MSA with the learned relative position bias B
-  3. SwinMLP, SwinBlock - LN -> (S)W-MSA -> residual, LN -> MLP -> residual (stochastic depth)
-  4. PatchMerging, SwinStage - 2x2 neighbourhood concat + linear 4C -> 2C; blocks alternating W-MSA / SW-MSA
-  5. SwinEmbeddings    - patch partition + linear embedding
-  6. SwinPreTrainedModel, SwinModel - the Hugging Face plumbing and the encoder
-  7. heads             - SwinForImageClassification, SwinBackbone
+  1. window geometry  - partition / reverse, cyclic shift, relative position index, SW-MSA mask
+  2. window attention - W-MSA / SW-MSA with the relative position bias B (V2: cosine, continuous bias)
+  3. MLP and block    - LN -> (S)W-MSA -> residual, LN -> MLP -> residual (V2: res-post-norm)
+  4. patch merging, stage
+  5. patch partition + linear embedding
+  6. the model: SwinPreTrainedModel (Hugging Face plumbing), SwinModel
+  7. heads: SwinForImageClassification, SwinBackbone
 
-Feature maps stay channels-last, (B, H, W, C), inside the encoder; sequences (B, H*W, C) appear only at
-the API boundary. Code that exists only for speed lives in fast_paths.py, switched per model with
-`model.set_fast_paths(...)`. This file imports only configuration_swin and fast_paths from the package:
-`save_pretrained` copies the three next to the weights, so `trust_remote_code=True` works without swin_hf.
+Feature maps stay channels-last, (B, H, W, C), inside the encoder. V2 pieces are small subclasses of V1's,
+picked by `config.version`. Code that exists only for speed lives in fast_paths.py, chosen per model with
+`model.set_fast_paths(...)`. save_pretrained copies this file, configuration_swin.py and fast_paths.py next
+to the weights (the only package modules it imports), so `trust_remote_code=True` works without swin_hf.
 """
 
 from __future__ import annotations
@@ -36,23 +35,14 @@ from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
 from .configuration_swin import SwinConfig, to_pair
-from .fast_paths import (
-    FastPaths,
-    TokenLinear,
-    can_skip_dropped,
-    in_token_tiles,
-    residual_on_kept_samples,
-    sample_groups,
-)
+from .fast_paths import FastPaths, TokenLinear, can_skip_dropped, in_token_tiles, residual_on_kept_samples, sample_groups
 
 # SW-MSA: logits between tokens from different regions of a cyclically shifted window get this added
 # (the official code's value; exp(-100) is zero in fp32 and bf16 alike).
 MASKED_LOGIT = -100.0
 
 
-# --------------------------------------------------------------------------------------------------
-# 1. Window geometry. Pure functions of sizes: cached per size and device, never stored in checkpoints.
-# --------------------------------------------------------------------------------------------------
+# ---- 1. Window geometry. Pure functions of sizes: cached per size and device, never stored in checkpoints. ----
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -78,21 +68,17 @@ def cyclic_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
 
 
 def window_geometry(height: int, width: int, window_size: int, always_partition: bool) -> tuple[int, int]:
-    """(window, shift) for a stage whose feature map is height x width: M and floor(M/2).
-
-    As in the official code, a map not larger than the window is attended as one window of its smaller
-    side, unshifted. `always_partition` (the official detection code, transformers' SwinBackbone) keeps
-    the full window and the shift and pads the map instead.
-    """
+    """(window, shift) for a stage whose feature map is height x width: M and floor(M/2). As in the official
+    code, a map not larger than the window is attended as one window of its smaller side, unshifted.
+    `always_partition` (the official detection code, transformers' SwinBackbone) pads the map instead."""
     if not always_partition and min(height, width) <= window_size:
         return min(height, width), 0
     return window_size, window_size // 2
 
 
 def _cached_geometry(build):
-    """Cache a tensor-building function per (sizes, device). Built tensors are ordinary tensors (not
-    inference-mode ones), so a mask made under `torch.inference_mode` can serve a training step later.
-    Under torch.compile / export the builder is traced instead."""
+    """Cache a tensor builder per (sizes, device), outside inference mode (a mask made under it can serve a
+    training step later). Under torch.compile / export the builder is traced instead."""
     cached = functools.lru_cache(maxsize=128)(build)
 
     @functools.wraps(build)
@@ -109,10 +95,8 @@ def _cached_geometry(build):
 @_cached_geometry
 def relative_position_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
     """Index into the (2M-1)^2 bias table for every (query, key) pair of a window: (N, N), N = window^2.
-
     The table is learned for windows of side M = table_window; a smaller window (a feature map smaller
-    than M) reads the centre of the table: exactly the offsets that occur.
-    """
+    than M) reads the centre of the table: exactly the offsets that occur."""
     coords = torch.stack(
         torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
     ).flatten(1)  # (2, N)
@@ -121,12 +105,21 @@ def relative_position_index(window: int, table_window: int, device: torch.device
 
 
 @_cached_geometry
-def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Additive SW-MSA mask, (nW, N, N): 0 within a region, MASKED_LOGIT across regions.
+def log_spaced_offsets(window: int, normaliser: int, device: torch.device) -> torch.Tensor:
+    """Swin V2's inputs to the continuous position bias: every relative offset (dy, dx) of a window of side
+    `window`, divided by normaliser - 1 (the pre-training window), scaled to [-8, 8] and mapped by
+    sign(t) * log2(1 + |t|) / log2(8): (2*window-1, 2*window-1, 2), row-major like the V1 table."""
+    offsets = torch.arange(-(window - 1), window, device=device, dtype=torch.float32)
+    t = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (2w-1, 2w-1, 2)
+    t = t * (8.0 / max(normaliser - 1, 1))  # (a window of 1 has the single offset 0)
+    return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8.0)
 
-    After the cyclic shift by `shift`, the last row/column band of windows holds tokens from up to three
-    regions per axis that were not adjacent in the image: [0, H-window), [H-window, H-shift), [H-shift, H).
-    """
+
+@_cached_geometry
+def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Additive SW-MSA mask, (nW, N, N): 0 within a region, MASKED_LOGIT across regions. After the cyclic
+    shift, the last row/column band of windows holds tokens from up to three regions per axis that were not
+    adjacent in the image: [0, H-window), [H-window, H-shift), [H-shift, H)."""
 
     def region(n: int) -> torch.Tensor:
         i = torch.arange(n, device=device)
@@ -138,9 +131,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     return different.float() * MASKED_LOGIT
 
 
-# --------------------------------------------------------------------------------------------------
-# 2. Window attention (W-MSA, and SW-MSA when given the shift mask)
-# --------------------------------------------------------------------------------------------------
+# ---- 2. Window attention (W-MSA, and SW-MSA when given the shift mask) ----------------------------
 
 
 def eager_attention(q, k, v, bias, dropout: float, training: bool):
@@ -178,18 +169,21 @@ class WindowAttention(nn.Module):
     Asking for the attention probabilities runs "eager", since SDPA does not return them.
     """
 
-    def __init__(self, config: SwinConfig, dim: int, num_heads: int):
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, pretrained_window: int = 0):
         super().__init__()
         self.config = config  # read at call time: `attn_implementation` can change after construction
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.window_size = config.window_size
-        self.qkv = TokenLinear(dim, 3 * dim, bias=config.qkv_bias)
+        self.qkv = TokenLinear(dim, 3 * dim, bias=config.qkv_bias and not self.separate_qkv_bias)
         self.proj = TokenLinear(dim, dim)
         self.attn_drop = config.attention_probs_dropout_prob
         self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
-        M = config.window_size
+        self.init_position_bias(num_heads, pretrained_window)
+
+    separate_qkv_bias = False  # V2: biases for q and v only, outside the qkv product
+
+    def init_position_bias(self, num_heads: int, pretrained_window: int) -> None:
+        M = self.window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * M - 1) ** 2, num_heads))
 
     def relative_position_bias(self, window: int) -> torch.Tensor:
@@ -198,6 +192,14 @@ class WindowAttention(nn.Module):
         index = relative_position_index(window, self.window_size, table.device)
         return table[index.view(-1)].view(window * window, window * window, -1).permute(2, 0, 1)
 
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., 3C): queries, keys and values of every token, in one product."""
+        return self.qkv(x)
+
+    def queries_and_keys(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (..., heads, N, d) -> the pair whose product is the logits: (q / sqrt(d), k)."""
+        return q * self.head_dim**-0.5, k
+
     def forward(
         self, x: torch.Tensor, window: int, mask: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -205,8 +207,8 @@ class WindowAttention(nn.Module):
         attention probabilities (B*nW, heads, N, N)."""
         B, nW, N, C = x.shape
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, h, N, d)
-        q = q * self.scale
+        q, k, v = self.project_qkv(x).view(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, h, N, d)
+        q, k = self.queries_and_keys(q, k)
         bias = self.relative_position_bias(window).unsqueeze(0)  # (1, h, N, N)
         if mask is None:  # W-MSA: the same bias in every window -> windows join the batch
             q, k, v = (t.reshape(B * nW, h, N, d) for t in (q, k, v))
@@ -215,8 +217,7 @@ class WindowAttention(nn.Module):
             bias = (bias + mask.unsqueeze(1)).reshape(1, nW * h, N, N)
         implementation = "eager" if output_attentions else self.config._attn_implementation
         if implementation == "auto":
-            trained = torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad
-            implementation = auto_attention_implementation(q, trained)
+            implementation = auto_attention_implementation(q, bias_is_trained=bias.requires_grad)
         attend = ATTENTION_FUNCTIONS.get(implementation, sdpa_attention)
         out, probs = attend(q, k, v, bias.to(q.dtype), self.attn_drop, self.training)
         out = out.view(B, nW, h, N, d).transpose(2, 3).reshape(B, nW, N, C)
@@ -224,9 +225,45 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(out)), weights
 
 
-# --------------------------------------------------------------------------------------------------
-# 3. MLP and Swin block
-# --------------------------------------------------------------------------------------------------
+class WindowAttentionV2(WindowAttention):
+    """Swin V2's window attention: scaled cosine attention, cos(q, k) * tau with a learned temperature per
+    head (tau = exp(logit_scale) <= 100), and a continuous relative position bias: a 2-layer MLP over
+    log-spaced relative coordinates, 16 * sigmoid(MLP). No table tied to a window size: any window works.
+    q and v have biases, k none."""
+
+    separate_qkv_bias = True
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, pretrained_window: int = 0):
+        super().__init__(config, dim, num_heads, pretrained_window)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if config.qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if config.qkv_bias else None
+
+    def init_position_bias(self, num_heads: int, pretrained_window: int) -> None:
+        self.pretrained_window = pretrained_window
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
+
+    def relative_position_bias(self, window: int) -> torch.Tensor:
+        """16 * sigmoid(MLP(log-spaced offsets)) for windows of side `window`: (heads, N, N)."""
+        weight = self.cpb_mlp[0].weight
+        coords = log_spaced_offsets(window, self.pretrained_window or window, weight.device).to(weight.dtype)
+        table = self.cpb_mlp(coords.view(-1, 2))  # ((2w-1)^2, heads)
+        index = relative_position_index(window, window, weight.device)
+        bias = table[index.view(-1)].view(window * window, window * window, -1).permute(2, 0, 1)
+        return 16 * torch.sigmoid(bias)
+
+    def queries_and_keys(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tau = self.logit_scale.clamp(max=math.log(100.0)).exp()  # (h, 1, 1)
+        return F.normalize(q, dim=-1) * tau, F.normalize(k, dim=-1)
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)  # (..., 3C), no bias
+        if self.q_bias is None:
+            return qkv
+        return qkv + torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # (q_bias, 0, v_bias)
+
+
+# ---- 3. MLP and Swin block ------------------------------------------------------------------------
 
 
 class SwinMLP(nn.Module):
@@ -249,13 +286,15 @@ class SwinBlock(GradientCheckpointingLayer):
 
     fast_paths: FastPaths = FastPaths()
 
-    def __init__(self, config: SwinConfig, dim: int, num_heads: int, drop_path: float, shifted: bool):
+    attention_class, norm_class = WindowAttention, nn.LayerNorm
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, drop_path: float, shifted: bool, pretrained_window=0):
         super().__init__()
         self.shifted = shifted
         self.drop_path = drop_path
-        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.attn = WindowAttention(config, dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm1 = self.norm_class(dim, eps=config.layer_norm_eps)
+        self.attn = self.attention_class(config, dim, num_heads, pretrained_window)
+        self.norm2 = self.norm_class(dim, eps=config.layer_norm_eps)
         self.mlp = SwinMLP(config, dim)
 
     def forward(
@@ -311,21 +350,44 @@ class SwinBlock(GradientCheckpointingLayer):
         return x + branch(x) * keep.div_(1.0 - p).view(-1, *(1,) * (x.ndim - 1))
 
 
-# --------------------------------------------------------------------------------------------------
-# 4. Patch merging and stages
-# --------------------------------------------------------------------------------------------------
+class ResPostNorm(nn.LayerNorm):
+    """The LayerNorm at the end of a Swin V2 residual branch; initialised to zero (the official init), so
+    that a new model's blocks start by adding nothing."""
+
+
+class SwinBlockV2(SwinBlock):
+    """Swin V2's res-post-norm block: z' = LN((S)W-MSA(z)) + z;  z = LN(MLP(z')) + z'."""
+
+    attention_class, norm_class = WindowAttentionV2, ResPostNorm
+
+    def attention_branch(self, x, window: int, shift: int, mask, output_attentions: bool):
+        x, weights = self.shifted_window_attention(x, window, shift, mask, output_attentions)
+        return self.norm1(x), weights
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.mlp(x))
+
+
+# ---- 4. Patch merging and stages ------------------------------------------------------------------
 
 
 class PatchMerging(nn.Module):
     """Concatenate each 2x2 neighbourhood (official order), LayerNorm, linear 4C -> 2C: halves H and W."""
 
+    norm_width = 4  # the norm comes before the reduction, on 4C channels
+
     def __init__(self, config: SwinConfig, dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(self.norm_width * dim, eps=config.layer_norm_eps)
         self.reduction = TokenLinear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C); odd sizes are zero-padded bottom/right."""
+        return self.reduction(self.norm(self.neighbourhoods(x)))
+
+    @staticmethod
+    def neighbourhoods(x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C): each 2x2 neighbourhood's tokens side by side."""
         H, W = x.shape[1:3]
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
@@ -333,7 +395,16 @@ class PatchMerging(nn.Module):
         # the 2x2 neighbours in the order (row, col) = (0,0), (1,0), (0,1), (1,1), the order pretrained
         # reduction weights expect: column-major within the neighbourhood
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)  # (B, H/2, W/2, col, row, C)
-        return self.reduction(self.norm(x.reshape(B, H // 2, W // 2, 4 * C)))
+        return x.reshape(B, H // 2, W // 2, 4 * C)
+
+
+class PatchMergingV2(PatchMerging):
+    """Swin V2's patch merging: the linear 4C -> 2C first, then LayerNorm on 2C."""
+
+    norm_width = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.reduction(self.neighbourhoods(x)))
 
 
 class SwinStage(nn.Module):
@@ -345,10 +416,13 @@ class SwinStage(nn.Module):
         super().__init__()
         dim = config.embed_dim * 2**stage
         self.window_size = config.window_size
+        block, merging = (SwinBlockV2, PatchMergingV2) if config.version == 2 else (SwinBlock, PatchMerging)
+        pretrained_window = (config.pretrained_window_sizes or [0] * len(config.depths))[stage]
         self.blocks = nn.ModuleList(
-            SwinBlock(config, dim, config.num_heads[stage], p, shifted=i % 2 == 1) for i, p in enumerate(drop_paths)
+            block(config, dim, config.num_heads[stage], p, shifted=i % 2 == 1, pretrained_window=pretrained_window)
+            for i, p in enumerate(drop_paths)
         )
-        self.downsample = PatchMerging(config, dim) if stage < len(config.depths) - 1 else None
+        self.downsample = merging(config, dim) if stage < len(config.depths) - 1 else None
 
     def forward(
         self, x: torch.Tensor, always_partition: bool = False, output_attentions: bool = False
@@ -377,9 +451,7 @@ class SwinStage(nn.Module):
         return x, weights
 
 
-# --------------------------------------------------------------------------------------------------
-# 5. Patch partition + linear embedding
-# --------------------------------------------------------------------------------------------------
+# ---- 5. Patch partition + linear embedding --------------------------------------------------------
 
 
 class SwinEmbeddings(nn.Module):
@@ -463,24 +535,16 @@ def check_pixel_values(pixel_values: torch.Tensor, channels: int, patch_size: tu
         raise ValueError("pixel_values holds no images (batch size 0); pass at least one image.")
 
 
-# --------------------------------------------------------------------------------------------------
-# 6. The model
-# --------------------------------------------------------------------------------------------------
+# ---- 6. The model ---------------------------------------------------------------------------------
 
 
 @dataclass
 class SwinModelOutput(ModelOutput):
-    """Output of SwinModel.
-
-    Args:
-        last_hidden_state: (B, L, C) tokens of the last stage after the final LayerNorm, L = H/32 * W/32.
-        pooler_output: (B, C) average of `last_hidden_state` over tokens.
-        hidden_states: with `output_hidden_states`, (B, L_i, C_i) for the patch embedding and each stage's
-            output (after its patch merging).
-        reshaped_hidden_states: the same maps as (B, C_i, H_i, W_i).
-        attentions: with `output_attentions`, the attention probabilities of each stage's last block,
-            (B * num_windows, heads, M*M, M*M).
-    """
+    """last_hidden_state: (B, L, C) last-stage tokens after the final LayerNorm, L = H/32 * W/32.
+    pooler_output: (B, C), their average. hidden_states: with `output_hidden_states`, (B, L_i, C_i) for the
+    patch embedding and each stage's output (after its patch merging); reshaped_hidden_states: the same as
+    (B, C_i, H_i, W_i). attentions: with `output_attentions`, the probabilities of each stage's last block,
+    (B * num_windows, heads, M*M, M*M)."""
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
@@ -491,13 +555,8 @@ class SwinModelOutput(ModelOutput):
 
 @dataclass
 class SwinImageClassifierOutput(ModelOutput):
-    """Output of SwinForImageClassification.
-
-    Args:
-        loss: with `labels`, cross-entropy (single label), BCE-with-logits (multi label) or MSE (regression).
-        logits: (B, num_labels) scores before softmax.
-        hidden_states, reshaped_hidden_states, attentions: as in SwinModelOutput.
-    """
+    """loss: with `labels`, cross-entropy (single label), BCE-with-logits (multi label) or MSE (regression).
+    logits: (B, num_labels) scores before softmax. The rest as in SwinModelOutput."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -568,8 +627,13 @@ class SwinPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
+            (init.zeros_ if isinstance(module, ResPostNorm) else init.ones_)(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, WindowAttentionV2):
+            init.constant_(module.logit_scale, math.log(10.0))
+            for bias in (module.q_bias, module.v_bias):
+                if bias is not None:
+                    init.zeros_(bias)
         elif isinstance(module, WindowAttention):
             init.trunc_normal_(module.relative_position_bias_table, std=std)
         elif isinstance(module, SwinEmbeddings):
@@ -631,30 +695,20 @@ class SwinModel(SwinPreTrainedModel):
         return self.embeddings.proj
 
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        always_partition: bool = False,
-        hidden_states_before_downsampling: bool = False,
-        interpolate_pos_encoding: bool | None = None,
-        bool_masked_pos: torch.Tensor | None = None,
-        **kwargs,
-    ) -> SwinModelOutput | tuple:
+        self, pixel_values: torch.Tensor, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, always_partition: bool = False, hidden_states_before_downsampling: bool = False,
+        interpolate_pos_encoding: bool | None = None, bool_masked_pos: torch.Tensor | None = None, **kwargs,
+    ) -> SwinModelOutput | tuple:  # fmt: skip
         """pixel_values: (B, num_channels, H, W) floats, any H and W of at least one patch.
-
-        `always_partition` never shrinks the window to a small feature map (detection-style padding).
-        `hidden_states_before_downsampling` records each stage's map before its patch merging (backbones).
-        `interpolate_pos_encoding` is accepted for transformers compatibility: the absolute position
-        embedding is always resized to the input's grid.
-        `bool_masked_pos` (B, num_patches): patches replaced by the mask token (needs `use_mask_token`).
-        """
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        `always_partition` never shrinks the window to a small map (detection-style padding);
+        `hidden_states_before_downsampling` records each stage's map before its patch merging (backbones);
+        `interpolate_pos_encoding` is accepted for transformers compatibility (the absolute position
+        embedding is always resized to the input's grid); `bool_masked_pos` (B, num_patches): patches
+        replaced by the mask token (needs `use_mask_token`)."""
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
 
         x = self.embeddings(pixel_values, bool_masked_pos)  # (B, H/4, W/4, C)
         maps = [x] if output_hidden_states else None
@@ -674,21 +728,12 @@ class SwinModel(SwinPreTrainedModel):
             hidden_states = tuple(m.reshape(B, -1, m.shape[-1]) for m in maps)  # (B, L_i, C_i)
             reshaped = tuple(m.permute(0, 3, 1, 2) for m in maps)  # (B, C_i, H_i, W_i)
         attentions = tuple(attentions) if output_attentions else None
-
         if not return_dict:
             return tuple(v for v in (last_hidden_state, pooled, hidden_states, attentions, reshaped) if v is not None)
-        return SwinModelOutput(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled,
-            hidden_states=hidden_states,
-            attentions=attentions,
-            reshaped_hidden_states=reshaped,
-        )
+        return SwinModelOutput(last_hidden_state, pooled, hidden_states, attentions, reshaped)
 
 
-# --------------------------------------------------------------------------------------------------
-# 7. Heads
-# --------------------------------------------------------------------------------------------------
+# ---- 7. Heads -------------------------------------------------------------------------------------
 
 
 class SwinForImageClassification(SwinPreTrainedModel):
@@ -712,62 +757,39 @@ class SwinForImageClassification(SwinPreTrainedModel):
         self.post_init()
 
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
-        **kwargs,
-    ) -> SwinImageClassifierOutput | tuple:
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None, return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None, **kwargs,
+    ) -> SwinImageClassifierOutput | tuple:  # fmt: skip
         """labels: (B,) class indices (single label), (B, num_labels) multi-hot floats (multi label), or
         (B,) / (B, num_labels) targets (regression); see `config.problem_type`. `num_items_in_batch`
         (transformers' Trainer under gradient accumulation): the loss is summed and divided by it
         instead of averaged over this batch."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.swin(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
-        )
+        out = self.swin(pixel_values, output_attentions, output_hidden_states, return_dict=True, **kwargs)
         logits = self.classifier(out.pooler_output)  # (B, num_labels)
         loss = None if labels is None else classification_loss(logits, labels, self.config, num_items_in_batch)
+        rest = (out.hidden_states, out.attentions, out.reshaped_hidden_states)
         if not return_dict:
-            rest = (out.hidden_states, out.attentions, out.reshaped_hidden_states)
             return tuple(v for v in (loss, logits, *rest) if v is not None)
-        return SwinImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            reshaped_hidden_states=out.reshaped_hidden_states,
-        )
+        return SwinImageClassifierOutput(loss, logits, *rest)
 
 
 def classification_loss(
     logits: torch.Tensor, labels: torch.Tensor, config: SwinConfig, num_items_in_batch=None
 ) -> torch.Tensor:
-    """The loss `config.problem_type` names; inferred from num_labels and the label dtype when unset (the
-    config is not modified). Averaged over the batch's items, or summed and divided by
-    `num_items_in_batch` (the label elements of all the batches of one accumulated step)."""
+    """The loss `config.problem_type` names (inferred from num_labels and the label dtype when unset; the
+    config is not modified), averaged over the batch's items, or summed and divided by `num_items_in_batch`
+    (the label elements of all the batches of one accumulated step)."""
     problem = config.problem_type
     if problem is None:
-        if config.num_labels == 1:
-            problem = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
+        integer = labels.dtype in (torch.long, torch.int)
+        problem = "regression" if config.num_labels == 1 else f"{'single' if integer else 'multi'}_label_classification"
     labels = labels.to(logits.device)
     reduction = "mean" if num_items_in_batch is None else "sum"
     if problem == "regression":
-        if config.num_labels == 1:
-            loss = F.mse_loss(logits.squeeze(-1), labels.float().view(-1), reduction=reduction)
-        else:
-            loss = F.mse_loss(logits, labels.to(logits.dtype), reduction=reduction)
+        one = config.num_labels == 1  # logits (B, 1) against labels (B,)
+        loss = F.mse_loss(logits.squeeze(-1) if one else logits, labels.to(logits.dtype).view_as(logits.squeeze(-1) if one else logits), reduction=reduction)
     elif problem == "single_label_classification":
         loss = F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), reduction=reduction)
     elif problem == "multi_label_classification":
@@ -786,7 +808,8 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
     """Multi-scale NCHW feature maps (strides 4, 8, 16, 32) for dense heads (UperNet, Mask2Former, DETR...).
 
     Each stage in `config.out_features` ("stem", "stage1".."stage4") is taken before its patch merging
-    and normalised by its own LayerNorm. Windows are never shrunk (detection-style padding).
+    and normalised by its own LayerNorm. Windows are never shrunk (detection-style padding). Swin V2: the
+    maps as the blocks leave them, windows as in the classifier (transformers' Swinv2Backbone does so).
 
     Example:
         >>> import torch
@@ -802,36 +825,24 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
         super().__init__(config)
         self.num_features = [config.embed_dim] + [config.embed_dim * 2**i for i in range(len(config.depths))]
         self.swin = SwinModel(config, add_pooling_layer=False)
-        # The encoder's final LayerNorm feeds only the classification path; the maps returned here are
-        # normalised by hidden_states_norms. Trainable, it would be a parameter that never gets a gradient
-        # (DDP's "unused parameters" error when training a dense head). It stays in the state dict
-        # (checkpoints of either library keep loading) but is frozen.
+        # The final LayerNorm feeds only the classification path: it stays in the state dict (checkpoints of
+        # either library keep loading) but is frozen, since DDP refuses a parameter that gets no gradient.
         self.swin.norm.requires_grad_(False)
-        self.hidden_states_norms = nn.ModuleDict(
-            {stage: nn.LayerNorm(c, eps=config.layer_norm_eps) for stage, c in zip(self.out_features, self.channels)}
-        )
+        norm = (lambda c: nn.Identity()) if config.version == 2 else (lambda c: nn.LayerNorm(c, eps=config.layer_norm_eps))
+        self.hidden_states_norms = nn.ModuleDict({stage: norm(c) for stage, c in zip(self.out_features, self.channels)})
         self.post_init()
 
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BackboneOutput | tuple:
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None, return_dict: bool | None = None, **kwargs,
+    ) -> BackboneOutput | tuple:  # fmt: skip
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         out = self.swin(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=True,
-            return_dict=True,
-            always_partition=True,
+            pixel_values, output_attentions, output_hidden_states=True, return_dict=True,
+            always_partition=self.config.version == 1,  # as transformers' SwinBackbone / Swinv2Backbone
             hidden_states_before_downsampling=True,
-        )
+        )  # fmt: skip
         feature_maps = tuple(
             self.hidden_states_norms[stage](m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             for stage, m in zip(self.stage_names, out.reshaped_hidden_states)
@@ -844,10 +855,6 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
 
 
 __all__ = [
-    "SwinPreTrainedModel",
-    "SwinModel",
-    "SwinForImageClassification",
-    "SwinBackbone",
-    "SwinModelOutput",
+    "SwinPreTrainedModel", "SwinModel", "SwinForImageClassification", "SwinBackbone", "SwinModelOutput",
     "SwinImageClassifierOutput",
-]
+]  # fmt: skip
