@@ -117,8 +117,20 @@ def _any_rank(fabric, flag: bool) -> bool:
     return bool(fabric.all_reduce(value, reduce_op="max").item())
 
 
-def _disk_message(error: OSError) -> str:
+def _disk_message(error: Exception) -> str:
+    if not isinstance(error, OSError):  # safetensors' own error type carries the OS message in its text
+        return " ".join(str(error).split())
     return f"{error.strerror or type(error).__name__}" + (f": {error.filename}" if error.filename else "")
+
+
+def _write_errors() -> tuple[type[Exception], ...]:
+    """What a failed file write raises: OSError, and safetensors' SafetensorError (a full disk while
+    save_pretrained writes model.safetensors)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover
+        return (OSError,)
+    return (OSError, SafetensorError)
 
 
 def save_atomic(fabric, path: str, state: dict, keep: int = 2) -> None:
@@ -170,7 +182,7 @@ def write_folder_atomically(directory: str, write, name: str = "model") -> None:
         write(tmp)
         for entry in os.listdir(tmp):
             os.replace(os.path.join(tmp, entry), os.path.join(directory, entry))
-    except OSError as error:
+    except _write_errors() as error:
         raise OutputWriteError(
             f"could not write the {name} to {directory} ({_disk_message(error)}); what was there before is intact. "
             "Free space (or fix the folder) and run again (--resume continues from the last checkpoint)."
@@ -246,6 +258,21 @@ def read_run_info(path: str) -> dict | None:
     if not isinstance(checkpoint, dict) or "run" not in checkpoint:
         raise ValueError("it holds no run settings (not written by this recipe)")
     return checkpoint["run"]
+
+
+def precheck_resume(directory: str, settings: dict, allowed, fixed, free) -> None:
+    """Before anything is loaded: compare `settings` with those of the newest checkpoint that reads (only
+    the settings both know; `restore` compares the rest). Raises ConfigChangedError; unreadable files are
+    left for `restore` to report."""
+    for path in checkpoints_newest_first(directory):
+        try:
+            saved = read_run_info(path)
+        except Exception:  # noqa: BLE001
+            continue
+        if saved is not None:
+            old = {k: v for k, v in saved.get("config", {}).items() if k in settings}
+            check_run_config(old, {k: v for k, v in settings.items() if k in old}, allowed, fixed, free, path)
+        return
 
 
 def _reason(error: BaseException) -> str:
@@ -397,6 +424,7 @@ __all__ = [
     "flag_name",
     "latest_checkpoint",
     "parse_allowed",
+    "precheck_resume",
     "prepare_output_dir",
     "read_run_info",
     "remove_temp_files",

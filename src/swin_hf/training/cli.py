@@ -14,6 +14,7 @@ import math
 import os
 import sys
 
+from ..cli import OneLineArgumentParser
 from ..model_source import ModelSourceError
 from .augment import AugmentConfig
 from .data import DIGITS
@@ -72,7 +73,7 @@ PROFILES: dict[str, dict] = {
 }
 
 
-class RecipeArgumentParser(argparse.ArgumentParser):
+class RecipeArgumentParser(OneLineArgumentParser):
     """argparse with its errors on one line: `error: argument --lr: expected ..., got 'nan'` and exit 2."""
 
     def error(self, message: str):

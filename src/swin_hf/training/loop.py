@@ -193,6 +193,7 @@ class MetricLoggers:
 
     def __init__(self, fabric, out: str):
         self.loggers = []
+        self.closed = False
         if fabric.is_global_zero:
             from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
@@ -202,9 +203,12 @@ class MetricLoggers:
         for experiment_logger in self.loggers:
             experiment_logger.log_metrics(row, step)
 
-    def finalize(self) -> None:
-        for experiment_logger in self.loggers:
-            experiment_logger.finalize("success")
+    def finalize(self, status: str = "success") -> None:
+        """Write out and close the logs (once; a failed run closes them with status "failed")."""
+        if not self.closed:
+            self.closed = True
+            for experiment_logger in self.loggers:
+                experiment_logger.finalize(status)
 
 
 def _all_gather_objects(fabric, obj):
@@ -465,9 +469,9 @@ def fit(run: Run) -> None:
             if not group:
                 break
             train_step(run, group)
-            step = progress["step"]
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < run.total_steps:
-                save_checkpoint(run)
+            step, mid_epoch = progress["step"], progress["batch"] < run.batches_per_epoch
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < run.total_steps and mid_epoch:
+                save_checkpoint(run)  # (at an epoch's last step, end_epoch writes it)
         end_epoch(run)
     if run.bar is not None:
         run.bar.close()
@@ -665,8 +669,14 @@ def push_to_hub(run: Run) -> None:
 def run(config: TrainConfig, fabric=None) -> dict:
     """Train and evaluate; returns the summary (also written to output_dir/metrics.json by rank 0)."""
     state = setup(config, fabric)
-    fit(state)
-    return finish(state)
+    try:
+        fit(state)
+        return finish(state)
+    finally:
+        try:
+            state.metrics.finalize("failed")  # after a failure: no log file stays open (no-op after finish)
+        except OSError:  # the disk that stopped the run may refuse the logs too
+            pass
 
 
 def output_files(out: str) -> list[str]:

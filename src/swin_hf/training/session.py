@@ -21,6 +21,7 @@ import torch
 from .checkpoint import (
     _any_rank,
     check_output_dir,
+    precheck_resume,
     checkpoint_path,
     claim_output_dir,
     parse_allowed,
@@ -39,7 +40,7 @@ FREE_SETTINGS = (
     "output_dir", "overwrite", "resume", "allow_changed_config", "num_workers", "log_every", "progress", "no_progress",
     "accelerator", "devices", "strategy", "num_nodes", "cpu_threads", "keep_checkpoints", "checkpoint_every",
     "push_to_hub", "hub_model_id", "debug_record_ranks", "target_accuracy", "target_minutes", "num_overlays",
-    "cache_images", "compile", "gradient_checkpointing", "deterministic", "eval_every_epochs",
+    "cache_images", "compile", "gradient_checkpointing", "deterministic", "eval_every_epochs", "precision",
 )
 
 
@@ -61,6 +62,8 @@ class Session:
         self.fixed = fixed
         self.run_info = {"recipe": recipe, "config": dict(settings)}
         self.guard = LossGuard(fabric, clip_grad, precision)
+        if resume:  # settings that differ are refused now, before the data and the model are loaded
+            precheck_resume(self.checkpoints, self.run_info["config"], self.allowed, fixed, FREE_SETTINGS)
         self.resumed_from: str | None = None
         self.missing: list[str] = []  # optional state entries the restored checkpoint lacked
         self.changes: list[tuple[str, object, object]] = []  # allowed (setting, old, new) differences
