@@ -172,6 +172,9 @@ def test_kill_during_a_checkpoint_write_then_resume(tmp_path):
         result = subprocess.run([sys.executable, str(SCRIPT), *args, *common], env=_env(), cwd=ROOT, capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+        if "--resume" in args:  # removed when the run starts, before any new checkpoint is written
+            assert "checkpoints/.tmp-step-00000002.ckpt, left by an interrupted write" in result.stderr
+            assert "Resumed from" in result.stdout and "step-00000001.ckpt" in result.stdout
     assert _temp_files(out) == []
     resumed = load_file(out / "checkpoints" / "final-weights.safetensors")
     full = load_file(tmp_path / "full" / "checkpoints" / "final-weights.safetensors")

@@ -51,7 +51,7 @@ def check_model_source(name: str, option: str = "--model", extra_presets=(), con
         return "folder"
     if os.path.exists(name):
         raise ModelSourceError(f"{option} {name!r} is a file; give the folder that save_pretrained wrote (or a preset).")
-    close = difflib.get_close_matches(name, presets, n=1, cutoff=0.8)
+    close = difflib.get_close_matches(name, presets, n=1, cutoff=0.8) if "/" not in name else []
     if close:
         raise ModelSourceError(f"{option} {name!r} is not a preset; did you mean {close[0]!r}? Presets: {', '.join(presets)}.")
     if not HUB_ID.fullmatch(name) or name.startswith((".", "~")) or name.endswith((".json", ".safetensors", ".bin", ".pth")):

@@ -207,6 +207,11 @@ def run(args, fabric) -> dict:
         allow_changed_config=args.allow_changed_config, fixed=("model", "hidden_size", "id2label"),
         clip_grad=args.clip_grad, precision=fabric.strategy.precision.precision,
     )
+    if args.model != "builtin":  # a missing folder or an unreachable Hub id fails before the data is made
+        from .. import PRESETS
+        from ..model_source import check_model_source
+
+        check_model_source(args.model, "--model", extra_presets=("builtin", *PRESETS))
     fabric.seed_everything(args.seed)
     train_split, val_split, id2label = load_data(args)
     num_labels = len(id2label)

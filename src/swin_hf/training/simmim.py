@@ -215,6 +215,10 @@ def run(args, fabric) -> dict:
         allow_changed_config=args.allow_changed_config, clip_grad=args.clip_grad,
         precision=fabric.strategy.precision.precision,
     )
+    from ..model_source import check_model_source
+    from .loop import RECIPE_PRESETS
+
+    check_model_source(args.model, "--model", extra_presets=RECIPE_PRESETS)  # before the data is loaded
     fabric.seed_everything(args.seed)
 
     if args.dataset == DEFAULT_DATASET and not args.train_dir:
