@@ -89,56 +89,42 @@ def pixel_counts(split, label_column: str = "annotation", num_labels: int | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..training.cli import (
-        RecipeArgumentParser,
-        add_hardware_arguments,
-        add_optimisation_arguments,
-        add_run_arguments,
-        below_one,
-        fraction,
-        nonnegative_int,
-        positive_float,
-        positive_int,
-        up_to_one,
-    )
+    from ..training import cli
 
-    p = RecipeArgumentParser(
+    p = cli.RecipeArgumentParser(
         prog="segment.py",
         description="Semantic segmentation with UperNet on a Swin backbone (any `datasets` set with image + "
         "label-map columns). Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=BUILTIN, help="datasets.load_dataset name/path or saved DatasetDict dir; 'texture-collage' = built-in, offline")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d = cli.add_data_arguments(p, BUILTIN)
     d.add_argument("--image-column", default="image", help="image column")
     d.add_argument("--label-column", default="annotation", help="label-map column (an image of class indices)")
-    d.add_argument("--num-labels", type=positive_int, default=None, help="number of classes (built-in: 3; needed for other sets unless --id2label)")
+    d.add_argument("--num-labels", type=cli.positive_int, default=None, help="number of classes (built-in: 3; needed for other sets unless --id2label)")
     d.add_argument("--id2label", default=None, help="JSON file mapping class index -> name")
     d.add_argument("--reduce-labels", action="store_true", help="label 0 is 'other' (ADE20K): ignore it, shift the rest down")
-    d.add_argument("--validation-fraction", type=fraction, default=0.1, help="split off for validation when the set has none")
-    d.add_argument("--max-train-samples", type=positive_int, default=None, help="use only the first N training examples")
-    d.add_argument("--max-eval-samples", type=positive_int, default=None, help="use only the first N validation examples")
-    d.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
+    d.add_argument("--validation-fraction", type=cli.fraction, default=0.1, help="split off for validation when the set has none")
+    d.add_argument("--max-train-samples", type=cli.positive_int, default=None, help="use only the first N training examples")
+    d.add_argument("--max-eval-samples", type=cli.positive_int, default=None, help="use only the first N validation examples")
+    d.add_argument("--num-workers", type=cli.nonnegative_int, default=0, help="DataLoader worker processes")
 
     m = p.add_argument_group("model")
     m.add_argument("--model", default="builtin", help="'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf checkpoint whose encoder is loaded (classification, SimMIM, backbone)")
-    m.add_argument("--image-size", type=positive_int, default=64, help="training crop / evaluation size (ADE20K: 512)")
-    m.add_argument("--hidden-size", type=positive_int, default=64, help="UperNet channels (paper: 512)")
-    m.add_argument("--drop-path", type=below_one, default=0.1, help="stochastic depth of the backbone")
-    m.add_argument("--scale-range", type=positive_float, nargs=2, default=(0.5, 2.0), help="random rescale range of training images")
+    m.add_argument("--image-size", type=cli.positive_int, default=64, help="training crop / evaluation size (ADE20K: 512)")
+    m.add_argument("--hidden-size", type=cli.positive_int, default=64, help="UperNet channels (paper: 512)")
+    m.add_argument("--drop-path", type=cli.below_one, default=0.1, help="stochastic depth of the backbone")
+    m.add_argument("--scale-range", type=cli.positive_float, nargs=2, default=(0.5, 2.0), help="random rescale range of training images")
 
-    o = add_optimisation_arguments(
+    o = cli.add_optimisation_arguments(
         p, epochs=8, batch_size=16, lr=1e-3, min_lr_ratio=0.0, weight_decay=0.01, lr_note="; paper, pre-trained: 6e-5"
     )
-    o.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this many minutes (then evaluate and save)")
-    o.add_argument("--layer-decay", type=up_to_one, default=1.0, help="layer-wise lr decay over backbone blocks (1 = off)")
+    o.add_argument("--max-minutes", type=cli.positive_float, default=None, help="stop training after this many minutes (then evaluate and save)")
+    o.add_argument("--layer-decay", type=cli.up_to_one, default=1.0, help="layer-wise lr decay over backbone blocks (1 = off)")
 
-    add_hardware_arguments(p)
+    cli.add_hardware_arguments(p)
 
-    r = add_run_arguments(p, "outputs/swin-upernet", "model, metrics, overlays, checkpoints")
-    r.add_argument("--eval-every-epochs", type=positive_int, default=2, help="evaluate every N epochs (and at the end)")
-    r.add_argument("--num-overlays", type=nonnegative_int, default=8, help="validation images rendered as overlays")
+    r = cli.add_run_arguments(p, "outputs/swin-upernet", "model, metrics, overlays, checkpoints")
+    r.add_argument("--eval-every-epochs", type=cli.positive_int, default=2, help="evaluate every N epochs (and at the end)")
+    r.add_argument("--num-overlays", type=cli.nonnegative_int, default=8, help="validation images rendered as overlays")
     return p
 
 

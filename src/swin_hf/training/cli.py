@@ -74,7 +74,12 @@ PROFILES: dict[str, dict] = {
 
 
 class RecipeArgumentParser(OneLineArgumentParser):
-    """argparse with its errors on one line: `error: argument --lr: expected ..., got 'nan'` and exit 2."""
+    """argparse with its errors on one line: `error: argument --lr: expected ..., got 'nan'` and exit 2;
+    --help shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -123,6 +128,15 @@ def _profiles_help() -> str:
             lines.append(f"    {key}: {shown.strip(chr(34))}")
     lines.append("  # 'auto' profile: digits when --dataset is the built-in sklearn-digits, else finetune")
     return "\n".join(lines)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, builtin: str) -> argparse._ArgumentGroup:
+    """The data source every recipe takes (--dataset, default: its built-in offline set `builtin`;
+    --dataset-config); returns the group for the recipe's own."""
+    d = parser.add_argument_group("data")
+    d.add_argument("--dataset", default=builtin, help=f"anything datasets.load_dataset takes (Hub id, script, saved DatasetDict dir); '{builtin}' = built-in, offline")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    return d
 
 
 def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -197,9 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.formatter_class = type(
         "Formatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}
     )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=DIGITS, help="anything datasets.load_dataset takes (Hub id, script, saved DatasetDict dir); 'sklearn-digits' = built-in, offline")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d = add_data_arguments(p, DIGITS)
     d.add_argument("--train-dir", default=None, help="imagefolder of training images (class sub-folders)")
     d.add_argument("--validation-dir", default=None, help="imagefolder of validation images")
     d.add_argument("--image-column", default=None, help="image column; None = the first Image feature")
@@ -466,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "PROFILES",
     "RecipeArgumentParser",
+    "add_data_arguments",
     "add_hardware_arguments",
     "add_optimisation_arguments",
     "add_run_arguments",

@@ -35,46 +35,33 @@ DEFAULT_DATASET = "sklearn-digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import (
-        RecipeArgumentParser,
-        add_hardware_arguments,
-        add_optimisation_arguments,
-        add_run_arguments,
-        below_one,
-        fraction,
-        nonnegative_int,
-        positive_int,
-        up_to_one,
-    )
+    from . import cli
 
-    p = RecipeArgumentParser(
+    p = cli.RecipeArgumentParser(
         prog="pretrain_simmim.py",
         description="SimMIM pre-training of a Swin encoder on unlabelled images (any `datasets` split). "
         "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=DEFAULT_DATASET, help="datasets.load_dataset name/path or saved DatasetDict dir; 'sklearn-digits' = built-in, offline")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d = cli.add_data_arguments(p, DEFAULT_DATASET)
     d.add_argument("--train-dir", default=None, help="a folder of images (labels, if any, are ignored)")
     d.add_argument("--split", default="train", help="the split to pre-train on")
     d.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
-    d.add_argument("--max-train-samples", type=positive_int, default=None, help="use only the first N images")
-    d.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
+    d.add_argument("--max-train-samples", type=cli.positive_int, default=None, help="use only the first N images")
+    d.add_argument("--num-workers", type=cli.nonnegative_int, default=0, help="DataLoader worker processes")
 
     m = p.add_argument_group("model and masking")
     m.add_argument("--model", default="swin-digits", help="a recipe preset (swin-digits), a swin_hf preset, or a swin_hf checkpoint path to continue from")
-    m.add_argument("--image-size", type=positive_int, default=None, help="training resolution (default: the model's image_size)")
-    m.add_argument("--mask-patch-size", type=positive_int, default=None, help="side of the masked blocks in pixels (SimMIM: 32; default: 32, or 4 for images under 64 px)")
-    m.add_argument("--mask-ratio", type=fraction, default=0.6, help="fraction of blocks masked")
-    m.add_argument("--drop-path", type=below_one, default=0.1, help="stochastic depth rate")
-    m.add_argument("--crop-scale", type=up_to_one, nargs=2, default=(0.67, 1.0), help="random resized crop area range")
+    m.add_argument("--image-size", type=cli.positive_int, default=None, help="training resolution (default: the model's image_size)")
+    m.add_argument("--mask-patch-size", type=cli.positive_int, default=None, help="side of the masked blocks in pixels (SimMIM: 32; default: 32, or 4 for images under 64 px)")
+    m.add_argument("--mask-ratio", type=cli.fraction, default=0.6, help="fraction of blocks masked")
+    m.add_argument("--drop-path", type=cli.below_one, default=0.1, help="stochastic depth rate")
+    m.add_argument("--crop-scale", type=cli.up_to_one, nargs=2, default=(0.67, 1.0), help="random resized crop area range")
 
-    add_optimisation_arguments(p, epochs=10, batch_size=64, lr=2e-3, min_lr_ratio=0.01, weight_decay=0.05)
+    cli.add_optimisation_arguments(p, epochs=10, batch_size=64, lr=2e-3, min_lr_ratio=0.01, weight_decay=0.05)
 
-    add_hardware_arguments(p)
+    cli.add_hardware_arguments(p)
 
-    add_run_arguments(p, "outputs/swin-simmim", "pre-trained model, metrics, reconstructions, checkpoints")
+    cli.add_run_arguments(p, "outputs/swin-simmim", "pre-trained model, metrics, reconstructions, checkpoints")
     return p
 
 
