@@ -201,9 +201,14 @@ def _plain(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# settings a run records that are not options: what the data and the launch came to
+DERIVED_SETTINGS = ("class_names", "id2label", "train_examples", "validation_examples", "world_size")
+
+
 def flag_name(key: str) -> str:
-    """The command-line spelling of a setting: "augment.mixup" -> "--mixup"."""
-    return "--" + key.split(".")[-1].replace("_", "-")
+    """The command-line spelling of a setting: "augment.mixup" -> "--mixup" ("train_examples", derived
+    from the data, stays as it is)."""
+    return key if key in DERIVED_SETTINGS else "--" + key.split(".")[-1].replace("_", "-")
 
 
 def parse_allowed(text: str | list | tuple | None) -> frozenset[str]:
@@ -241,7 +246,7 @@ def check_run_config(
         )
     refused = [c for c in changes if "all" not in allowed and c[0] not in allowed and c[0].split(".")[-1] not in allowed]
     if refused:
-        names = ",".join(flag_name(k)[2:] for k, _, _ in refused)
+        names = ",".join(flag_name(k).lstrip("-").replace("_", "-") for k, _, _ in refused)
         raise ConfigChangedError(
             f"--resume: {where} with other settings ({describe(refused)}). Resume with the same settings, or pass "
             f"--allow-changed-config {names} to continue the run with the new values."

@@ -422,7 +422,9 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     run = Run(config, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment, train_loader,
               eval_loader, train_sampler, MetricLoggers(fabric, config.output_dir), load_accuracy(), state,
               batches_per_epoch, total_steps, warmup, from_scratch, image_size, started)
-    if session.begin(state, {"class_names": data.class_names, "world_size": world}, optional=("ema",)):
+    # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
+    data_settings = {"class_names": data.class_names, "train_examples": len(data.train), "validation_examples": len(data.validation)}
+    if session.begin(state, {**data_settings, "world_size": world}, optional=("ema",)):
         _continue(run)
     return run
 
