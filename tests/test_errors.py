@@ -14,7 +14,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 from PIL import Image
 
 from swin_hf import SwinConfig, SwinForImageClassification

@@ -347,13 +347,43 @@ class Run:
         return math.ceil(self.total_steps / math.ceil(self.batches_per_epoch / self.config.grad_accum))
 
 
+def build_loaders(config: TrainConfig, fabric, data: PreparedData, processor, image_size: int):
+    """(train loader, validation loader, train sampler), set up by Fabric. Images are decoded and resized
+    per item (training: not normalised, the batch augmentation does it); the training sampler is
+    resumable (epoch + batch position) and shards across processes itself."""
+    from swin_hf import SwinImageProcessor
+
+    train_processor = SwinImageProcessor.for_image_size(image_size, crop_pct=1.0, do_normalize=False)
+    skipped = SkipCounter()
+    columns = (data.image_column, data.label_column)
+    train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
+    eval_set = ImageClassificationDataset(data.validation, *columns, PreprocessCache(processor, config.cache_images), skipped)
+    rank, world = fabric.global_rank, fabric.world_size
+    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
+    if train_sampler.batches_per_epoch() == 0:
+        train_sampler.drop_last = False
+    eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, rank, world)
+
+    def loader(dataset, sampler):
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_skipping,
+            num_workers=config.num_workers, persistent_workers=False,
+            # own generator: creating the iterator must not consume the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+
+    train_loader, eval_loader = fabric.setup_dataloaders(
+        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False
+    )
+    return train_loader, eval_loader, train_sampler
+
+
 def setup(config: TrainConfig, fabric=None) -> Run:
     """Everything before the first step. The output folder, the model source and the data are checked
     before anything is built; the old run's checkpoints (--overwrite) are removed only after the model is
     built; with --resume the newest readable checkpoint whose settings match is restored."""
     from lightning.fabric import Fabric
 
-    from swin_hf import SwinImageProcessor
     from swin_hf.metrics import load_accuracy
 
     started = time.perf_counter()
@@ -380,28 +410,7 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     raw_model = model
-    train_processor = SwinImageProcessor.for_image_size(image_size, crop_pct=1.0, do_normalize=False)
-    skipped = SkipCounter()
-    columns = (data.image_column, data.label_column)
-    train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
-    eval_set = ImageClassificationDataset(data.validation, *columns, PreprocessCache(processor, config.cache_images), skipped)
-    rank, world = fabric.global_rank, fabric.world_size
-    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
-    if train_sampler.batches_per_epoch() == 0:
-        train_sampler.drop_last = False
-    eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, rank, world)
-
-    def loader(dataset, sampler):
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_skipping,
-            num_workers=config.num_workers, persistent_workers=False,
-            # own generator: creating the iterator must not consume the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(config.seed),
-        )
-
-    train_loader, eval_loader = fabric.setup_dataloaders(
-        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False
-    )
+    train_loader, eval_loader, train_sampler = build_loaders(config, fabric, data, processor, image_size)
     batches_per_epoch = train_sampler.batches_per_epoch()
     total_steps = plan_steps(config, batches_per_epoch, new_progress())
     warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
@@ -424,7 +433,7 @@ def setup(config: TrainConfig, fabric=None) -> Run:
               batches_per_epoch, total_steps, warmup, from_scratch, image_size, started)
     # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
     data_settings = {"class_names": data.class_names, "train_examples": len(data.train), "validation_examples": len(data.validation)}
-    if session.begin(state, {**data_settings, "world_size": world}, optional=("ema",)):
+    if session.begin(state, {**data_settings, "world_size": fabric.world_size}, optional=("ema",)):
         _continue(run)
     return run
 
