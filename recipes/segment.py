@@ -20,7 +20,7 @@ _SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 if os.path.isdir(os.path.join(_SRC, "swin_hf")) and _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
-from swin_hf.training.segment import main  # noqa: E402
+from swin_hf.segmentation.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

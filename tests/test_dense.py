@@ -298,12 +298,12 @@ def test_package_exports_segmentation_helpers():
     assert swin_hf.upernet_from_encoder is upernet_from_encoder
 
 
-def test_docstring_examples_run():
+@pytest.mark.parametrize("name", ["swin_hf.segmentation", "swin_hf.segmentation.data", "swin_hf.segmentation.evaluate"])
+def test_docstring_examples_run(name):
     import doctest
+    import importlib
 
-    import swin_hf.segmentation
-
-    result = doctest.testmod(swin_hf.segmentation, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -314,7 +314,7 @@ def test_docstring_examples_run():
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from swin_hf.segmentation_data import (  # noqa: E402
+from swin_hf.segmentation.data import (  # noqa: E402
     IGNORE_INDEX,
     TEXTURE_CLASSES,
     JointTransform,
@@ -322,14 +322,8 @@ from swin_hf.segmentation_data import (  # noqa: E402
     collate,
     texture_collage_dataset,
 )
-from swin_hf.segmentation_eval import load_mean_iou, overlay, palette  # noqa: E402
-from swin_hf.segmentation_train import (  # noqa: E402
-    evaluate_segmentation,
-    predict,
-    save_for_pipeline,
-    save_overlays,
-    segmentation_loss,
-)
+from swin_hf.segmentation.evaluate import evaluate_segmentation, load_mean_iou, overlay, palette, predict, save_overlays  # noqa: E402
+from swin_hf.segmentation.train import save_for_pipeline, segmentation_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")

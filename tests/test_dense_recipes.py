@@ -18,8 +18,8 @@ import torch
 import swin_hf.training  # noqa: F401  (the recipes share it)
 
 from swin_hf import SwinForImageClassification  # noqa: E402
-from swin_hf.segmentation_data import TEXTURE_CLASSES  # noqa: E402
-from swin_hf.training.segment import main as segment_main  # noqa: E402
+from swin_hf.segmentation.data import TEXTURE_CLASSES  # noqa: E402
+from swin_hf.segmentation.train import main as segment_main  # noqa: E402
 from swin_hf.training.simmim import main as simmim_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

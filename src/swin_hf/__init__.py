@@ -17,7 +17,7 @@ from transformers import (
 from .configuration_swin import PRESETS, SwinConfig
 from .convert import ConversionError, convert_state_dict, infer_config, prepare_pretrained
 from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
-from .export import export_onnx
+from .export import export_onnx, run_onnx
 from .fast_paths import FastPaths
 from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
@@ -88,6 +88,7 @@ __all__ = [
     "masked_l1_loss",
     "measure_cost",
     "read_checkpoint",
+    "run_onnx",
     "upernet_from_encoder",
     "write_model_cards",
 ]

@@ -12,8 +12,25 @@ from .configuration_swin import PRESETS
 from .convert import SOURCES, ConversionError
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 1, got {text!r}")
+    return value
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (`PROG: error: ...`, exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="swin-hf", description="Swin Transformer checkpoints for Hugging Face.")
+    parser = OneLineArgumentParser(prog="swin-hf", description="Swin Transformer checkpoints for Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
@@ -48,18 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model to ONNX (dynamic batch), checked against PyTorch with onnxruntime",
         description="Export a saved swin_hf model (or a preset, randomly initialised) to ONNX with a free batch "
         "dimension; onnxruntime's outputs are compared with PyTorch's before the command succeeds. One file "
-        "serves one resolution (Python: swin_hf.export_onnx(..., dynamic_hw=True) for the sizes where a free "
-        "height/width is exact).",
+        "serves one resolution, or with --dynamic-hw the sizes where a free height/width is exact (multiples of "
+        "patch x 2^(stages-1) x window from twice that); the accepted sizes are stored in the file and checked by "
+        "swin_hf.run_onnx.",
     )
     onnx.add_argument("target", metavar="PRESET_OR_DIR", help="a model folder or a preset")
     onnx.add_argument("out", metavar="OUT.onnx", help="file to write")
-    onnx.add_argument("--image-size", type=int, help="input side in pixels (default: the config's image size)")
+    onnx.add_argument("--image-size", type=_positive_int, help="input side in pixels (default: the config's image size)")
+    onnx.add_argument("--dynamic-hw", action="store_true", help="free height and width (at the sizes where the graph is exact)")
     onnx.add_argument("--atol", type=float, default=1e-4, help="largest difference to PyTorch accepted")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error argparse printed
+        return exit.code if isinstance(exit.code, int) else 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "convert":
@@ -70,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return _export_onnx(args)
         return _cards(args)
     except (ConversionError, ValueError, OSError) as error:
-        print(f"swin-hf {args.command}: error: {error}", file=sys.stderr)
+        print(f"swin-hf {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
 
 
@@ -106,12 +128,24 @@ def _export_onnx(args) -> int:
     from .export import export_onnx
     from .modeling_swin import SwinForImageClassification
 
+    from .export import onnx_input_sizes
+    from .model_source import check_model_source
+
+    check_model_source(args.target, "PRESET_OR_DIR")
     if args.target in PRESETS:
         model = SwinForImageClassification(SwinConfig.from_preset(args.target))
     else:
-        model = SwinForImageClassification.from_pretrained(args.target)
-    path = export_onnx(model.eval(), args.out, image_size=args.image_size, atol=args.atol)
-    print(f"Wrote {path} (dynamic batch; outputs match PyTorch within {args.atol:g})")
+        try:
+            model = SwinForImageClassification.from_pretrained(args.target)
+        except (TypeError, KeyError) as error:
+            raise ValueError(f"{args.target!r} cannot be loaded ({type(error).__name__}: {error}); check its config.json.") from error
+    path = export_onnx(model.eval(), args.out, image_size=args.image_size, atol=args.atol, dynamic_hw=args.dynamic_hw)
+    sizes = onnx_input_sizes(path)
+    accepted = " x ".join(
+        str(side["min"]) if side["min"] == side["max"] else f"{side['min']}..{side['max']} step {side['multiple']}"
+        for side in (sizes["height"], sizes["width"])
+    )
+    print(f"Wrote {path} (dynamic batch; input {accepted} pixels; outputs match PyTorch within {args.atol:g})")
     return 0
 
 

@@ -236,6 +236,12 @@ def convert_checkpoint(
         raise ConversionError(f"{out_dir} already exists and is not empty; choose a new folder or pass --overwrite.")
 
     resolved = resolve_source(src, source)
+    if (resolved.config or {}).get("model_type") == SwinConfig.model_type:
+        raise ConversionError(
+            f"{src} is already a swin_hf model (its config.json has model_type {SwinConfig.model_type!r}); there is "
+            f"nothing to convert: load it with swin_hf.SwinForImageClassification.from_pretrained({str(src)!r}), or "
+            "copy the folder."
+        )
     raw = read_checkpoint(resolved.weights)
     try:
         state_dict = convert_state_dict(raw, source=source)

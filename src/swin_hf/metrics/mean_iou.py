@@ -1,7 +1,7 @@
 """Mean IoU and pixel accuracy for semantic segmentation, as an `evaluate` metric module.
 
 Shipped inside swin_hf so it loads offline by path:
-``evaluate.load(swin_hf.segmentation_eval.MEAN_IOU_PATH)``. Predictions and references are (H, W)
+``evaluate.load(swin_hf.segmentation.evaluate.MEAN_IOU_PATH)``. Predictions and references are (H, W)
 integer label maps; pixels whose reference equals `ignore_index` are not counted. IoU of a class is
 TP / (TP + FP + FN) summed over the whole set (not averaged per image); classes absent from both
 predictions and references are left out of the mean (NaN in the per-class list).

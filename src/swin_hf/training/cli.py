@@ -7,14 +7,19 @@ Swin from scratch on scikit-learn's digits) or `finetune` (a pretrained Swin on 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
 import sys
 
+from ..cli import OneLineArgumentParser
+from ..model_source import ModelSourceError
 from .augment import AugmentConfig
-from .data import DIGITS, DataError
-from .loop import RECIPE_PRESETS, TrainConfig, run, summary_lines
+from .data import DIGITS
+from .errors import RecipeError
+from .loop import RECIPE_PRESETS, TrainConfig, output_files, run, summary_lines
 
 AUTO = "auto"
 
@@ -68,6 +73,52 @@ PROFILES: dict[str, dict] = {
 }
 
 
+class RecipeArgumentParser(OneLineArgumentParser):
+    """argparse with its errors on one line: `error: argument --lr: expected ..., got 'nan'` and exit 2;
+    --help shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def checked(cast, test, requirement: str):
+    """An argparse type: `cast(text)`, refused unless `test(value)`, with `requirement` in the message."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}")
+        return value
+
+    parse.__name__ = requirement
+    return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "a whole number >= 1")
+nonnegative_int = checked(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+nonnegative_float = checked(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+fraction = checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (both excluded)")
+probability = checked(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+below_one = checked(float, lambda v: 0 <= v < 1, "a number from 0 up to 1 (1 excluded)")
+up_to_one = checked(float, lambda v: 0 < v <= 1, "a number above 0, at most 1")
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    a, b = (float(x) for x in text.split(","))
+    return a, b
+
+
+scale_range = checked(_float_pair, lambda v: 0 < v[0] <= v[1] <= 1, "'lo,hi' with 0 < lo <= hi <= 1")
+
+
 def _profiles_help() -> str:
     lines = ["profiles (values used for options left at 'auto'), as YAML:"]
     for name, values in PROFILES.items():
@@ -79,9 +130,13 @@ def _profiles_help() -> str:
     return "\n".join(lines)
 
 
-def _floats(text: str) -> tuple[float, float]:
-    a, b = (float(x) for x in text.split(","))
-    return a, b
+def add_data_arguments(parser: argparse.ArgumentParser, builtin: str) -> argparse._ArgumentGroup:
+    """The data source every recipe takes (--dataset, default: its built-in offline set `builtin`;
+    --dataset-config); returns the group for the recipe's own."""
+    d = parser.add_argument_group("data")
+    d.add_argument("--dataset", default=builtin, help=f"anything datasets.load_dataset takes (Hub id, script, saved DatasetDict dir); '{builtin}' = built-in, offline")
+    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    return d
 
 
 def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -90,7 +145,7 @@ def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
     h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
     h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, deepspeed, ... (passed to Lightning Fabric)")
-    h.add_argument("--num-nodes", type=int, default=1, help="nodes")
+    h.add_argument("--num-nodes", type=positive_int, default=1, help="nodes")
     h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
     return h
 
@@ -103,14 +158,14 @@ def add_optimisation_arguments(
     returns the group for the recipe's own. (finetune's defaults come from per-dataset profiles, so
     build_parser declares its own.)"""
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=epochs, help="epochs")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    o.add_argument("--batch-size", type=int, default=batch_size, help="images per process")
-    o.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (AdamW{lr_note})")
-    o.add_argument("--min-lr-ratio", type=float, default=min_lr_ratio, help="cosine floor as a fraction of --lr")
-    o.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW weight decay (not on norms, biases, tables)")
-    o.add_argument("--warmup-ratio", type=float, default=0.05, help="linear warmup as a fraction of all steps")
-    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
+    o.add_argument("--epochs", type=positive_int, default=epochs, help="epochs")
+    o.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
+    o.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per process")
+    o.add_argument("--lr", type=positive_float, default=lr, help=f"peak learning rate (AdamW{lr_note})")
+    o.add_argument("--min-lr-ratio", type=probability, default=min_lr_ratio, help="cosine floor as a fraction of --lr")
+    o.add_argument("--weight-decay", type=nonnegative_float, default=weight_decay, help="AdamW weight decay (not on norms, biases, tables)")
+    o.add_argument("--warmup-ratio", type=below_one, default=0.05, help="linear warmup as a fraction of all steps")
+    o.add_argument("--clip-grad", type=nonnegative_float, default=5.0, help="gradient norm clipping (0 = off)")
     return o
 
 
@@ -120,9 +175,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str, outputs:
     r = parser.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="random seed")
     r.add_argument("--output-dir", default=output_dir, help=outputs)
-    r.add_argument("--overwrite", action="store_true", help="train into a non-empty --output-dir (its old checkpoints are removed)")
-    r.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output-dir")
-    r.add_argument("--log-every", type=int, default=10, help="log the training loss every N steps")
+    r.add_argument("--overwrite", action="store_true", help="train into a non-empty --output-dir (its old checkpoints are removed once the arguments, data and model are checked)")
+    r.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --output-dir (an unreadable one is renamed *.invalid and the one before it used)")
+    r.add_argument("--allow-changed-config", metavar="NAMES", default=None, help="with --resume: settings that may differ from the checkpoint's run, comma-separated (e.g. lr,epochs; 'all'); others must match")
+    r.add_argument("--log-every", type=positive_int, default=10, help="log the training loss every N steps (and check that it is finite)")
     return r
 
 
@@ -134,7 +190,7 @@ def _auto(cast):
     return parse
 
 
-def _bool(text: str) -> bool:
+def _bool(text: str) -> bool:  # noqa: D103
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off"):
@@ -143,7 +199,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = RecipeArgumentParser(
         prog="finetune.py",
         description="Fine-tune (or train from scratch) a Swin Transformer image classifier on datasets splits. "
         "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`. Options at 'auto' come from "
@@ -155,62 +211,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.formatter_class = type(
         "Formatter", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}
     )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=DIGITS, help="anything datasets.load_dataset takes (Hub id, script, saved DatasetDict dir); 'sklearn-digits' = built-in, offline")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d = add_data_arguments(p, DIGITS)
     d.add_argument("--train-dir", default=None, help="imagefolder of training images (class sub-folders)")
     d.add_argument("--validation-dir", default=None, help="imagefolder of validation images")
     d.add_argument("--image-column", default=None, help="image column; None = the first Image feature")
     d.add_argument("--label-column", default=None, help="label column; None = the first ClassLabel feature")
-    d.add_argument("--train-val-split", type=float, default=0.15, help="validation fraction taken from train (stratified, seeded) when there is no validation split")
-    d.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
-    d.add_argument("--max-eval-samples", type=int, default=None, help="use only the first N validation examples")
-    d.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    d.add_argument("--train-val-split", type=fraction, default=0.15, help="validation fraction taken from train (stratified, seeded) when there is no validation split")
+    d.add_argument("--max-train-samples", type=positive_int, default=None, help="use only the first N training examples")
+    d.add_argument("--max-eval-samples", type=positive_int, default=None, help="use only the first N validation examples")
+    d.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
     d.add_argument("--cache-images", type=_bool, default=True, help="keep decoded, resized small images in memory between epochs")
 
     m = p.add_argument_group("model")
     m.add_argument("--profile", choices=[AUTO, *PROFILES], default=AUTO, help="where 'auto' options take their values")
     m.add_argument("--model", default=AUTO, help=f"a preset ({', '.join(RECIPE_PRESETS)} or swin_hf.PRESETS; trains from scratch) or a path / Hub id to fine-tune")
-    m.add_argument("--image-size", type=int, default=None, help="train at this resolution (position tables resized for pretrained models)")
-    m.add_argument("--window-size", type=int, default=None, help="attention window override (with --image-size)")
-    m.add_argument("--crop-pct", type=_auto(float), default=AUTO, help="evaluation centre-crop fraction (None: 0.875 below 384 px)")
-    m.add_argument("--drop-path", type=_auto(float), default=AUTO, help="stochastic depth rate")
+    m.add_argument("--image-size", type=positive_int, default=None, help="train at this resolution (position tables resized for pretrained models)")
+    m.add_argument("--window-size", type=positive_int, default=None, help="attention window override (with --image-size)")
+    m.add_argument("--crop-pct", type=_auto(up_to_one), default=AUTO, help="evaluation centre-crop fraction (None: 0.875 below 384 px)")
+    m.add_argument("--drop-path", type=_auto(below_one), default=AUTO, help="stochastic depth rate")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_auto(int), default=AUTO, help="training epochs")
-    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    o.add_argument("--batch-size", type=_auto(int), default=AUTO, help="images per process per micro-batch")
-    o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    o.add_argument("--lr", type=_auto(float), default=AUTO, help="peak learning rate of the last layers (AdamW)")
-    o.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor, as a fraction of --lr")
-    o.add_argument("--weight-decay", type=_auto(float), default=AUTO, help="AdamW weight decay (never on norms, biases, position tables)")
-    o.add_argument("--layer-decay", type=_auto(float), default=AUTO, help="layer-wise lr decay per block (1 = off)")
-    o.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps; None = --warmup-ratio of all steps")
-    o.add_argument("--warmup-ratio", type=_auto(float), default=AUTO, help="warmup as a fraction of all steps")
-    o.add_argument("--label-smoothing", type=_auto(float), default=AUTO, help="label smoothing")
-    o.add_argument("--clip-grad", type=float, default=5.0, help="gradient norm clipping (0 = off)")
-    o.add_argument("--ema-decay", type=_auto(float), default=AUTO, help="EMA of weights, evaluated and saved (0 = off)")
+    o.add_argument("--epochs", type=_auto(positive_int), default=AUTO, help="training epochs")
+    o.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
+    o.add_argument("--batch-size", type=_auto(positive_int), default=AUTO, help="images per process per micro-batch")
+    o.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per optimiser step")
+    o.add_argument("--lr", type=_auto(positive_float), default=AUTO, help="peak learning rate of the last layers (AdamW)")
+    o.add_argument("--min-lr-ratio", type=probability, default=0.01, help="cosine floor, as a fraction of --lr")
+    o.add_argument("--weight-decay", type=_auto(nonnegative_float), default=AUTO, help="AdamW weight decay (never on norms, biases, position tables)")
+    o.add_argument("--layer-decay", type=_auto(up_to_one), default=AUTO, help="layer-wise lr decay per block (1 = off)")
+    o.add_argument("--warmup-steps", type=nonnegative_int, default=None, help="linear warmup steps; None = --warmup-ratio of all steps")
+    o.add_argument("--warmup-ratio", type=_auto(below_one), default=AUTO, help="warmup as a fraction of all steps")
+    o.add_argument("--label-smoothing", type=_auto(below_one), default=AUTO, help="label smoothing")
+    o.add_argument("--clip-grad", type=nonnegative_float, default=5.0, help="gradient norm clipping (0 = off)")
+    o.add_argument("--ema-decay", type=_auto(below_one), default=AUTO, help="EMA of weights, evaluated and saved (0 = off)")
     o.add_argument("--compile", action="store_true", help="torch.compile the model (on x86 CPUs the eager training step measured faster: BENCHMARKS.md)")
     o.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward to save memory")
 
     a = p.add_argument_group("augmentation (kornia, on batches)")
     a.add_argument("--random-resized-crop", type=_auto(_bool), default=AUTO, help="random resized crop on/off")
-    a.add_argument("--crop-scale", type=_auto(_floats), default=AUTO, help="random resized crop area range 'lo,hi'")
-    a.add_argument("--hflip", type=_auto(float), default=AUTO, help="horizontal flip probability")
-    a.add_argument("--randaugment-n", type=_auto(int), default=AUTO, help="RandAugment ops per image (0 = off)")
-    a.add_argument("--randaugment-m", type=_auto(int), default=AUTO, help="RandAugment magnitude (0-30)")
-    a.add_argument("--random-erasing", type=_auto(float), default=AUTO, help="random erasing probability")
-    a.add_argument("--mixup", type=_auto(float), default=AUTO, help="probability a batch gets mixup")
-    a.add_argument("--cutmix", type=_auto(float), default=AUTO, help="probability a batch gets cutmix")
+    a.add_argument("--crop-scale", type=_auto(scale_range), default=AUTO, help="random resized crop area range 'lo,hi'")
+    a.add_argument("--hflip", type=_auto(probability), default=AUTO, help="horizontal flip probability")
+    a.add_argument("--randaugment-n", type=_auto(nonnegative_int), default=AUTO, help="RandAugment ops per image (0 = off)")
+    a.add_argument("--randaugment-m", type=_auto(checked(int, lambda v: 0 <= v <= 30, "a whole number from 0 to 30")), default=AUTO, help="RandAugment magnitude (0-30)")
+    a.add_argument("--random-erasing", type=_auto(probability), default=AUTO, help="random erasing probability")
+    a.add_argument("--mixup", type=_auto(probability), default=AUTO, help="probability a batch gets mixup")
+    a.add_argument("--cutmix", type=_auto(probability), default=AUTO, help="probability a batch gets cutmix")
 
     h = add_hardware_arguments(p)
-    h.add_argument("--cpu-threads", type=_auto(int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
+    h.add_argument("--cpu-threads", type=_auto(nonnegative_int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
 
     r = add_run_arguments(p, "outputs/swin-finetuned", "model, card, metrics, plots, logs, checkpoints")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
-    r.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N optimiser steps (always at epoch ends)")
-    r.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
-    r.add_argument("--eval-every-epochs", type=int, default=1, help="evaluate every N epochs")
+    r.add_argument("--checkpoint-every", type=positive_int, default=None, help="also checkpoint every N optimiser steps (always at epoch ends)")
+    r.add_argument("--keep-checkpoints", type=nonnegative_int, default=2, help="newest checkpoints kept (0 = all)")
+    r.add_argument("--eval-every-epochs", type=positive_int, default=1, help="evaluate every N epochs")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--push-to-hub", action="store_true", help="upload --output-dir to the Hub at the end (needs network and a token)")
     r.add_argument("--hub-model-id", default=None, help="Hub repository for --push-to-hub")
@@ -290,6 +344,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         push_to_hub=args.push_to_hub,
         hub_model_id=args.hub_model_id,
         debug_record_ranks=args.debug_record_ranks,
+        allow_changed_config=args.allow_changed_config,
     )
     full_default_run = not (args.max_steps or args.max_train_samples or args.max_eval_samples)
     if profile_name == "digits" and uses_digits and full_default_run:
@@ -359,37 +414,87 @@ def start_fabric(args: argparse.Namespace):
     return fabric
 
 
-def launch(args: argparse.Namespace, run_recipe, user_errors: tuple[type[Exception], ...], report) -> int:
-    """Every recipe's main: start Fabric, `run_recipe(fabric)` -> summary, then rank 0 prints
-    `report(summary)`. A user error (`user_errors`: bad data, an output folder in use) is one line on
-    stderr and exit status 2, not a traceback."""
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> int:
+    """Every recipe's main. The options are parsed (a bad one: `error: ...` on one line, exit 2), then
+    `prepare(args)` returns (run(fabric) -> summary, report(summary) -> str) or raises UsageError; Fabric
+    starts for the launcher in use and rank 0 prints `report(summary)`. What the user can fix (RecipeError:
+    bad data, an output folder in use, a changed config on resume, a non-finite loss, a full disk; a
+    --model that names nothing loadable) is one line on stderr, `error: ...`, with the error's exit status
+    (2, or 1 for a run that failed), not a traceback."""
+    try:
+        args = parser.parse_args(argv)
+        run_recipe, report = prepare(args)
+    except SystemExit as exit:  # --help, or an option argparse refused (it printed the line)
+        return exit.code if isinstance(exit.code, int) else 0
+    except RecipeError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return error.exit_code
     fabric = start_fabric(args)
     try:
         summary = run_recipe(fabric)
-    except user_errors as error:
+    except (RecipeError, ModelSourceError) as error:
         if fabric.is_global_zero:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
+            print(f"error: {one_line(error)}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        if fabric.is_global_zero:
+            print(f"error: could not write the outputs ({one_line(error)}); free space or choose another --output-dir, "
+                  "then run again (--resume continues from the last checkpoint).", file=sys.stderr)
+        return 1
     if fabric.is_global_zero:
         print(report(summary))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = resolve(args)
-    threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
-    if threads and not os.environ.get("OMP_NUM_THREADS"):
-        import torch
+    def prepare(args):
+        config = resolve(args)
+        threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
+        if threads and not os.environ.get("OMP_NUM_THREADS"):
+            import torch
 
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
 
-    def report(summary: dict) -> str:
-        lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
-        outputs = f"outputs: {os.path.abspath(config.output_dir)} (model, README.md, metrics.json, plots, logs)"
-        return "\n" + "\n".join(lines) + "\n" + outputs
+        def report(summary: dict) -> str:
+            lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
+            written = output_files(config.output_dir)
+            outputs = f"outputs: {os.path.abspath(config.output_dir)} ({', '.join(written) or 'nothing written'})"
+            return "\n" + "\n".join(lines) + "\n" + outputs
 
-    return launch(args, lambda fabric: run(config, fabric), (DataError, FileExistsError), report)
+        return (lambda fabric: run(config, fabric)), report
+
+    return launch(build_parser(), argv, prepare)
 
 
-__all__ = ["PROFILES", "add_hardware_arguments", "add_optimisation_arguments", "add_run_arguments", "build_parser", "fabric_kwargs", "launch", "main", "resolve"]
+__all__ = [
+    "PROFILES",
+    "RecipeArgumentParser",
+    "add_data_arguments",
+    "add_hardware_arguments",
+    "add_optimisation_arguments",
+    "add_run_arguments",
+    "below_one",
+    "build_parser",
+    "checked",
+    "fabric_kwargs",
+    "fraction",
+    "launch",
+    "main",
+    "nonnegative_float",
+    "nonnegative_int",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "resolve",
+    "scale_range",
+    "up_to_one",
+]

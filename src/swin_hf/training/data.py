@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+from .errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
 DIGITS = "sklearn-digits"
+ORIENTATION = 0x0112  # the EXIF tag
 
 
-class DataError(ValueError):
+class DataError(RecipeError, ValueError):
     """The dataset cannot be trained on as given; the message says what is wrong and what to do."""
 
 
@@ -68,6 +71,9 @@ def load_splits(
     if train_dir or validation_dir:
         if not train_dir:
             raise DataError("--validation-dir was given without --train-dir; give the training folder too.")
+        check_image_folder(train_dir, "--train-dir", min_classes=2)
+        if validation_dir:
+            check_image_folder(validation_dir, "--validation-dir", min_classes=1)
         files = {"train": os.path.join(train_dir, "**")}
         if validation_dir:
             files["validation"] = os.path.join(validation_dir, "**")
@@ -83,6 +89,42 @@ def load_splits(
             loaded = datasets.DatasetDict(train=loaded)
         return loaded
     return datasets.load_dataset(dataset, dataset_config)
+
+
+def check_image_folder(path: str, option: str, min_classes: int) -> dict[str, int]:
+    """The images per class of an imagefolder (one sub-folder per class, named after it), checked before
+    `datasets` reads it: the folder exists, holds images, every image sits in a class sub-folder, and there
+    are at least `min_classes` classes. Raises DataError naming what is wrong."""
+    layout = "one sub-folder of images per class, e.g. DIR/cat/1.jpg, DIR/dog/2.jpg"
+    if not os.path.exists(path):
+        raise DataError(f"{option} {path!r} does not exist; give a folder with {layout}.")
+    if not os.path.isdir(path):
+        raise DataError(f"{option} {path!r} is a file; give a folder with {layout}.")
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    per_class: dict[str, int] = {}
+    loose = 0
+    for root, _, files in os.walk(path):
+        images = sum(os.path.splitext(f)[1].lower() in extensions for f in files)
+        if not images:
+            continue
+        if os.path.samefile(root, path):
+            loose += images
+        else:
+            name = os.path.basename(root)
+            per_class[name] = per_class.get(name, 0) + images
+    if not loose and not per_class:
+        raise DataError(f"{option} {path!r} holds no image files; give a folder with {layout}.")
+    if loose:
+        raise DataError(
+            f"{option} {path!r} holds {loose} image(s) outside class sub-folders; the class of an image is the "
+            f"name of its folder, so put them in {layout}."
+        )
+    if len(per_class) < min_classes:
+        raise DataError(
+            f"{option} {path!r} holds a single class ({next(iter(per_class))!r}); a classifier needs at least "
+            f"{min_classes} classes: {layout}."
+        )
+    return per_class
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,10 +249,36 @@ def prepare(
         train = train.select(range(min(max_train_samples, len(train))))
     if max_eval_samples:
         validation = validation.select(range(min(max_eval_samples, len(validation))))
+    check_classes(np.asarray(train[label_column]), np.asarray(validation[label_column]), class_names, notes)
     # decode lazily ourselves, so one unreadable file cannot crash the whole batch
     train = train.cast_column(image_column, datasets.Image(decode=False))
     validation = validation.cast_column(image_column, datasets.Image(decode=False))
     return PreparedData(train, validation, image_column, label_column, class_names, source, notes)
+
+
+def check_classes(train_labels: np.ndarray, validation_labels: np.ndarray, class_names: list[str], notes: list[str]) -> None:
+    """A classifier needs two classes that it trains on, and every class it is evaluated on must be among
+    them (a class seen only in validation would be an output never trained). Classes in neither split are
+    noted (their outputs stay untrained)."""
+    trained = set(np.unique(train_labels).tolist())
+    if len(trained) < 2:
+        only = class_names[next(iter(trained))] if trained else None
+        raise DataError(
+            f"The training split holds a single class ({only!r}); a classifier needs examples of at least two "
+            "classes (accuracy on one class would be 100% whatever the model does)."
+        )
+    unseen = sorted(set(np.unique(validation_labels).tolist()) - trained)
+    if unseen:
+        names = [class_names[i] for i in unseen]
+        raise DataError(
+            f"Class(es) {names[:10]} have validation examples but no training examples (after --max-train-samples, "
+            "if given); the model would never be trained on them. Add training examples of them or remove them "
+            "from validation."
+        )
+    absent = [class_names[i] for i in range(len(class_names)) if i not in trained]
+    if absent:
+        logger.warning("Class(es) %s have no training or validation examples; their outputs stay untrained.", absent[:10])
+        notes.append(f"class(es) {absent[:10]} had no examples")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,39 +306,71 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_image(value) -> Image.Image:
-    """A PIL RGB image from what `datasets.Image(decode=False)` stores ({'bytes', 'path'}) or a PIL image.
+    """A PIL RGB image, upright (EXIF orientation applied), from what `datasets.Image(decode=False)` stores
+    ({'bytes', 'path'}) or a PIL image.
 
-    Raises OSError / ValueError for unreadable or truncated files (never returns a half image)."""
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = Image.open(value["path"])
+    Raises OSError / ValueError for unreadable or truncated files (never returns a half image), and for
+    images larger than PIL's decompression-bomb limit."""
+    try:
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict):
+            if value.get("bytes") is not None:
+                image = Image.open(io.BytesIO(value["bytes"]))
+            elif value.get("path"):
+                image = Image.open(value["path"])
+            else:
+                raise ValueError("image entry has neither bytes nor path")
         else:
-            raise ValueError("image entry has neither bytes nor path")
-    else:
-        raise ValueError(f"unsupported image value of type {type(value).__name__}")
+            raise ValueError(f"unsupported image value of type {type(value).__name__}")
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{error} (PIL.Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS}; raise it if you trust the file, or "
+            "shrink the image)"
+        ) from error
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image.load()  # forces full decoding: truncated files raise here
+        # as `datasets` and pipeline() do: a photo stored rotated (EXIF orientation) is turned upright
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 
 
 class SkipCounter:
-    """Counts images skipped as unreadable and warns once per image (per process)."""
+    """Counts the distinct images skipped as unreadable and warns once per image (per process): a file
+    skipped in every epoch counts once."""
 
     def __init__(self):
-        self.count = 0
+        self.files: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
 
     def skip(self, where: str, error: Exception) -> None:
-        self.count += 1
+        if where in self.files:
+            return
+        self.files.add(where)
         logger.warning("Skipping unreadable image %s (%s: %s) - %d skipped so far", where, type(error).__name__, error, self.count)
 
 
+def file_name(value, index: int) -> str:
+    """How an image is named in messages: its path, or its row number."""
+    return str(value["path"]) if isinstance(value, dict) and value.get("path") else f"#{index}"
+
+
+def decode_or_skip(value, index: int, transform, skipped: SkipCounter):
+    """transform(decode_image(value)), or None (counted in `skipped`) for an unreadable image."""
+    try:
+        return transform(decode_image(value))
+    except (OSError, ValueError, SyntaxError) as error:
+        skipped.skip(file_name(value, index), error)
+        return None
+
+
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """Wraps a prepared split; items are (pixel tensor or None if unreadable, label, index).
+    """Wraps a prepared split; items are (pixel tensor or None if unreadable, label, index, file name).
 
     `transform` turns a PIL RGB image into a tensor (C, H, W).
     """
@@ -287,26 +387,25 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         value = self.split[int(index)][self.image_column]
-        try:
-            pixels = self.transform(decode_image(value))
-        except (OSError, ValueError, SyntaxError) as error:
-            where = value.get("path") if isinstance(value, dict) and value.get("path") else f"#{index}"
-            self.skipped.skip(str(where), error)
-            pixels = None
-        return pixels, self.labels[int(index)], int(index)
+        pixels = decode_or_skip(value, int(index), self.transform, self.skipped)
+        return pixels, self.labels[int(index)], int(index), file_name(value, int(index))
 
 
 def collate_skipping(items):
-    """Stack a batch, leaving out unreadable images. Returns dict(pixel_values, labels, index, skipped)."""
+    """Stack a batch, leaving out unreadable images. Returns dict(pixel_values, labels, index, skipped,
+    skipped_files): `skipped_files` names the images left out, so that a process that reads batches made
+    by DataLoader workers still knows which files were skipped."""
     good = [item for item in items if item[0] is not None]
-    skipped = len(items) - len(good)
+    skipped_files = [item[3] if len(item) > 3 else f"#{item[2]}" for item in items if item[0] is None]
     if not good:
-        return {"pixel_values": None, "labels": None, "index": None, "skipped": skipped}
+        return {"pixel_values": None, "labels": None, "index": None, "skipped": len(skipped_files),
+                "skipped_files": skipped_files}
     return {
         "pixel_values": torch.stack([item[0] for item in good]),
         "labels": torch.tensor([item[1] for item in good], dtype=torch.long),
         "index": torch.tensor([item[2] for item in good], dtype=torch.long),
-        "skipped": skipped,
+        "skipped": len(skipped_files),
+        "skipped_files": skipped_files,
     }
 
 
@@ -353,6 +452,10 @@ class ResumableSampler(torch.utils.data.Sampler):
 __all__ = [
     "DIGITS",
     "DataError",
+    "check_classes",
+    "check_image_folder",
+    "decode_or_skip",
+    "file_name",
     "ImageClassificationDataset",
     "PreparedData",
     "ResumableSampler",

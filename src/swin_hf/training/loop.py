@@ -1,36 +1,38 @@
-"""The Fabric training loop of the image-classification recipe.
+"""The Fabric training loop of the image-classification recipe, in four parts:
 
-`run(config)` does everything after the launcher: data, model, optimiser, the loop with
-accumulation / clipping / EMA / checkpoints, distributed evaluation, and the outputs (rank 0 only).
-Call it inside a launched Fabric (see recipes/finetune.py) or let it create one.
+- `setup(config, fabric)`: checks the output folder, the model source and the data; builds the model,
+  optimiser, loaders and the resumable `state` (one dict: model, optimiser, schedule, EMA, progress, RNG),
+  which `--resume` restores; only then does `--overwrite` remove the old run's checkpoints. -> a `Run`
+- `fit(run)`: the optimisation loop (accumulation, clipping, EMA, checkpoints, the non-finite stop)
+- `evaluate(run)`: distributed evaluation at epoch ends; the best model so far is saved
+- `finish(run)`: the outputs (rank 0 only) and the summary
+
+`run(config)` does all four. Call it inside a launched Fabric (see recipes/finetune.py) or let it create one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..model_source import check_model_source
 from .augment import AugmentConfig, BatchAugment, soft_cross_entropy
-from .checkpoint import checkpoint_path, latest_checkpoint, prepare_output_dir, rng_state, save_atomic, set_rng_state
-from .data import (
-    DIGITS,
-    ImageClassificationDataset,
-    ResumableSampler,
-    SkipCounter,
-    collate_skipping,
-    load_splits,
-    prepare,
-)
+from .checkpoint import rng_state, set_rng_state
+from .data import DIGITS, ImageClassificationDataset, PreparedData, ResumableSampler, SkipCounter, collate_skipping, load_splits, prepare
 from .ema import EMA, swapped_weights
-from .optim import build_optimizer, build_scheduler
+from .errors import ModelError
+from .optim import build_optimizer, build_scheduler, set_schedule_position
+from .session import Session, optimizer_step
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ RECIPE_PRESETS: dict[str, dict] = {
         image_size=16, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, mlp_ratio=4.0
     ),
 }
+
+# settings a resumed run can never change: the checkpoint's weights are for this architecture and these classes
+RUN_FIXED = ("model", "image_size", "window_size", "class_names")
 
 
 @dataclass
@@ -88,6 +93,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     resume: bool = False
+    allow_changed_config: str | None = None  # with resume: settings that may differ, "lr,epochs" or "all"
     eval_every_epochs: int = 1
     log_every: int = 10
     progress: bool = True
@@ -128,14 +134,21 @@ def build_model(config: TrainConfig, class_names: list[str]):
         return model, processor, True
 
     # id2label alone sets num_labels (passing both makes transformers compare against the old head)
-    model = SwinForImageClassification.from_pretrained(
-        config.model,
-        ignore_mismatched_sizes=True,
-        drop_path_rate=config.drop_path,
-        id2label=id2label,
-        label2id=label2id,
-        **overrides,
-    )
+    try:
+        model = SwinForImageClassification.from_pretrained(
+            config.model,
+            ignore_mismatched_sizes=True,
+            drop_path_rate=config.drop_path,
+            id2label=id2label,
+            label2id=label2id,
+            **overrides,
+        )
+    except (TypeError, ValueError, KeyError, OSError) as error:
+        raise ModelError(
+            f"--model {config.model!r} cannot be loaded ({type(error).__name__}: {' '.join(str(error).split())[:300]}). "
+            "If it is a folder, check its config.json (e.g. depths must be a list of whole numbers, drop_path_rate a "
+            "number) or write it again with save_pretrained."
+        ) from error
     size = model.config.image_size
     try:
         from transformers import AutoImageProcessor
@@ -174,6 +187,30 @@ class PreprocessCache:
         return pixels
 
 
+class MetricLoggers:
+    """The CSV and TensorBoard logs in output_dir/logs, written by rank 0 through Lightning's logger objects
+    (owned here, not attached to Fabric)."""
+
+    def __init__(self, fabric, out: str):
+        self.loggers = []
+        self.closed = False
+        if fabric.is_global_zero:
+            from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+            self.loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tensorboard")]
+
+    def log(self, row: dict, step: int) -> None:
+        for experiment_logger in self.loggers:
+            experiment_logger.log_metrics(row, step)
+
+    def finalize(self, status: str = "success") -> None:
+        """Write out and close the logs (once; a failed run closes them with status "failed")."""
+        if not self.closed:
+            self.closed = True
+            for experiment_logger in self.loggers:
+                experiment_logger.finalize(status)
+
+
 def _all_gather_objects(fabric, obj):
     if fabric.world_size == 1:
         return [obj]
@@ -189,18 +226,25 @@ def _format_time(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def _note_skipped(skipped: set | None, split: str, batch: dict) -> None:
+    if skipped is not None:
+        skipped.update((split, name) for name in batch.get("skipped_files", ()))
+
+
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate_model(fabric, model, loader, num_classes: int, accuracy_metric) -> dict:
+def evaluate_model(fabric, model, loader, num_classes: int, accuracy_metric, skipped: set | None = None) -> dict:
     """Top-1 (and top-5 with >= 5 classes) accuracy and loss over the whole validation split, gathered
-    from all processes (padding duplicates removed by example index)."""
+    from all processes (padding duplicates removed by example index). Unreadable images are left out
+    (and added to `skipped` as ("validation", file))."""
     model.eval()
     rows = []  # (index, label, top1, top5-hit-or-top1, loss)
     for batch in loader:
+        _note_skipped(skipped, "validation", batch)
         if batch["pixel_values"] is None:
             continue
         logits = model(pixel_values=batch["pixel_values"]).logits.float()
@@ -238,90 +282,138 @@ def evaluate_model(fabric, model, loader, num_classes: int, accuracy_metric) -> 
 # --------------------------------------------------------------------------------------------------
 
 
-def run(config: TrainConfig, fabric=None) -> dict:
-    """Train and evaluate; returns the summary (also written to output_dir/metrics.json by rank 0)."""
+def new_progress() -> dict:
+    """The loop's position and record: optimiser steps, epochs, micro-batches done in this epoch,
+    logged rows, the best evaluation, training seconds before this process."""
+    return {"step": 0, "epoch": 0, "batch": 0, "history": [], "best": None, "elapsed": 0.0}
+
+
+def plan_steps(config: TrainConfig, batches_per_epoch: int, progress: dict) -> int:
+    """The optimiser step the run ends at: the steps done, plus the rest of this epoch and the remaining
+    epochs at the current batch size and accumulation (on a fresh run: epochs x steps per epoch), capped
+    by --max-steps."""
+    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    remaining = 0
+    if progress["epoch"] < config.epochs:
+        left_in_epoch = max(0, batches_per_epoch - progress["batch"])
+        remaining = math.ceil(left_in_epoch / config.grad_accum) + (config.epochs - progress["epoch"] - 1) * steps_per_epoch
+    total = progress["step"] + remaining
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+@dataclass
+class Run:
+    """What `fit`, `evaluate` and `finish` work on, built by `setup`. `state` is what a checkpoint holds
+    (model, optimizer, scheduler, [ema], progress, rng); `progress` is state["progress"]."""
+
+    config: TrainConfig
+    fabric: Any
+    session: Session
+    data: PreparedData
+    model: Any  # as set up by Fabric (and compiled)
+    raw_model: Any
+    processor: Any
+    optimizer: Any
+    scheduler: Any
+    ema: EMA | None
+    augment: Any
+    train_loader: Any
+    eval_loader: Any
+    train_sampler: ResumableSampler
+    metrics: MetricLoggers
+    accuracy: Any
+    state: dict
+    batches_per_epoch: int
+    total_steps: int
+    warmup: int
+    from_scratch: bool
+    image_size: int
+    started: float
+    skipped: set = field(default_factory=set)  # (split, file) of unreadable images
+    running: list = field(default_factory=list)  # losses since the last log row
+    last_eval: dict | None = None
+    clock: float = 0.0  # when this process started training
+    seen: tuple[int, float] = (0, 0.0)  # images trained on by all processes since `clock`, and the time of clock
+    bar: Any = None
+    record: list | None = None
+
+    @property
+    def progress(self) -> dict:
+        return self.state["progress"]
+
+    @property
+    def epochs(self) -> int:
+        """The epoch the run ends in (for messages)."""
+        return math.ceil(self.total_steps / math.ceil(self.batches_per_epoch / self.config.grad_accum))
+
+
+def build_loaders(config: TrainConfig, fabric, data: PreparedData, processor, image_size: int):
+    """(train loader, validation loader, train sampler), set up by Fabric. Images are decoded and resized
+    per item (training: not normalised, the batch augmentation does it); the training sampler is
+    resumable (epoch + batch position) and shards across processes itself."""
+    from swin_hf import SwinImageProcessor
+
+    train_processor = SwinImageProcessor.for_image_size(image_size, crop_pct=1.0, do_normalize=False)
+    skipped = SkipCounter()
+    columns = (data.image_column, data.label_column)
+    train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
+    eval_set = ImageClassificationDataset(data.validation, *columns, PreprocessCache(processor, config.cache_images), skipped)
+    rank, world = fabric.global_rank, fabric.world_size
+    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
+    if train_sampler.batches_per_epoch() == 0:
+        train_sampler.drop_last = False
+    eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, rank, world)
+
+    def loader(dataset, sampler):
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_skipping,
+            num_workers=config.num_workers, persistent_workers=False,
+            # own generator: creating the iterator must not consume the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+
+    train_loader, eval_loader = fabric.setup_dataloaders(
+        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False
+    )
+    return train_loader, eval_loader, train_sampler
+
+
+def setup(config: TrainConfig, fabric=None) -> Run:
+    """Everything before the first step. The output folder, the model source and the data are checked
+    before anything is built; the old run's checkpoints (--overwrite) are removed only after the model is
+    built; with --resume the newest readable checkpoint whose settings match is restored."""
     from lightning.fabric import Fabric
-    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
     from swin_hf.metrics import load_accuracy
 
-    from . import report
-
     started = time.perf_counter()
-    out = config.output_dir
     if fabric is None:
         fabric = Fabric(accelerator="cpu", devices=1)
         fabric.launch()
-    prepare_output_dir(fabric, out, config.overwrite, config.resume)
+    session = Session(
+        fabric, "finetune", config.output_dir, config.flat(), overwrite=config.overwrite, resume=config.resume,
+        allow_changed_config=config.allow_changed_config, keep_checkpoints=config.keep_checkpoints, fixed=RUN_FIXED,
+        clip_grad=config.clip_grad, precision=fabric.strategy.precision.precision,
+    )
+    check_model_source(config.model, "--model", extra_presets=RECIPE_PRESETS)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     fabric.seed_everything(config.seed, workers=True)  # same initial weights on every rank
-
-    # data ------------------------------------------------------------------------------------------
     splits = load_splits(config.dataset, config.train_dir, config.validation_dir, config.dataset_config)
-    source = config.train_dir or config.dataset or DIGITS
-    data = prepare(
-        splits,
-        config.image_column,
-        config.label_column,
-        config.train_val_split,
-        config.max_train_samples,
-        config.max_eval_samples,
-        config.seed,
-        source,
-    )
-    num_classes = len(data.class_names)
+    data = prepare(splits, config.image_column, config.label_column, config.train_val_split, config.max_train_samples,
+                   config.max_eval_samples, config.seed, config.train_dir or config.dataset or DIGITS)
 
-    # model -----------------------------------------------------------------------------------------
     model, processor, from_scratch = build_model(config, data.class_names)
     image_size = model.config.image_size
     image_size = image_size if isinstance(image_size, int) else image_size[0]
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     raw_model = model
-
-    from swin_hf import SwinImageProcessor
-
-    train_processor = SwinImageProcessor.for_image_size(image_size, crop_pct=1.0, do_normalize=False)
-    skipped = SkipCounter()
-    train_set = ImageClassificationDataset(
-        data.train, data.image_column, data.label_column, PreprocessCache(train_processor, config.cache_images), skipped
-    )
-    eval_set = ImageClassificationDataset(
-        data.validation, data.image_column, data.label_column, PreprocessCache(processor, config.cache_images), skipped
-    )
-    train_sampler = ResumableSampler(
-        len(train_set), config.batch_size, True, config.seed, fabric.global_rank, fabric.world_size, drop_last=True
-    )
-    if train_sampler.batches_per_epoch() == 0:
-        train_sampler.drop_last = False
-    eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, fabric.global_rank, fabric.world_size)
-
-    def loader(dataset, sampler):
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            sampler=sampler,
-            collate_fn=collate_skipping,
-            num_workers=config.num_workers,
-            # own generator: creating the iterator must not consume the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(config.seed),
-            persistent_workers=False,
-        )
-
-    train_loader, eval_loader = fabric.setup_dataloaders(
-        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False
-    )
-
+    train_loader, eval_loader, train_sampler = build_loaders(config, fabric, data, processor, image_size)
     batches_per_epoch = train_sampler.batches_per_epoch()
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps) if config.epochs else config.max_steps
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    total_steps = plan_steps(config, batches_per_epoch, new_progress())
     warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
-
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.layer_decay, model.config.depths)
     scheduler = build_scheduler(optimizer, total_steps, warmup, config.min_lr_ratio)
     if config.compile:
@@ -330,232 +422,284 @@ def run(config: TrainConfig, fabric=None) -> dict:
     ema = EMA(raw_model, config.ema_decay) if config.ema_decay > 0 else None  # after setup: synced weights
     # per-rank seed from here on: ranks draw different augmentations and drop paths, reproducibly
     fabric.seed_everything(config.seed + fabric.global_rank, workers=True, verbose=False)
-    mean, std = processor.image_mean, processor.image_std
-    augment = BatchAugment(dataclasses.replace(config.augment, image_size=image_size), mean, std, num_classes)
-    augment = augment.to(fabric.device)
-    accuracy_metric = load_accuracy()
+    augment = BatchAugment(dataclasses.replace(config.augment, image_size=image_size), processor.image_mean,
+                           processor.image_std, len(data.class_names)).to(fabric.device)
 
-    loggers_ready = False
-    if fabric.is_global_zero:
-        loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tensorboard")]
-        fabric._loggers = loggers
-        loggers_ready = True
+    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "progress": new_progress(), "rng": None}
+    if ema is not None:
+        state["ema"] = ema
+    run = Run(config, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment, train_loader,
+              eval_loader, train_sampler, MetricLoggers(fabric, config.output_dir), load_accuracy(), state,
+              batches_per_epoch, total_steps, warmup, from_scratch, image_size, started)
+    # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
+    data_settings = {"class_names": data.class_names, "train_examples": len(data.train), "validation_examples": len(data.validation)}
+    if session.begin(state, {**data_settings, "world_size": fabric.world_size}, optional=("ema",)):
+        _continue(run)
+    return run
 
-    # resume ----------------------------------------------------------------------------------------
-    progress = {"step": 0, "epoch": 0, "batch": 0, "history": [], "best": None, "elapsed": 0.0}
-    ckpt_dir = os.path.join(out, "checkpoints")
-    if config.resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            fabric.print(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch.")
-        else:
-            state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "progress": progress, "rng": None}
-            if ema is not None:
-                state["ema"] = ema
-            fabric.load(path, state, weights_only=False)
-            progress = state["progress"]
-            rngs = state["rng"]
-            set_rng_state(rngs[fabric.global_rank] if len(rngs) == fabric.world_size else rngs[0])
-            fabric.print(f"Resumed from {path}: step {progress['step']}, epoch {progress['epoch']}, batch {progress['batch']}.")
 
-    def save_checkpoint():
-        state = {
-            "model": model,
-            "optimizer": optimizer,
-            "scheduler": scheduler,
-            "progress": {**progress, "elapsed": progress["elapsed"] + time.perf_counter() - segment_start},
-            "rng": _all_gather_objects(fabric, rng_state()),
-            "config": config.flat(),
-        }
-        if ema is not None:
-            state["ema"] = ema
-        save_atomic(fabric, checkpoint_path(ckpt_dir, progress["step"]), state, keep=config.keep_checkpoints)
+def _continue(run: Run) -> None:
+    """After a checkpoint was restored: the RNG, an EMA switched on since (from the restored weights), the
+    data position and the schedule length for allowed changes of batch size, process count or epochs."""
+    fabric, config, progress = run.fabric, run.config, run.progress
+    rngs = run.state["rng"]
+    set_rng_state(rngs[fabric.global_rank] if len(rngs) == fabric.world_size else rngs[0])
+    if "ema" in run.session.missing:
+        run.ema = run.state["ema"] = EMA(run.raw_model, config.ema_decay)
+    old = {key: before for key, before, _ in run.session.changes}
+    if "batch_size" in old or "world_size" in old:  # the same images seen, in batches of the new size
+        before = old.get("batch_size", config.batch_size) * old.get("world_size", fabric.world_size)
+        progress["batch"] = progress["batch"] * before // (config.batch_size * fabric.world_size)
+    run.total_steps = plan_steps(config, run.batches_per_epoch, progress)
+    run.warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * run.total_steps)
+    run.scheduler.plan.update(total_steps=run.total_steps, warmup_steps=run.warmup)
+    set_schedule_position(run.scheduler)
+    if progress["step"] >= run.total_steps:
+        logger.warning("The resumed run has done %d steps, as many as these settings ask for: nothing is left to train.", progress["step"])
+    fabric.print(f"Resumed from {run.session.resumed_from}: step {progress['step']}, epoch {progress['epoch']}, batch {progress['batch']}.")
 
-    def save_best(result):
-        """The evaluated weights as a save_pretrained directory in output_dir (rank 0, atomically per file)."""
-        if not fabric.is_global_zero:
-            return
-        tmp = os.path.join(out, ".best-tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with swapped_weights(raw_model, ema):
-            raw_model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(out, name))
-        shutil.rmtree(tmp, ignore_errors=True)
 
-    # loop ------------------------------------------------------------------------------------------
-    segment_start = time.perf_counter()
-    bar = None
-    if fabric.is_global_zero and config.progress:
+def fit(run: Run) -> None:
+    """Train until `total_steps`: each optimiser step accumulates `grad_accum` micro-batches; checkpoints
+    every `checkpoint_every` steps and at epoch ends; evaluation every `eval_every_epochs` epochs and at
+    the end. Stops with NonFiniteLossError (nothing saved) when a loss or gradient norm is not finite."""
+    config, progress = run.config, run.progress
+    run.clock = time.perf_counter()
+    run.seen = (0, run.clock)
+    run.record = [] if config.debug_record_ranks else None
+    if run.fabric.is_global_zero and config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=progress["step"], unit="step", dynamic_ncols=True, desc="train")
-    seen, seen_start = 0, time.perf_counter()
-    record = [] if config.debug_record_ranks else None
-    last_eval = None
-    model.train()
-    while progress["step"] < total_steps and progress["epoch"] < epochs:
-        epoch = progress["epoch"]
-        train_sampler.set_position(epoch, progress["batch"])
-        micro, running = 0, []
-        iterator = iter(train_loader)
-        while True:
-            group = []
-            for batch in iterator:
-                group.append(batch)
-                if len(group) == config.grad_accum:
-                    break
+        run.bar = tqdm(total=run.total_steps, initial=progress["step"], unit="step", dynamic_ncols=True, desc="train")
+    run.model.train()
+    while progress["step"] < run.total_steps and progress["epoch"] < config.epochs:
+        run.train_sampler.set_position(progress["epoch"], progress["batch"])
+        batches = iter(run.train_loader)
+        while progress["step"] < run.total_steps:
+            group = [batch for _, batch in zip(range(config.grad_accum), batches)]
             if not group:
                 break
-            usable = [b for b in group if b["pixel_values"] is not None]
-            examples = sum(b["labels"].numel() for b in usable)
-            for i, batch in enumerate(usable):
-                images, targets = augment(batch["pixel_values"], batch["labels"])
-                with fabric.no_backward_sync(model, enabled=i < len(usable) - 1):
-                    logits = model(pixel_values=images).logits
-                    loss = soft_cross_entropy(logits, targets) * batch["labels"].numel() / max(examples, 1)
-                    fabric.backward(loss)
-                running.append(loss.detach() * max(examples, 1) / batch["labels"].numel() / len(usable))
-                if record is not None:
-                    record.append(batch["index"].tolist())
-            if config.clip_grad and usable:
-                fabric.clip_gradients(model, optimizer, max_norm=config.clip_grad)
-            if usable:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(raw_model)
-            progress["step"] += 1
-            progress["batch"] += len(group)
-            micro += len(group)
-            seen += examples * fabric.world_size
-            step = progress["step"]
-            if step % config.log_every == 0 or step == total_steps:
-                train_loss = float(torch.stack(running).mean()) if running else float("nan")
-                running = []
-                lr = optimizer.param_groups[-1]["lr"]
-                rate = seen / max(time.perf_counter() - seen_start, 1e-9)
-                row = {"step": step, "epoch": epoch, "train_loss": train_loss, "lr": lr, "images_per_s": rate}
-                progress["history"].append(row)
-                if loggers_ready:
-                    fabric.log_dict({k: v for k, v in row.items() if k != "step"}, step=step)
-                if bar is not None:
-                    bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-            if bar is not None:
-                bar.update(1)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
-                save_checkpoint()
-            if step >= total_steps:
-                break
-        # epoch end
-        if record is not None:
-            import json
+            train_step(run, group)
+            step, mid_epoch = progress["step"], progress["batch"] < run.batches_per_epoch
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < run.total_steps and mid_epoch:
+                save_checkpoint(run)  # (at an epoch's last step, end_epoch writes it)
+        end_epoch(run)
+    if run.bar is not None:
+        run.bar.close()
 
-            os.makedirs(config.debug_record_ranks, exist_ok=True)
-            first = next(p for p in raw_model.parameters())
-            with open(os.path.join(config.debug_record_ranks, f"rank{fabric.global_rank}-epoch{epoch}.json"), "w") as f:
-                json.dump({"indices": record, "weights": [float(p.detach().double().sum()) for p in raw_model.parameters()], "first": first.detach().flatten()[:8].tolist()}, f)
-            record = []
-        finished_epoch = progress["batch"] >= batches_per_epoch or progress["step"] >= total_steps
-        if finished_epoch:
-            progress["epoch"] += 1
-            progress["batch"] = 0
-        done = progress["step"] >= total_steps
-        if finished_epoch and (progress["epoch"] % config.eval_every_epochs == 0 or done):
-            with swapped_weights(raw_model, ema):
-                result = evaluate_model(fabric, model, eval_loader, num_classes, accuracy_metric)
-            row = {"step": progress["step"], "epoch": progress["epoch"], **{k: v for k, v in result.items() if k.startswith("val_")}}
-            progress["history"].append(row)
-            last_eval = result
-            if loggers_ready:
-                fabric.log_dict({k: v for k, v in row.items() if k not in ("step", "val_examples")}, step=progress["step"])
-            message = f"epoch {progress['epoch']}/{epochs}: val top-1 {result['val_top1']:.2%}"
-            if "val_top5" in result:
-                message += f", top-5 {result['val_top5']:.2%}"
-            message += f", loss {result['val_loss']:.4f}"
-            best = progress["best"]
-            if best is None or result["val_top1"] > best["val_top1"]:
-                progress["best"] = {**row, "predictions": result["predictions"], "references": result["references"]}
-                save_best(result)
-                message += " (best so far, saved)"
-            if bar is not None:
-                bar.write(message)
-            else:
-                fabric.print(message)
-        if finished_epoch and not done:
-            save_checkpoint()
-        if done:
-            break
-    if bar is not None:
-        bar.close()
 
-    # outputs ---------------------------------------------------------------------------------------
-    if loggers_ready:
-        for experiment_logger in fabric.loggers:
-            experiment_logger.finalize("success")
-    if fabric.is_global_zero:  # the final (not EMA, not best) training weights, e.g. to compare runs
+def train_step(run: Run, group: list[dict]) -> None:
+    """One optimiser step over the micro-batches of `group` (each loss weighted by its share of the
+    group's images, so the step is the mean over all of them), then EMA, bookkeeping and logging."""
+    fabric, progress = run.fabric, run.progress
+    for batch in group:
+        _note_skipped(run.skipped, "train", batch)
+    usable = [batch for batch in group if batch["pixel_values"] is not None]
+    examples = sum(batch["labels"].numel() for batch in usable)
+
+    def micro_loss(batch):
+        images, targets = run.augment(batch["pixel_values"], batch["labels"])
+        logits = run.model(pixel_values=images).logits
+        return soft_cross_entropy(logits, targets) * batch["labels"].numel() / examples
+
+    lr = run.optimizer.param_groups[-1]["lr"]
+    micro = [functools.partial(micro_loss, batch) for batch in usable]
+    loss, norm = optimizer_step(fabric, run.model, run.optimizer, run.scheduler, micro, run.config.clip_grad)
+    if run.ema is not None:
+        run.ema.update(run.raw_model)
+    progress["step"] += 1
+    progress["batch"] += len(group)
+    step = progress["step"]
+    if loss is not None:
+        run.session.guard.record(step, lr, loss, norm)
+        run.running.append(loss)
+    if run.record is not None:
+        run.record.extend(batch["index"].tolist() for batch in usable)
+    count, since = run.seen
+    run.seen = (count + examples * fabric.world_size, since)
+    if step % run.config.log_every == 0 or step == run.total_steps:
+        log_training(run, step, lr)
+    if run.bar is not None:
+        run.bar.update(1)
+
+
+def log_training(run: Run, step: int, lr: float) -> None:
+    run.session.guard.check()  # never log (or go on) past a non-finite loss
+    train_loss = float(torch.stack(run.running).mean()) if run.running else float("nan")
+    run.running = []
+    count, since = run.seen
+    rate = count / max(time.perf_counter() - since, 1e-9)
+    row = {"step": step, "epoch": run.progress["epoch"], "train_loss": train_loss, "lr": lr, "images_per_s": rate}
+    run.progress["history"].append(row)
+    run.metrics.log({k: v for k, v in row.items() if k != "step"}, step)
+    if run.bar is not None:
+        run.bar.set_postfix(epoch=row["epoch"], loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+
+
+def end_epoch(run: Run) -> None:
+    """At the end of an epoch's batches (or of training): evaluate when due, checkpoint unless done."""
+    progress, config = run.progress, run.config
+    if run.record is not None:
+        os.makedirs(config.debug_record_ranks, exist_ok=True)
+        params = list(run.raw_model.parameters())
+        with open(os.path.join(config.debug_record_ranks, f"rank{run.fabric.global_rank}-epoch{progress['epoch']}.json"), "w") as f:
+            json.dump({"indices": run.record, "weights": [float(p.detach().double().sum()) for p in params],
+                       "first": params[0].detach().flatten()[:8].tolist()}, f)
+        run.record = []
+    done = progress["step"] >= run.total_steps
+    if progress["batch"] >= run.batches_per_epoch or done:
+        progress["epoch"] += 1
+        progress["batch"] = 0
+        if progress["epoch"] % config.eval_every_epochs == 0 or done:
+            evaluate(run)
+        if not done:
+            save_checkpoint(run)
+
+
+def save_checkpoint(run: Run) -> None:
+    progress = run.progress
+    elapsed = progress["elapsed"] + time.perf_counter() - run.clock
+    state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": _all_gather_objects(run.fabric, rng_state())}
+    run.session.save(state, progress["step"], run.raw_model)
+
+
+def evaluate(run: Run) -> dict:
+    """Accuracy on the validation split (with the EMA weights, if any); logged, and the model is saved to
+    --output-dir when it is the best so far."""
+    progress = run.progress
+    run.session.guard.check()
+    with swapped_weights(run.raw_model, run.ema):
+        result = evaluate_model(run.fabric, run.model, run.eval_loader, len(run.data.class_names), run.accuracy, run.skipped)
+    row = {"step": progress["step"], "epoch": progress["epoch"], **{k: v for k, v in result.items() if k.startswith("val_")}}
+    progress["history"].append(row)
+    run.last_eval = result
+    run.metrics.log({k: v for k, v in row.items() if k not in ("step", "val_examples")}, progress["step"])
+    message = f"epoch {progress['epoch']}/{run.epochs}: val top-1 {result['val_top1']:.2%}"
+    if "val_top5" in result:
+        message += f", top-5 {result['val_top5']:.2%}"
+    message += f", loss {result['val_loss']:.4f}"
+    best = progress["best"]
+    if best is None or result["val_top1"] > best["val_top1"]:
+        progress["best"] = {**row, "predictions": result["predictions"], "references": result["references"]}
+        save_best(run)
+        message += " (best so far, saved)"
+    if run.bar is not None:
+        run.bar.write(message)
+    else:
+        run.fabric.print(message)
+    return result
+
+
+def save_best(run: Run) -> None:
+    """The evaluated weights (EMA if any) and the image processor as a save_pretrained folder in --output-dir."""
+
+    def write(folder: str) -> None:
+        run.raw_model.save_pretrained(folder)
+        run.processor.save_pretrained(folder)
+
+    with swapped_weights(run.raw_model, run.ema):
+        run.session.save_model(write, run.raw_model, run.progress["step"], name="best model")
+
+
+def finish(run: Run) -> dict:
+    """The final training weights (checkpoints/final-weights.safetensors), metrics.json, plots, the model
+    card (rank 0), and the summary returned to every process."""
+    from . import report
+
+    fabric, config, progress = run.fabric, run.config, run.progress
+    run.session.guard.check()
+    run.metrics.finalize()
+    out = config.output_dir
+
+    def write_final(folder: str) -> None:  # the last (not EMA, not best) weights, e.g. to compare runs
         from safetensors.torch import save_file
 
-        os.makedirs(ckpt_dir, exist_ok=True)
-        final = {k: v.detach().cpu().contiguous() for k, v in raw_model.state_dict().items()}
-        save_file(final, os.path.join(ckpt_dir, ".final.tmp"))
-        os.replace(os.path.join(ckpt_dir, ".final.tmp"), os.path.join(ckpt_dir, "final-weights.safetensors"))
-    elapsed = progress["elapsed"] + time.perf_counter() - segment_start
+        save_file({k: v.detach().cpu().contiguous() for k, v in run.raw_model.state_dict().items()},
+                  os.path.join(folder, "final-weights.safetensors"))
+
+    run.session.save_model(write_final, run.raw_model, progress["step"], "final weights", run.session.checkpoints)
     best = progress["best"] or {}
-    skipped_total = sum(_all_gather_objects(fabric, skipped.count))
+    skipped = set().union(*_all_gather_objects(fabric, run.skipped))
     summary = {
         "best_val_top1": best.get("val_top1"),
         "best_val_top5": best.get("val_top5"),
         "best_val_loss": best.get("val_loss"),
         "best_epoch": best.get("epoch"),
         "best_step": best.get("step"),
-        "final_val_top1": last_eval["val_top1"] if last_eval else None,
+        "final_val_top1": run.last_eval["val_top1"] if run.last_eval else None,
         "steps": progress["step"],
         "epochs": progress["epoch"],
-        "train_examples": len(data.train),
-        "val_examples": len(data.validation),
-        "num_classes": num_classes,
-        "skipped_images": skipped_total,
+        "train_examples": len(run.data.train),
+        "val_examples": len(run.data.validation),
+        "num_classes": len(run.data.class_names),
+        "skipped_images": len(skipped),
         "world_size": fabric.world_size,
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "train_time_s": round(elapsed, 2),
-        "from_scratch": from_scratch,
+        "wall_time_s": round(time.perf_counter() - run.started, 2),
+        "train_time_s": round(progress["elapsed"] + time.perf_counter() - run.clock, 2),
+        "from_scratch": run.from_scratch,
     }
     summary = {k: v for k, v in summary.items() if v is not None}
     if fabric.is_global_zero:
         report.write_json(os.path.join(out, "metrics.json"), {**summary, "history": progress["history"]})
-        history = progress["history"]
-        report.plot_curves(history, os.path.join(out, "training_curves.png"))
+        report.plot_curves(progress["history"], os.path.join(out, "training_curves.png"))
         if best:
-            matrix = report.confusion_matrix(best["references"], best["predictions"], num_classes)
-            report.plot_confusion(matrix, data.class_names, os.path.join(out, "confusion_matrix.png"))
-        hyper = {k: v for k, v in config.flat().items() if k not in ("debug_record_ranks", "progress")}
-        hyper.update(image_size=image_size, total_steps=total_steps, warmup_steps=warmup, world_size=fabric.world_size)
-        card_metrics = {k: summary[k] for k in ("best_val_top1", "best_val_top5", "best_val_loss", "best_epoch") if k in summary}
-        card = report.model_card(
-            config.hub_model_id or os.path.basename(os.path.abspath(out)),
-            config.model,
-            source,
-            data.class_names,
-            hyper,
-            card_metrics,
-            data.notes + ([f"{skipped_total} unreadable image(s) were skipped"] if skipped_total else []),
-        )
-        with open(os.path.join(out, "README.md"), "w") as f:
-            f.write(card)
-        if skipped_total:
-            logger.warning("%d unreadable image(s) were skipped during this run.", skipped_total)
+            matrix = report.confusion_matrix(best["references"], best["predictions"], len(run.data.class_names))
+            report.plot_confusion(matrix, run.data.class_names, os.path.join(out, "confusion_matrix.png"))
+        write_card(run, summary, len(skipped))
         if config.push_to_hub:
-            repo = config.hub_model_id or os.path.basename(os.path.abspath(out))
-            from huggingface_hub import upload_folder, create_repo
-
-            create_repo(repo, exist_ok=True)
-            upload_folder(repo_id=repo, folder_path=out, ignore_patterns=["checkpoints/*", ".best-tmp/*"])
-            fabric.print(f"Pushed {out} to https://huggingface.co/{repo}")
+            push_to_hub(run)
     fabric.barrier()
     return summary
+
+
+def write_card(run: Run, summary: dict, skipped: int) -> None:
+    from . import report
+
+    config, out = run.config, run.config.output_dir
+    hyper = {k: v for k, v in config.flat().items() if k not in ("debug_record_ranks", "progress")}
+    hyper.update(image_size=run.image_size, total_steps=run.total_steps, warmup_steps=run.warmup, world_size=run.fabric.world_size)
+    card_metrics = {k: summary[k] for k in ("best_val_top1", "best_val_top5", "best_val_loss", "best_epoch") if k in summary}
+    notes = run.data.notes + ([f"{skipped} unreadable image(s) were skipped"] if skipped else [])
+    card = report.model_card(config.hub_model_id or os.path.basename(os.path.abspath(out)), config.model,
+                             run.data.source, run.data.class_names, hyper, card_metrics, notes)
+    report.write_text(os.path.join(out, "README.md"), card)
+    if skipped:
+        logger.warning("%d unreadable image(s) were skipped during this run.", skipped)
+
+
+def push_to_hub(run: Run) -> None:
+    from huggingface_hub import create_repo, upload_folder
+
+    out = run.config.output_dir
+    repo = run.config.hub_model_id or os.path.basename(os.path.abspath(out))
+    create_repo(repo, exist_ok=True)
+    upload_folder(repo_id=repo, folder_path=out, ignore_patterns=["checkpoints/*", ".tmp-*"])
+    run.fabric.print(f"Pushed {out} to https://huggingface.co/{repo}")
+
+
+def run(config: TrainConfig, fabric=None) -> dict:
+    """Train and evaluate; returns the summary (also written to output_dir/metrics.json by rank 0)."""
+    state = setup(config, fabric)
+    try:
+        fit(state)
+        return finish(state)
+    finally:
+        try:
+            state.metrics.finalize("failed")  # after a failure: no log file stays open (no-op after finish)
+        except OSError:  # the disk that stopped the run may refuse the logs too
+            pass
+
+
+def output_files(out: str) -> list[str]:
+    """What a run left in `out`, in the words of the summary line."""
+    found = {
+        "model": os.path.exists(os.path.join(out, "model.safetensors")),
+        "README.md": os.path.exists(os.path.join(out, "README.md")),
+        "metrics.json": os.path.exists(os.path.join(out, "metrics.json")),
+        "plots": os.path.exists(os.path.join(out, "training_curves.png")),
+        "logs": os.path.isdir(os.path.join(out, "logs")),
+    }
+    return [name for name, present in found.items() if present]
 
 
 def summary_lines(summary: dict, target_accuracy: float | None = None, target_minutes: float | None = None) -> list[str]:
@@ -577,4 +721,17 @@ def summary_lines(summary: dict, target_accuracy: float | None = None, target_mi
     return lines
 
 
-__all__ = ["RECIPE_PRESETS", "TrainConfig", "build_model", "evaluate_model", "run", "summary_lines"]
+__all__ = [
+    "RECIPE_PRESETS",
+    "Run",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "evaluate_model",
+    "finish",
+    "fit",
+    "output_files",
+    "run",
+    "setup",
+    "summary_lines",
+]

@@ -71,9 +71,30 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, min_lr_ra
 
 
 def build_scheduler(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.01):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup_steps, min_lr_ratio)
-    )
+    """LambdaLR over `cosine_with_warmup`. Its `plan` (total_steps, warmup_steps, min_lr_ratio) is a plain
+    dict the lambda reads, not saved in checkpoints: a run resumed with other settings updates it and calls
+    `set_schedule_position`."""
+    plan = {"total_steps": total_steps, "warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, **plan))
+    scheduler.plan = plan
+    return scheduler
 
 
-__all__ = ["build_optimizer", "build_scheduler", "cosine_with_warmup", "layer_id", "param_groups", "uses_weight_decay"]
+def set_schedule_position(scheduler) -> None:
+    """Recompute each group's lr from its `initial_lr` and the schedule at the scheduler's current step (after
+    loading a checkpoint whose optimiser state carried the old run's learning rates)."""
+    optimizer = scheduler.optimizer
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(scheduler.last_epoch)
+
+
+__all__ = [
+    "build_optimizer",
+    "build_scheduler",
+    "cosine_with_warmup",
+    "layer_id",
+    "param_groups",
+    "set_schedule_position",
+    "uses_weight_decay",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -12,11 +13,22 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def write_text(path: str, text: str) -> None:
+    """Write `text` to a temporary file and rename it over `path`; a failed write (a full disk) removes the
+    temporary file and leaves `path` as it was."""
+    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 class CSVLog:
@@ -34,11 +46,11 @@ class CSVLog:
         columns: list[str] = []
         for r in self.rows:
             columns += [k for k in r if k not in columns]
-        with open(self.path + ".tmp", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(self.path + ".tmp", self.path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, text.getvalue())
 
 
 def confusion_matrix(references, predictions, num_classes: int) -> np.ndarray:
@@ -180,4 +192,4 @@ def model_card(
     return "\n".join(lines)
 
 
-__all__ = ["CSVLog", "confusion_matrix", "model_card", "plot_confusion", "plot_curves", "write_json"]
+__all__ = ["CSVLog", "confusion_matrix", "model_card", "plot_confusion", "plot_curves", "write_json", "write_text"]

@@ -1,8 +1,9 @@
 """SimMIM pre-training recipe (recipes/pretrain_simmim.py): masked image modeling on an unlabelled split.
 
 Launch exactly like recipes/finetune.py (`python`, `fabric run`, `torchrun`, `accelerate launch`); the
-launcher handling, data loading, optimiser (AdamW groups without decay on norms/biases/tables), cosine
-schedule, atomic checkpoints and reports are the fine-tuning recipe's own (swin_hf.training).
+launcher handling, argument checks, data loading, optimiser (AdamW groups without decay on norms/biases/
+tables), cosine schedule, output folder, checkpoints (resume, changed settings, unreadable files), the
+non-finite stop and reports are the fine-tuning recipe's own (swin_hf.training).
 
 The output folder holds a `SwinForMaskedImageModeling` checkpoint plus the image processor whose
 normalisation it was trained with; `recipes/finetune.py --model <output-dir>` fine-tunes its encoder
@@ -34,36 +35,33 @@ DEFAULT_DATASET = "sklearn-digits"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import add_hardware_arguments, add_optimisation_arguments, add_run_arguments
+    from . import cli
 
-    p = argparse.ArgumentParser(
+    p = cli.RecipeArgumentParser(
         prog="pretrain_simmim.py",
         description="SimMIM pre-training of a Swin encoder on unlabelled images (any `datasets` split). "
         "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=DEFAULT_DATASET, help="datasets.load_dataset name/path or saved DatasetDict dir; 'sklearn-digits' = built-in, offline")
-    d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d = cli.add_data_arguments(p, DEFAULT_DATASET)
     d.add_argument("--train-dir", default=None, help="a folder of images (labels, if any, are ignored)")
     d.add_argument("--split", default="train", help="the split to pre-train on")
     d.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
-    d.add_argument("--max-train-samples", type=int, default=None, help="use only the first N images")
-    d.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    d.add_argument("--max-train-samples", type=cli.positive_int, default=None, help="use only the first N images")
+    d.add_argument("--num-workers", type=cli.nonnegative_int, default=0, help="DataLoader worker processes")
 
     m = p.add_argument_group("model and masking")
     m.add_argument("--model", default="swin-digits", help="a recipe preset (swin-digits), a swin_hf preset, or a swin_hf checkpoint path to continue from")
-    m.add_argument("--image-size", type=int, default=None, help="training resolution (default: the model's image_size)")
-    m.add_argument("--mask-patch-size", type=int, default=None, help="side of the masked blocks in pixels (SimMIM: 32; default: 32, or 4 for images under 64 px)")
-    m.add_argument("--mask-ratio", type=float, default=0.6, help="fraction of blocks masked")
-    m.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
-    m.add_argument("--crop-scale", type=float, nargs=2, default=(0.67, 1.0), help="random resized crop area range")
+    m.add_argument("--image-size", type=cli.positive_int, default=None, help="training resolution (default: the model's image_size)")
+    m.add_argument("--mask-patch-size", type=cli.positive_int, default=None, help="side of the masked blocks in pixels (SimMIM: 32; default: 32, or 4 for images under 64 px)")
+    m.add_argument("--mask-ratio", type=cli.fraction, default=0.6, help="fraction of blocks masked")
+    m.add_argument("--drop-path", type=cli.below_one, default=0.1, help="stochastic depth rate")
+    m.add_argument("--crop-scale", type=cli.up_to_one, nargs=2, default=(0.67, 1.0), help="random resized crop area range")
 
-    add_optimisation_arguments(p, epochs=10, batch_size=64, lr=2e-3, min_lr_ratio=0.01, weight_decay=0.05)
+    cli.add_optimisation_arguments(p, epochs=10, batch_size=64, lr=2e-3, min_lr_ratio=0.01, weight_decay=0.05)
 
-    add_hardware_arguments(p)
+    cli.add_hardware_arguments(p)
 
-    add_run_arguments(p, "outputs/swin-simmim", "pre-trained model, metrics, reconstructions, checkpoints")
+    cli.add_run_arguments(p, "outputs/swin-simmim", "pre-trained model, metrics, reconstructions, checkpoints")
     return p
 
 
@@ -106,30 +104,44 @@ class SimMIMTransform:
 
 
 class UnlabelledImages(torch.utils.data.Dataset):
+    """Items {"pixel_values", "bool_masked_pos"}, or None for an image that cannot be read (skipped and
+    counted, as in the fine-tuning recipe; `collate_present` leaves it out of its batch)."""
+
     def __init__(self, split, image_column: str, transform: SimMIMTransform):
+        from .data import SkipCounter
+
         self.split, self.image_column, self.transform = split, image_column, transform
+        self.skipped = SkipCounter()
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from .data import decode_image
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
+        from .data import decode_or_skip
 
-        pixels, mask = self.transform(decode_image(self.split[index][self.image_column]))
-        return {"pixel_values": pixels, "bool_masked_pos": mask}
+        out = decode_or_skip(self.split[index][self.image_column], index, self.transform, self.skipped)
+        return None if out is None else {"pixel_values": out[0], "bool_masked_pos": out[1]}
+
+
+def collate_present(items: list[dict | None]) -> dict[str, torch.Tensor] | None:
+    """Stack the readable items of a batch; None when there are none."""
+    items = [item for item in items if item is not None]
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]} if items else None
 
 
 def image_column_of(split, name: str | None) -> str:
     import datasets
 
+    from .data import DataError
+
     if name is not None:
         if name not in split.column_names:
-            raise ValueError(f"--image-column {name!r} is not a column; the split has {split.column_names}.")
+            raise DataError(f"--image-column {name!r} is not a column; the split has {split.column_names}.")
         return name
     for column, feature in split.features.items():
         if isinstance(feature, datasets.Image):
             return column
-    raise ValueError(f"No Image column among {split.column_names}; name it with --image-column.")
+    raise DataError(f"No Image column among {split.column_names}; name it with --image-column.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,9 +166,17 @@ def build_model(args):
         model = SwinForMaskedImageModeling(config)
         processor = SwinImageProcessor.for_image_size(config.image_size, crop_pct=1.0)
     else:
-        config = SwinConfig.from_pretrained(args.model, **overrides)
-        config.encoder_stride = config.patch_size * 2 ** (len(config.depths) - 1)
-        model = SwinForMaskedImageModeling.from_pretrained(args.model, config=config)
+        from ..model_source import check_model_source
+        from .errors import ModelError
+
+        check_model_source(args.model, "--model", extra_presets=RECIPE_PRESETS)
+        try:
+            config = SwinConfig.from_pretrained(args.model, **overrides)
+            config.encoder_stride = config.patch_size * 2 ** (len(config.depths) - 1)
+            model = SwinForMaskedImageModeling.from_pretrained(args.model, config=config)
+        except (TypeError, ValueError, KeyError, OSError) as error:
+            raise ModelError(f"--model {args.model!r} cannot be loaded ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:300]}); check its config.json or save it again.") from error
         processor = SwinImageProcessor.for_image_size(config.image_size, crop_pct=1.0)
     return model, processor
 
@@ -168,14 +188,24 @@ def build_model(args):
 
 def run(args, fabric) -> dict:
     """Pre-train; returns a summary (first/last loss, steps, minutes, output folder)."""
+    import datasets
+
     from .. import SimMIMMaskGenerator
-    from .checkpoint import checkpoint_path, latest_checkpoint, prepare_output_dir, save_atomic
-    from .data import digits_dataset_dict, load_splits
+    from .data import DataError, digits_dataset_dict, load_splits
     from .optim import build_optimizer, build_scheduler
     from .report import CSVLog, write_json
+    from .session import Session, run_epochs
 
     out = args.output_dir
-    prepare_output_dir(fabric, out, args.overwrite, args.resume)
+    session = Session(
+        fabric, "pretrain_simmim", out, vars(args), overwrite=args.overwrite, resume=args.resume,
+        allow_changed_config=args.allow_changed_config, clip_grad=args.clip_grad,
+        precision=fabric.strategy.precision.precision,
+    )
+    from ..model_source import check_model_source
+    from .loop import RECIPE_PRESETS
+
+    check_model_source(args.model, "--model", extra_presets=RECIPE_PRESETS)  # before the data is loaded
     fabric.seed_everything(args.seed)
 
     if args.dataset == DEFAULT_DATASET and not args.train_dir:
@@ -183,80 +213,78 @@ def run(args, fabric) -> dict:
     else:
         splits = load_splits(dataset=args.dataset, train_dir=args.train_dir, dataset_config=args.dataset_config)
     if args.split not in splits:
-        raise ValueError(f"--split {args.split!r} not found; the dataset has {list(splits)}.")
+        raise DataError(f"--split {args.split!r} not found; the dataset has {list(splits)}.")
     split = splits[args.split]
     if args.max_train_samples:
         split = split.select(range(min(args.max_train_samples, len(split))))
     column = image_column_of(split, args.image_column)
+    split = split.cast_column(column, datasets.Image(decode=False))  # decoded (unreadable files skipped) per item
 
     model, processor = build_model(args)
     config = model.config
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
     mask_patch = args.mask_patch_size or (32 if size >= 64 else 4)
-    masks = SimMIMMaskGenerator(size, mask_patch, config.patch_size, args.mask_ratio, seed=args.seed + fabric.global_rank)
+    try:
+        masks = SimMIMMaskGenerator(size, mask_patch, config.patch_size, args.mask_ratio, seed=args.seed + fabric.global_rank)
+    except ValueError as error:
+        raise DataError(f"--mask-patch-size {mask_patch} at image size {size}: {error}") from error
     transform = SimMIMTransform(size, processor.image_mean, processor.image_std, masks, args.crop_scale,
                                 seed=args.seed + fabric.global_rank)
+    images = UnlabelledImages(split, column, transform)
     loader = torch.utils.data.DataLoader(
-        UnlabelledImages(split, column, transform), batch_size=args.batch_size, shuffle=True, drop_last=len(split) >= args.batch_size,
-        num_workers=args.num_workers,
+        images, batch_size=args.batch_size, shuffle=True, drop_last=len(split) >= args.batch_size,
+        num_workers=args.num_workers, collate_fn=collate_present,
     )
     loader = fabric.setup_dataloaders(loader)
-    steps_per_epoch = len(loader)
-    total = args.max_steps or args.epochs * steps_per_epoch
+    total = args.max_steps or args.epochs * len(loader)
     optimizer = build_optimizer(model, args.lr, args.weight_decay, 1.0, config.depths)
     scheduler = build_scheduler(optimizer, total, round(args.warmup_ratio * total), args.min_lr_ratio)
     model, optimizer = fabric.setup(model, optimizer)
-
-    step, history = 0, []
-    checkpoints = os.path.join(out, "checkpoints")
-    if args.resume and (found := latest_checkpoint(checkpoints)):
-        state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "step": 0, "history": []}
-        fabric.load(found, state)
-        step, history = state["step"], state["history"]
-        logger.info("resumed from %s at step %d", found, step)
+    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "progress": {"step": 0, "epoch": 0, "history": []}}
+    if session.begin(state):
+        logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
+    history = state["progress"]["history"]
     log = CSVLog(os.path.join(out, "log.csv")) if fabric.is_global_zero else None
     logger.info("SimMIM on %d images of %d px, mask blocks %d px at ratio %.2f, %d steps", len(split), size,
                 mask_patch, args.mask_ratio, total)
-    start = time.time()
-    model.train()
-    while step < total:
-        for batch in loader:
-            loss = model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"]).loss
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            if args.clip_grad:
-                fabric.clip_gradients(model, optimizer, max_norm=args.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            value = fabric.all_reduce(loss.detach(), reduce_op="mean").item()
-            history.append(value)
-            if fabric.is_global_zero and (step % args.log_every == 0 or step == 1 or step == total):
-                logger.info("step %d/%d  loss %.4f  lr %.2e", step, total, value, scheduler.get_last_lr()[0])
-                log.log({"step": step, "loss": value, "lr": scheduler.get_last_lr()[0]})
-            if step >= total:
-                break
-        state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "step": step, "history": history}
-        save_atomic(fabric, checkpoint_path(checkpoints, step), state)
 
+    def on_step(step: int, loss: torch.Tensor) -> None:
+        value = fabric.all_reduce(loss.detach(), reduce_op="mean").item()
+        history.append(value)
+        if fabric.is_global_zero and (step % args.log_every == 0 or step == 1 or step == total):
+            lr = optimizer.param_groups[0]["lr"]
+            logger.info("step %d/%d  loss %.4f  lr %.2e", step, total, value, lr)
+            log.log({"step": step, "loss": value, "lr": lr})
+
+    def masked_loss(batch) -> torch.Tensor:
+        return model(pixel_values=batch["pixel_values"], bool_masked_pos=batch["bool_masked_pos"]).loss
+
+    start = time.time()
+    run_epochs(session, model, optimizer, scheduler, loader, state, total, masked_loss, args.clip_grad, args.log_every, on_step)
+    session.guard.check()
     minutes = (time.time() - start) / 60
     window = max(1, min(10, len(history) // 5))
     summary = {
-        "steps": step,
+        "steps": state["progress"]["step"],
         "minutes": minutes,
         "first_loss": float(np.mean(history[:window])),
         "last_loss": float(np.mean(history[-window:])),
         "mask_patch_size": mask_patch,
         "mask_ratio": args.mask_ratio,
         "image_size": size,
+        "skipped_images": sum(fabric.all_gather(torch.tensor(images.skipped.count)).reshape(-1).tolist()),
         "output_dir": os.path.abspath(out),
     }
+    unwrapped = model.module if hasattr(model, "module") else model
+
+    def write(folder: str) -> None:
+        unwrapped.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    session.save_model(write, unwrapped, summary["steps"], "pre-trained model")
     if fabric.is_global_zero:
-        unwrapped = model.module if hasattr(model, "module") else model
-        unwrapped.save_pretrained(out)
-        processor.save_pretrained(out)
         write_json(os.path.join(out, "metrics.json"), {**summary, "loss_history": history})
-        save_reconstructions(unwrapped, loader.dataset, os.path.join(out, "reconstructions.png"), processor)
+        save_reconstructions(unwrapped, images, os.path.join(out, "reconstructions.png"), processor)
     fabric.barrier()
     return summary
 
@@ -268,8 +296,11 @@ def save_reconstructions(model, dataset, path: str, processor, count: int = 6) -
     mean = torch.tensor(processor.image_mean).view(3, 1, 1)
     std = torch.tensor(processor.image_std).view(3, 1, 1)
     tiles = []
-    for i in range(min(count, len(dataset))):
-        item = dataset[i]
+    for item in (dataset[i] for i in range(len(dataset))):
+        if len(tiles) == count:
+            break
+        if item is None:
+            continue
         pixels, mask = item["pixel_values"], item["bool_masked_pos"]
         device = next(model.parameters()).device
         rec = model(pixels[None].to(device), bool_masked_pos=mask[None].to(device)).reconstruction[0].cpu()
@@ -278,6 +309,8 @@ def save_reconstructions(model, dataset, path: str, processor, count: int = 6) -
         pixel_mask = mask.view(S // p, S // p).repeat_interleave(p, 0).repeat_interleave(p, 1)[None].float()
         images = [pixels, pixels * (1 - pixel_mask), rec * pixel_mask + pixels * (1 - pixel_mask)]
         tiles.append(torch.cat([(x * std + mean).clamp(0, 1) for x in images], dim=2))
+    if not tiles:
+        return
     grid = torch.cat(tiles, dim=1)  # (3, count*S, 3*S)
     image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     scale = max(1, 192 // image.width)
@@ -295,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             f"outputs: {summary['output_dir']} (fine-tune it: python recipes/finetune.py --model {summary['output_dir']})"
         )
 
-    args = build_parser().parse_args(argv)
-    return launch(args, lambda fabric: run(args, fabric), (ValueError, FileExistsError), report)
+    return launch(build_parser(), argv, lambda args: ((lambda fabric: run(args, fabric)), report))
 
 
-__all__ = ["SimMIMTransform", "UnlabelledImages", "build_parser", "build_model", "main", "run"]
+__all__ = ["SimMIMTransform", "UnlabelledImages", "build_model", "build_parser", "collate_present", "main", "run"]

@@ -99,7 +99,7 @@ def texture_collage_dataset(num_train: int = 320, num_validation: int = 64, size
     Returns (dataset_dict, id2label). Deterministic for a given seed.
 
     Example:
-        >>> from swin_hf.segmentation_data import texture_collage_dataset
+        >>> from swin_hf.segmentation.data import texture_collage_dataset
         >>> splits, id2label = texture_collage_dataset(num_train=4, num_validation=2, size=32)
         >>> splits["train"].column_names, len(splits["validation"]), id2label[1]
         (['image', 'annotation'], 2, 'flower')
@@ -131,7 +131,7 @@ class JointTransform:
     Example:
         >>> import numpy as np
         >>> from PIL import Image
-        >>> from swin_hf.segmentation_data import JointTransform
+        >>> from swin_hf.segmentation.data import JointTransform
         >>> image = Image.new("RGB", (50, 40)); mask = Image.fromarray(np.ones((40, 50), dtype=np.uint8))
         >>> pixels, labels = JointTransform(32, train=True, seed=0)(image, mask)
         >>> tuple(pixels.shape), tuple(labels.shape), sorted(set(labels.unique().tolist()) - {255})
@@ -228,8 +228,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        from ..training.data import DataError
+
         row = self.split[index]
-        pixels, labels = self.transform(row[self.image_column], row[self.label_column])
+        try:
+            pixels, labels = self.transform(row[self.image_column], row[self.label_column])
+        except ValueError as error:
+            raise DataError(f"Row {index} of the dataset: {error}") from error
         return {"pixel_values": pixels, "labels": labels}
 
 

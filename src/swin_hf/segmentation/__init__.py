@@ -1,4 +1,6 @@
-"""Swin as the backbone of transformers' own dense heads (UperNet, Mask2Former).
+"""Semantic segmentation with Swin: the backbone glue for transformers' own dense heads (UperNet,
+Mask2Former), here; the built-in data set and joint transforms (`segmentation.data`); mIoU evaluation
+and overlays (`segmentation.evaluate`); and the recipe, `recipes/segment.py` (`segmentation.train`).
 
 Building one needs nothing from this module: after ``import swin_hf`` transformers' Auto classes know the
 ``"swin_hf"`` model type, so ``UperNetForSemanticSegmentation(UperNetConfig(backbone_config=SwinConfig(...)))``
@@ -20,8 +22,8 @@ import os
 from torch import nn
 from transformers import UperNetConfig, UperNetForSemanticSegmentation
 
-from .configuration_swin import SwinConfig
-from .modeling_swin import SwinBackbone
+from ..configuration_swin import SwinConfig
+from ..modeling_swin import SwinBackbone
 
 logger = logging.getLogger(__name__)
 
