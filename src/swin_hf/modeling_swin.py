@@ -532,7 +532,7 @@ def check_pixel_values(pixel_values: torch.Tensor, channels: int, patch_size: tu
     if H < patch_size[0] or W < patch_size[1]:
         raise ValueError(f"Image of {H}x{W} pixels is smaller than one {patch_size[0]}x{patch_size[1]} patch; resize it up.")
     if pixel_values.shape[0] == 0:  # (not len(): that would fix a symbolic batch size under torch.export)
-        raise ValueError("pixel_values holds no images (batch size 0); pass at least one image.")
+        raise ValueError("pixel_values is a batch of 0 images; pass at least one image.")
 
 
 # ---- 6. The model ---------------------------------------------------------------------------------
