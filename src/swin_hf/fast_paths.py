@@ -68,6 +68,14 @@ def cpu_vendor() -> str:
     return ""
 
 
+def auto_attention_implementation(q: torch.Tensor, bias_is_trained: bool) -> str:
+    """What attn_implementation="auto" (the model's default) runs: SDPA, except where it is slow for Swin.
+    With a trained bias, SDPA has no kernel for the mask's gradient and falls back to its math path (a bf16
+    training step 1.5x slower than spelled out on a Xeon with AMX); on CUDA its kernels are made for long
+    sequences (Swin-T bf16 inference on an H200: spelled out 1.17x faster). BENCHMARKS.md has the numbers."""
+    return "eager" if bias_is_trained or q.is_cuda else "sdpa"
+
+
 def _on_cpu_eagerly(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
@@ -243,4 +251,4 @@ def can_skip_dropped(x: torch.Tensor) -> bool:
     return _on_cpu_eagerly(x)
 
 
-__all__ = ["FastPaths", "TokenLinear", "cpu_vendor", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]
+__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "cpu_vendor", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]

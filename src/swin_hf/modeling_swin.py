@@ -35,14 +35,15 @@ from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
 from .configuration_swin import SwinConfig, to_pair
-from .fast_paths import FastPaths, TokenLinear, can_skip_dropped, in_token_tiles, residual_on_kept_samples, sample_groups
+from .fast_paths import (
+    FastPaths, TokenLinear, auto_attention_implementation, can_skip_dropped, in_token_tiles, residual_on_kept_samples,
+    sample_groups,
+)  # fmt: skip
 
-# SW-MSA: logits between tokens from different regions of a cyclically shifted window get this added
-# (the official code's value; exp(-100) is zero in fp32 and bf16 alike).
-MASKED_LOGIT = -100.0
+MASKED_LOGIT = -100.0  # added to SW-MSA logits across regions (the official value; exp(-100) is 0 in fp32/bf16)
 
 
-# ---- 1. Window geometry. Pure functions of sizes: cached per size and device, never stored in checkpoints. ----
+# ---- 1. Window geometry: functions of sizes, cached per size and device, never in checkpoints -------
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -97,18 +98,16 @@ def relative_position_index(window: int, table_window: int, device: torch.device
     """Index into the (2M-1)^2 bias table for every (query, key) pair of a window: (N, N), N = window^2.
     The table is learned for windows of side M = table_window; a smaller window (a feature map smaller
     than M) reads the centre of the table: exactly the offsets that occur."""
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(window, device=device), torch.arange(window, device=device), indexing="ij")
-    ).flatten(1)  # (2, N)
+    r = torch.arange(window, device=device)
+    coords = torch.stack(torch.meshgrid(r, r, indexing="ij")).flatten(1)  # (2, N)
     offset = coords[:, :, None] - coords[:, None, :] + (table_window - 1)  # (2, N, N), each in [0, 2M-2]
     return offset[0] * (2 * table_window - 1) + offset[1]  # (N, N)
 
 
 @_cached_geometry
 def log_spaced_offsets(window: int, normaliser: int, device: torch.device) -> torch.Tensor:
-    """Swin V2's inputs to the continuous position bias: every relative offset (dy, dx) of a window of side
-    `window`, divided by normaliser - 1 (the pre-training window), scaled to [-8, 8] and mapped by
-    sign(t) * log2(1 + |t|) / log2(8): (2*window-1, 2*window-1, 2), row-major like the V1 table."""
+    """Swin V2's continuous-bias inputs: each offset (dy, dx) of a window, over normaliser - 1 (the pre-training
+    window), scaled to [-8, 8], mapped by sign(t) log2(1 + |t|) / log2(8): (2w-1, 2w-1, 2), as V1's table."""
     offsets = torch.arange(-(window - 1), window, device=device, dtype=torch.float32)
     t = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (2w-1, 2w-1, 2)
     t = t * (8.0 / max(normaliser - 1, 1))  # (a window of 1 has the single offset 0)
@@ -121,9 +120,8 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     shift, the last row/column band of windows holds tokens from up to three regions per axis that were not
     adjacent in the image: [0, H-window), [H-window, H-shift), [H-shift, H)."""
 
-    def region(n: int) -> torch.Tensor:
-        i = torch.arange(n, device=device)
-        return (i >= n - window).long() + (i >= n - shift).long()
+    def region(n: int) -> torch.Tensor:  # (n,): 0, 1 or 2
+        return (torch.arange(n, device=device) >= n - window).long() + (torch.arange(n, device=device) >= n - shift).long()
 
     label = region(height)[:, None] * 3 + region(width)[None, :]  # (H, W)
     label = window_partition(label[None, :, :, None], window)[0, :, :, 0]  # (nW, N)
@@ -135,9 +133,8 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
 
 
 def eager_attention(q, k, v, bias, dropout: float, training: bool):
-    """softmax(q k^T + bias) v, spelled out; q already scaled. Returns (output, probabilities)."""
-    # softmax in the logits' dtype: CUDA's autocast would otherwise run it in fp32 and keep that copy for
-    # backward beside the bf16 one; the kernels accumulate in fp32 either way
+    """softmax(q k^T + bias) v, spelled out; q already scaled. Returns (output, probabilities). The softmax
+    keeps the logits' dtype (CUDA's autocast would keep an fp32 copy for backward beside the bf16 one)."""
     logits = q @ k.transpose(-2, -1) + bias  # (..., N, N)
     probs = logits.softmax(-1, dtype=logits.dtype)
     return F.dropout(probs, dropout, training) @ v, probs
@@ -152,22 +149,12 @@ def sdpa_attention(q, k, v, bias, dropout: float, training: bool):
 ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
 
 
-def auto_attention_implementation(q: torch.Tensor, bias_is_trained: bool) -> str:
-    """What attn_implementation="auto" (the default) runs: SDPA, except where it is slow for Swin. With a
-    trained bias SDPA has no kernel for the mask's gradient and falls back to its math path (bf16 training
-    step 1.5x slower than spelled out on a Xeon with AMX); on CUDA its kernels are made for long sequences
-    (Swin-T bf16 inference on an H200: spelled out 1.17x faster). BENCHMARKS.md has the numbers."""
-    return "eager" if bias_is_trained or q.is_cuda else "sdpa"
-
-
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside each window, plus a learned relative position bias B.
-
+    """Multi-head self-attention inside each window, plus a learned relative position bias B:
     Attention(Q, K, V) = SoftMax(QK^T / sqrt(d) + B [+ mask]) V, B gathered from a (2M-1)^2 x heads table.
     `config._attn_implementation`: "eager" (spelled out), "sdpa" (torch's scaled_dot_product_attention) or
-    "auto" (the default: whichever of the two is faster for the call, auto_attention_implementation).
-    Asking for the attention probabilities runs "eager", since SDPA does not return them.
-    """
+    "auto" (the default: the faster of the two for the call, fast_paths.auto_attention_implementation).
+    Asking for the attention probabilities runs "eager", since SDPA does not return them."""
 
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, pretrained_window: int = 0):
         super().__init__()
@@ -176,8 +163,7 @@ class WindowAttention(nn.Module):
         self.window_size = config.window_size
         self.qkv = TokenLinear(dim, 3 * dim, bias=config.qkv_bias and not self.separate_qkv_bias)
         self.proj = TokenLinear(dim, dim)
-        self.attn_drop = config.attention_probs_dropout_prob
-        self.proj_drop = nn.Dropout(config.hidden_dropout_prob)
+        self.attn_drop, self.proj_drop = config.attention_probs_dropout_prob, nn.Dropout(config.hidden_dropout_prob)
         self.init_position_bias(num_heads, pretrained_window)
 
     separate_qkv_bias = False  # V2: biases for q and v only, outside the qkv product
@@ -200,9 +186,7 @@ class WindowAttention(nn.Module):
         """q, k (..., heads, N, d) -> the pair whose product is the logits: (q / sqrt(d), k)."""
         return q * self.head_dim**-0.5, k
 
-    def forward(
-        self, x: torch.Tensor, window: int, mask: torch.Tensor | None = None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, window: int, mask: torch.Tensor | None = None, output_attentions: bool = False):
         """x: (B, nW, N, C) windows; mask: (nW, N, N) for SW-MSA. Returns (B, nW, N, C) and, if asked, the
         attention probabilities (B*nW, heads, N, N)."""
         B, nW, N, C = x.shape
@@ -226,10 +210,9 @@ class WindowAttention(nn.Module):
 
 
 class WindowAttentionV2(WindowAttention):
-    """Swin V2's window attention: scaled cosine attention, cos(q, k) * tau with a learned temperature per
-    head (tau = exp(logit_scale) <= 100), and a continuous relative position bias: a 2-layer MLP over
-    log-spaced relative coordinates, 16 * sigmoid(MLP). No table tied to a window size: any window works.
-    q and v have biases, k none."""
+    """Swin V2: scaled cosine attention, cos(q, k) * tau with a learned tau = exp(logit_scale) <= 100 per head,
+    and a continuous relative position bias 16 * sigmoid(MLP(log-spaced offsets)): no table tied to a window
+    size, any window works. q and v have biases, k none."""
 
     separate_qkv_bias = True
 
@@ -272,9 +255,7 @@ class SwinMLP(nn.Module):
     def __init__(self, config: SwinConfig, dim: int):
         super().__init__()
         hidden = int(dim * config.mlp_ratio)
-        self.fc1 = TokenLinear(dim, hidden)
-        self.act = ACT2FN[config.hidden_act]
-        self.fc2 = TokenLinear(hidden, dim)
+        self.fc1, self.act, self.fc2 = TokenLinear(dim, hidden), ACT2FN[config.hidden_act], TokenLinear(hidden, dim)
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -285,23 +266,19 @@ class SwinBlock(GradientCheckpointingLayer):
     """z' = (S)W-MSA(LN(z)) + z;  z = MLP(LN(z')) + z'.  Odd blocks of a stage (shifted=True) use SW-MSA."""
 
     fast_paths: FastPaths = FastPaths()
-
     attention_class, norm_class = WindowAttention, nn.LayerNorm
 
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, drop_path: float, shifted: bool, pretrained_window=0):
         super().__init__()
-        self.shifted = shifted
-        self.drop_path = drop_path
+        self.shifted, self.drop_path = shifted, drop_path
         self.norm1 = self.norm_class(dim, eps=config.layer_norm_eps)
         self.attn = self.attention_class(config, dim, num_heads, pretrained_window)
         self.norm2 = self.norm_class(dim, eps=config.layer_norm_eps)
         self.mlp = SwinMLP(config, dim)
 
-    def forward(
-        self, x: torch.Tensor, window: int, shift: int, mask: torch.Tensor | None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, H, W, C). `window`, `shift` and the SW-MSA `mask` come from the stage (shift and mask
-        apply only if this block is a shifted one)."""
+    def forward(self, x: torch.Tensor, window: int, shift: int, mask, output_attentions: bool = False):
+        """x: (B, H, W, C) -> (B, H, W, C), probabilities or None. `window`, `shift` and the SW-MSA `mask`
+        come from the stage (shift and mask apply only if this block is a shifted one)."""
         shift = shift if self.shifted else 0
         weights = None
 
@@ -313,12 +290,11 @@ class SwinBlock(GradientCheckpointingLayer):
         mlp = self.mlp_branch
         if self.fast_paths.mlp_tile_tokens:
             mlp = functools.partial(in_token_tiles, self.mlp_branch, tile=self.fast_paths.mlp_tile_tokens)
-        # attention probabilities are returned for every sample, so with them no branch is skipped
-        x = self.residual(x, attention, may_skip=not output_attentions)
+        x = self.residual(x, attention, may_skip=not output_attentions)  # (probabilities for every sample)
         return self.residual(x, mlp), weights
 
     def attention_branch(self, x, window: int, shift: int, mask, output_attentions: bool):
-        """(S)W-MSA(LN(x)): (b, H, W, C) -> (b, H, W, C), and the attention probabilities if asked."""
+        """(S)W-MSA(LN(x)): (b, H, W, C) -> (b, H, W, C), and the probabilities if asked."""
         return self.shifted_window_attention(self.norm1(x), window, shift, mask, output_attentions)
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
@@ -351,8 +327,7 @@ class SwinBlock(GradientCheckpointingLayer):
 
 
 class ResPostNorm(nn.LayerNorm):
-    """The LayerNorm at the end of a Swin V2 residual branch; initialised to zero (the official init), so
-    that a new model's blocks start by adding nothing."""
+    """The LayerNorm ending a Swin V2 residual branch; zero-initialised (officially): new blocks add nothing."""
 
 
 class SwinBlockV2(SwinBlock):
@@ -392,8 +367,7 @@ class PatchMerging(nn.Module):
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         B, H, W, C = x.shape
-        # the 2x2 neighbours in the order (row, col) = (0,0), (1,0), (0,1), (1,1), the order pretrained
-        # reduction weights expect: column-major within the neighbourhood
+        # neighbours in the order (row, col) = (0,0), (1,0), (0,1), (1,1): the one pretrained weights expect
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5)  # (B, H/2, W/2, col, row, C)
         return x.reshape(B, H // 2, W // 2, 4 * C)
 
@@ -424,9 +398,7 @@ class SwinStage(nn.Module):
         )
         self.downsample = merging(config, dim) if stage < len(config.depths) - 1 else None
 
-    def forward(
-        self, x: torch.Tensor, always_partition: bool = False, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, always_partition: bool = False, output_attentions: bool = False):
         """x: (B, H, W, C) -> (downsampled output, output before downsampling, last block's attention)."""
         H, W = x.shape[1:3]
         window, shift = window_geometry(H, W, self.window_size, always_partition)
@@ -435,8 +407,7 @@ class SwinStage(nn.Module):
             mask = shifted_window_mask(H + (-H) % window, W + (-W) % window, window, shift, x.device)
         if self.fast_paths.inference_group_size and not (self.training or output_attentions):
             groups = sample_groups(x, self.fast_paths.inference_group_size)
-            x = torch.cat([self.run_blocks(x[g], window, shift, mask, False)[0] for g in groups])
-            weights = None
+            x, weights = torch.cat([self.run_blocks(x[g], window, shift, mask, False)[0] for g in groups]), None
         else:
             x, weights = self.run_blocks(x, window, shift, mask, output_attentions)
         before_downsampling = x
@@ -455,10 +426,8 @@ class SwinStage(nn.Module):
 
 
 class SwinEmbeddings(nn.Module):
-    """Patch partition + linear embedding (one strided conv), LayerNorm, optional absolute position embedding.
-
-    With `use_mask_token` (masked image modeling), a learned token replaces the embedding of masked patches.
-    """
+    """Patch partition + linear embedding (one strided conv), LayerNorm, optional absolute position embedding;
+    with `use_mask_token` (masked image modeling), a learned token replaces the embedding of masked patches."""
 
     def __init__(self, config: SwinConfig, use_mask_token: bool = False):
         super().__init__()
@@ -474,10 +443,8 @@ class SwinEmbeddings(nn.Module):
         self.drop = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, ceil(H/p), ceil(W/p), C); H, W padded bottom/right to whole patches.
-
-        bool_masked_pos: (B, Hp*Wp) or (B, Hp, Wp), True where the patch is replaced by the mask token.
-        """
+        """(B, C_in, H, W) -> (B, ceil(H/p), ceil(W/p), C), H and W padded bottom/right to whole patches.
+        bool_masked_pos: (B, Hp*Wp) or (B, Hp, Wp), True where the mask token replaces the patch."""
         check_pixel_values(pixel_values, self.num_channels, self.patch_size)
         H, W = pixel_values.shape[2:]
         p_h, p_w = self.patch_size
@@ -494,15 +461,12 @@ class SwinEmbeddings(nn.Module):
     def apply_mask(self, x: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
         """x: (B, Hp, Wp, C) with masked patches replaced by the mask token (SimMIM)."""
         if self.mask_token is None:
-            raise ValueError(
-                "bool_masked_pos was given but this model has no mask token; use SwinForMaskedImageModeling "
-                "(or SwinModel(config, use_mask_token=True))."
-            )
+            raise ValueError("bool_masked_pos needs a mask token: use SwinForMaskedImageModeling (or use_mask_token=True).")
         B, Hp, Wp, _ = x.shape
         if bool_masked_pos.numel() != B * Hp * Wp:
             raise ValueError(
-                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)} but the input has {B} x {Hp} x {Wp} "
-                "patches; give one flag per patch, shape (batch, num_patches) or (batch, Hp, Wp)."
+                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)} but the input has {B} x {Hp} x {Wp} patches; "
+                "give one flag per patch, shape (batch, num_patches) or (batch, Hp, Wp)."
             )
         mask = bool_masked_pos.reshape(B, Hp, Wp, 1).to(x.dtype)
         return x * (1.0 - mask) + self.mask_token.to(x.dtype).view(1, 1, 1, -1) * mask
@@ -520,8 +484,8 @@ def check_pixel_values(pixel_values: torch.Tensor, channels: int, patch_size: tu
     """Raise a ValueError that says what to do when pixel_values cannot be the input of the model."""
     if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
         raise ValueError(
-            f"Swin expects pixel_values of shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. "
-            f"Convert images to {channels} channels (e.g. PIL `image.convert('RGB')`) or set `num_channels` in the config."
+            f"Swin expects pixel_values of shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. Convert "
+            f"images to {channels} channels (e.g. PIL `image.convert('RGB')`) or set `num_channels` in the config."
         )
     if not pixel_values.is_floating_point():
         raise ValueError(
@@ -566,8 +530,7 @@ class SwinImageClassifierOutput(ModelOutput):
 
 
 class SwinPreTrainedModel(PreTrainedModel):
-    """Weight initialisation, checkpoint loading, speed-path settings and the PreTrainedModel plumbing
-    shared by all heads."""
+    """Initialisation, checkpoint loading, speed-path settings: the PreTrainedModel plumbing of all heads."""
 
     config_class = SwinConfig
     base_model_prefix = "swin"
@@ -575,31 +538,25 @@ class SwinPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["SwinBlock"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-    _can_compile_fullgraph = True
+    _supports_sdpa, _supports_flash_attn, _supports_flex_attn, _can_compile_fullgraph = True, False, False, True
     fast_paths: FastPaths = FastPaths()
-    # swin_hf installs its converter of other checkpoint formats here (swin_hf.convert.prepare_pretrained):
-    # a function (cls, path, kwargs) -> (config, state_dict) or None. A folder's own copy of this file,
-    # loaded with trust_remote_code, has none and loads swin_hf checkpoints only.
+    # swin_hf installs its converter of other formats here (convert.prepare_pretrained: (cls, path, kwargs) ->
+    # (config, state_dict) or None). A folder's own copy of this file (trust_remote_code) has none.
     checkpoint_adapter = None
 
     if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers < 5.24
 
         def activation_checkpointing_enable(self, **kwargs) -> None:
-            """Per-block activation checkpointing: transformers 5.24's name for gradient_checkpointing_enable,
-            so that one spelling works with every transformers this package supports."""
+            """transformers 5.24's name for gradient_checkpointing_enable (per block), on older versions too."""
             self.gradient_checkpointing_enable(**kwargs)
 
     def post_init(self) -> None:
         super().post_init()
-        self.set_fast_paths(FastPaths.for_this_cpu())
+        self.set_fast_paths(FastPaths.for_this_cpu())  # the paths that pay on this machine's CPU
 
     def set_fast_paths(self, paths: FastPaths | None = None, **changes) -> FastPaths:
-        """Choose the speed paths (fast_paths.py) of this model: a FastPaths, and/or fields to change, e.g.
-        `model.set_fast_paths(FastPaths.plain())` or `model.set_fast_paths(mlp_tile_tokens=4096)`.
-        Returns the settings now in force."""
+        """This model's speed paths (fast_paths.py): a FastPaths and/or fields to change, e.g.
+        `set_fast_paths(FastPaths.plain())`, `set_fast_paths(mlp_tile_tokens=4096)`. Returns those in force."""
         paths = dataclasses.replace(paths or self.fast_paths, **changes)
         for module in self.modules():
             if hasattr(type(module), "fast_paths"):
@@ -614,13 +571,12 @@ class SwinPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
-        # WindowAttention reads config._attn_implementation on every call, so switching is always safe
-        return True
+        return True  # WindowAttention reads config._attn_implementation on every call
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The official initialisation: truncated normal (std = initializer_range) for linear/conv weights,
-        the relative position tables and the absolute position embedding; zero biases; LayerNorm = identity."""
+        """The official initialisation: truncated normal (std = initializer_range) for linear/conv weights, bias
+        tables, position embedding; zero biases; LayerNorm = identity (V2's res-post-norms: zero)."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
@@ -642,8 +598,8 @@ class SwinPreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(param, std=std)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """save_pretrained, plus the image processor's code, so that every entry of `config.auto_map`
-        (models, config and image processor) loads with trust_remote_code where swin_hf is not installed."""
+        """save_pretrained, plus the image processor's code: every entry of `config.auto_map` then loads with
+        trust_remote_code where swin_hf is not installed."""
         super().save_pretrained(save_directory, *args, **kwargs)
         processor_code = Path(__file__).with_name("image_processing_swin.py")
         if processor_code.exists():
@@ -651,8 +607,7 @@ class SwinPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a swin_hf checkpoint; with swin_hf installed also one written by transformers' own Swin
-        (`model_type: "swin"`), whose config and weights are converted on the way in."""
+        """A swin_hf checkpoint; with swin_hf installed also transformers' Swin / Swinv2 ones (converted)."""
         adapter = SwinPreTrainedModel.checkpoint_adapter
         if adapter is not None and pretrained_model_name_or_path is not None and "state_dict" not in kwargs:
             converted = adapter(cls, pretrained_model_name_or_path, kwargs)
@@ -677,16 +632,13 @@ class SwinModel(SwinPreTrainedModel):
 
     def __init__(self, config: SwinConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         super().__init__(config)
-        self.num_features = config.hidden_size
-        self.add_pooling_layer = add_pooling_layer
+        self.num_features, self.add_pooling_layer = config.hidden_size, add_pooling_layer
         self.embeddings = SwinEmbeddings(config, use_mask_token=use_mask_token)
-        # stochastic depth rises linearly from 0 to drop_path_rate over all blocks
-        total = sum(config.depths)
+        total = sum(config.depths)  # stochastic depth rises linearly from 0 to drop_path_rate over all blocks
         rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         starts = [sum(config.depths[:s]) for s in range(len(config.depths))]
         self.stages = nn.ModuleList(
-            SwinStage(config, s, rates[start : start + depth])
-            for s, (start, depth) in enumerate(zip(starts, config.depths))
+            SwinStage(config, s, rates[start : start + depth]) for s, (start, depth) in enumerate(zip(starts, config.depths))
         )
         self.norm = nn.LayerNorm(self.num_features, eps=config.layer_norm_eps)
         self.post_init()
@@ -711,22 +663,16 @@ class SwinModel(SwinPreTrainedModel):
         return_dict = config.return_dict if return_dict is None else return_dict
 
         x = self.embeddings(pixel_values, bool_masked_pos)  # (B, H/4, W/4, C)
-        maps = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
+        maps, attentions = [x], []
         for stage in self.stages:
             x, before_downsampling, weights = stage(x, always_partition, output_attentions)
-            if output_hidden_states:
-                maps.append(before_downsampling if hidden_states_before_downsampling else x)
-            if output_attentions:
-                attentions.append(weights)
-
+            maps.append(before_downsampling if hidden_states_before_downsampling else x)
+            attentions.append(weights)
         B, H, W, C = x.shape
         last_hidden_state = self.norm(x.reshape(B, H * W, C))  # (B, L, C)
         pooled = last_hidden_state.mean(dim=1) if self.add_pooling_layer else None  # (B, C)
-        hidden_states = reshaped = None
-        if output_hidden_states:
-            hidden_states = tuple(m.reshape(B, -1, m.shape[-1]) for m in maps)  # (B, L_i, C_i)
-            reshaped = tuple(m.permute(0, 3, 1, 2) for m in maps)  # (B, C_i, H_i, W_i)
+        hidden_states = tuple(m.reshape(B, -1, m.shape[-1]) for m in maps) if output_hidden_states else None  # (B, L_i, C_i)
+        reshaped = tuple(m.permute(0, 3, 1, 2) for m in maps) if output_hidden_states else None  # (B, C_i, H_i, W_i)
         attentions = tuple(attentions) if output_attentions else None
         if not return_dict:
             return tuple(v for v in (last_hidden_state, pooled, hidden_states, attentions, reshaped) if v is not None)
@@ -775,9 +721,7 @@ class SwinForImageClassification(SwinPreTrainedModel):
         return SwinImageClassifierOutput(loss, logits, *rest)
 
 
-def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, config: SwinConfig, num_items_in_batch=None
-) -> torch.Tensor:
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: SwinConfig, num_items_in_batch=None):
     """The loss `config.problem_type` names (inferred from num_labels and the label dtype when unset; the
     config is not modified), averaged over the batch's items, or summed and divided by `num_items_in_batch`
     (the label elements of all the batches of one accumulated step)."""
@@ -787,18 +731,15 @@ def classification_loss(
         problem = "regression" if config.num_labels == 1 else f"{'single' if integer else 'multi'}_label_classification"
     labels = labels.to(logits.device)
     reduction = "mean" if num_items_in_batch is None else "sum"
-    if problem == "regression":
-        one = config.num_labels == 1  # logits (B, 1) against labels (B,)
-        loss = F.mse_loss(logits.squeeze(-1) if one else logits, labels.to(logits.dtype).view_as(logits.squeeze(-1) if one else logits), reduction=reduction)
+    if problem == "regression":  # (one label: logits (B, 1) against labels (B,))
+        prediction = logits.squeeze(-1) if config.num_labels == 1 else logits
+        loss = F.mse_loss(prediction, labels.to(logits.dtype).view_as(prediction), reduction=reduction)
     elif problem == "single_label_classification":
         loss = F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), reduction=reduction)
     elif problem == "multi_label_classification":
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction=reduction)
     else:
-        raise ValueError(
-            f"config.problem_type={problem!r} is not supported; use 'single_label_classification', "
-            "'multi_label_classification' or 'regression'."
-        )
+        raise ValueError(f"config.problem_type={problem!r}: use 'single_label_classification', 'multi_label_classification' or 'regression'.")
     if num_items_in_batch is not None:
         loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device).to(loss.dtype)
     return loss
@@ -843,11 +784,9 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
             always_partition=self.config.version == 1,  # as transformers' SwinBackbone / Swinv2Backbone
             hidden_states_before_downsampling=True,
         )  # fmt: skip
-        feature_maps = tuple(
-            self.hidden_states_norms[stage](m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
-            for stage, m in zip(self.stage_names, out.reshaped_hidden_states)
-            if stage in self.out_features
-        )  # each (B, C_i, H_i, W_i)
+        maps = zip(self.stage_names, out.reshaped_hidden_states)
+        norms = self.hidden_states_norms
+        feature_maps = tuple(norms[s](m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous() for s, m in maps if s in norms)
         hidden_states = out.reshaped_hidden_states if output_hidden_states else None
         if not return_dict:
             return tuple(v for v in (feature_maps, hidden_states, out.attentions) if v is not None)
