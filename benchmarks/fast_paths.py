@@ -18,8 +18,6 @@ import copy
 import dataclasses
 import datetime
 import os
-import platform
-import subprocess
 import sys
 
 import torch
@@ -40,26 +38,6 @@ PATHS = {
 MODES = ("infer-fp32", "infer-bf16", "train-fp32", "train-bf16")
 # paths that change nothing in a mode (not timed there)
 INERT = {"infer": {"skip_dropped_branches"}, "train": {"inference_group_size=2^20"}}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def measure(mode: str, args) -> dict:
@@ -107,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"{cpu_name()} ({cpu_vendor()}) | "
-        f"torch {torch.__version__} | {args.threads} threads | commit {commit()} | {datetime.date.today()} | "
+        f"{throughput.cpu_name()} ({cpu_vendor()}) | "
+        f"torch {torch.__version__} | {args.threads} threads | commit {throughput.commit()} | {datetime.date.today()} | "
         f"{args.model} batch {args.batch_size}, {args.rounds} alternating rounds, medians"
     )
     print(f"default here: {FastPaths.for_this_cpu()}")

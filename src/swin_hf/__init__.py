@@ -21,6 +21,7 @@ from .export import export_onnx, run_onnx
 from .fast_paths import FastPaths
 from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
+from .inference import optimize_for_inference
 from .model_card import write_model_cards
 from .modeling_swin import (
     SwinBackbone,
@@ -87,6 +88,7 @@ __all__ = [
     "load_swin_encoder",
     "masked_l1_loss",
     "measure_cost",
+    "optimize_for_inference",
     "read_checkpoint",
     "run_onnx",
     "upernet_from_encoder",

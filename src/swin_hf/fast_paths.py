@@ -55,17 +55,27 @@ class FastPaths:
         return cls()
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_vendor() -> str:
-    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo; '' where it cannot be read."""
+@functools.lru_cache(maxsize=None)
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo; '' where it cannot be read (not Linux, say)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo; '' where it cannot be read."""
+    return _cpuinfo("vendor_id")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo ('avx512_bf16', 'amx_bf16', ...); empty where unreadable."""
+    return set(_cpuinfo("flags").split())
 
 
 def auto_attention_implementation(q: torch.Tensor, bias_is_trained: bool) -> str:
@@ -251,4 +261,4 @@ def can_skip_dropped(x: torch.Tensor) -> bool:
     return _on_cpu_eagerly(x)
 
 
-__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "cpu_vendor", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]
+__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "cpu_flags", "cpu_vendor", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]

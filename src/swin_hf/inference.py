@@ -1,0 +1,186 @@
+"""A swin_hf model in its fastest inference form on the device it is on, in one call.
+
+    >>> import swin_hf
+    >>> model = swin_hf.SwinForImageClassification.from_pretrained("...")  # doctest: +SKIP
+    >>> model = swin_hf.optimize_for_inference(model)  # doctest: +SKIP
+    >>> model(pixel_values).logits  # same inputs, same outputs (fp32), faster  # doctest: +SKIP
+
+What it does (each choice measured on the machines in BENCHMARKS.md, "Serving"):
+  - eval mode, no autograd, the weights frozen (`requires_grad_(False)`);
+  - bf16 where the hardware multiplies bf16 natively (CPUs with AMX or AVX512-BF16, CUDA GPUs with bf16),
+    as autocast inside the compiled graph, so that the weight casts are folded into constants once;
+    fp32 elsewhere; outputs come back in fp32;
+  - torch.compile with Inductor's freezing (weights and the derived attention biases become constants,
+    prepacked for oneDNN on CPU); the batch dimension is dynamic from the first call, and each new image
+    size compiles once;
+  - `quantize="int8"`: post-training quantization of the products (PT2E with the x86 Inductor quantizer,
+    calibrated on `calibration` images), on x86 CPUs, where torchao is installed.
+
+The optimized model is a frozen snapshot: it answers with the weights it had when optimized. Changing
+them afterwards (training, loading, merging adapters) needs `optimize_for_inference` again on a fresh
+model; the model refuses to train once optimized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import platform
+
+import torch
+from torch import nn
+
+from .fast_paths import cpu_flags
+
+logger = logging.getLogger(__name__)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware: CPUs with AMX or AVX512-BF16, CUDA GPUs that
+    report bf16 support."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    return False
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    dtype: str | torch.dtype = "auto",
+    quantize: str | None = None,
+    calibration: torch.Tensor | None = None,
+    compile: bool = True,
+    max_autotune: bool = False,
+    backend: str = "inductor",
+) -> nn.Module:
+    """Turn `model` (any swin_hf model) into its fastest inference form on its device; returns the same
+    object, whose calls take the same inputs and give the same outputs (floating outputs in fp32).
+
+    Args:
+        dtype: "auto" (bf16 where the device multiplies bf16 natively, else fp32), "bf16" or "fp32".
+        quantize: None, or "int8" (x86 CPUs, needs torchao; `calibration` images required, e.g. a few
+            dozen processed by the model's image processor).
+        compile: torch.compile the forward (False: only the dtype choice, eagerly).
+        max_autotune: let Inductor benchmark its own GEMM kernels against the libraries' (slower compile).
+        backend: the torch.compile backend; Inductor's options (freezing, max_autotune) apply to "inductor".
+    """
+    if getattr(model, "optimized_for_inference", None):
+        raise ValueError("This model is already optimized for inference; optimize a freshly loaded model instead.")
+    device = next(model.parameters()).device
+    if dtype == "auto":
+        dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype, dtype)
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype={dtype!r}: use 'auto', 'bf16' or 'fp32'.")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize={quantize!r}: use None or 'int8'.")
+    model.eval().requires_grad_(False)
+    forward = model.forward
+    if quantize == "int8":
+        forward = _int8_forward(model, device, calibration)
+    call = _inference_call(forward, device.type, dtype)
+    if compile:
+        options = {"freezing": True, "max_autotune": max_autotune} if backend == "inductor" else None
+        compiled = torch.compile(call, backend=backend, options=options)
+
+        @functools.wraps(forward)
+        def call(*args, **kwargs):
+            if args and isinstance(args[0], torch.Tensor):
+                torch._dynamo.maybe_mark_dynamic(args[0], 0)  # any batch size, one graph
+            elif isinstance(kwargs.get("pixel_values"), torch.Tensor):
+                torch._dynamo.maybe_mark_dynamic(kwargs["pixel_values"], 0)
+            return compiled(*args, **kwargs)
+
+    model.forward = call
+    model.optimized_for_inference = {"dtype": str(dtype).removeprefix("torch."), "quantize": quantize, "compile": compile}
+    model.train = functools.partial(_refuse_training, model)
+    logger.info("optimized for inference on %s: %s", device, model.optimized_for_inference)
+    return model
+
+
+def _inference_call(forward, device_type: str, dtype: torch.dtype):
+    """forward under no_grad and (for bf16) autocast, with floating outputs back in fp32."""
+    autocast = (
+        functools.partial(torch.autocast, device_type, dtype=torch.bfloat16)
+        if dtype == torch.bfloat16
+        else contextlib.nullcontext
+    )
+
+    @functools.wraps(forward)
+    def call(*args, **kwargs):
+        with torch.no_grad(), autocast():
+            out = forward(*args, **kwargs)
+        return _to_fp32(out)
+
+    return call
+
+
+def _to_fp32(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return type(value)(_to_fp32(v) for v in value) if not hasattr(value, "_fields") else type(value)(*map(_to_fp32, value))
+    if isinstance(value, dict):  # ModelOutput is an OrderedDict
+        for key in list(value.keys()):
+            value[key] = _to_fp32(value[key])
+        return value
+    return value
+
+
+def _refuse_training(model: nn.Module, mode: bool = True) -> nn.Module:
+    if mode:
+        raise RuntimeError(
+            "This model was optimized for inference (frozen weights, compiled for eval). Train a freshly loaded "
+            "model instead, and optimize it again afterwards."
+        )
+    return nn.Module.train(model, False)
+
+
+def _int8_forward(model: nn.Module, device: torch.device, calibration: torch.Tensor | None):
+    """The model's forward with its products quantized to int8 (PT2E, x86 Inductor quantizer)."""
+    if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        raise ValueError(f"quantize='int8' runs on x86 CPUs; this model is on {device} ({platform.machine()}).")
+    if calibration is None or calibration.ndim != 4:
+        raise ValueError(
+            "quantize='int8' needs calibration images: a (N, channels, H, W) tensor of processed images, e.g. "
+            "processor(images, return_tensors='pt').pixel_values for a few dozen images of the task."
+        )
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as error:
+        raise ImportError("quantize='int8' needs torchao: pip install torchao") from error
+
+    class Logits(nn.Module):  # tensors in, tensors out, for torch.export
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            out = self.inner(pixel_values, return_dict=True)
+            return tuple(v for v in out.values() if isinstance(v, torch.Tensor))
+
+    wrapper = Logits(model).eval()
+    example = calibration[:2]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        exported = torch.export.export(wrapper, (example,), dynamic_shapes={"pixel_values": {0: batch}}).module()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(exported, quantizer)
+        for start in range(0, len(calibration), 8):
+            prepared(calibration[start : start + 8])
+        quantized = convert_pt2e(prepared)
+    keys = [k for k, v in model(example, return_dict=True).items() if isinstance(v, torch.Tensor)]
+    output_class = type(model(example[:1], return_dict=True))
+
+    def forward(pixel_values=None, **kwargs):
+        if kwargs.get("output_hidden_states") or kwargs.get("output_attentions"):
+            raise ValueError("The int8 model returns its main outputs only (no hidden states or attentions).")
+        return output_class(**dict(zip(keys, quantized(pixel_values))))
+
+    return forward
+
+
+__all__ = ["native_bf16", "optimize_for_inference"]

@@ -1,0 +1,135 @@
+"""optimize_for_inference (the fastest inference form, one call), its use by pipelines, and `swin-hf predict`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import swin_hf.fast_paths as fast_paths
+import swin_hf.inference as inference
+from swin_hf import SwinConfig, SwinForImageClassification, SwinImageProcessor, optimize_for_inference
+from swin_hf.cli import main as cli
+from swin_reference import TINY, images, randomize
+
+
+def _model(**overrides):
+    config = SwinConfig(**{**TINY, "num_labels": 4, "id2label": {i: f"c{i}" for i in range(4)}, **overrides})
+    return randomize(SwinForImageClassification(config), std=0.1).eval()
+
+
+def test_bf16_is_chosen_where_the_cpu_multiplies_bf16(monkeypatch):
+    for flags, expected in (({"amx_bf16", "avx512f"}, True), ({"avx512_bf16"}, True), ({"avx2", "fma"}, False)):
+        monkeypatch.setattr(inference, "cpu_flags", lambda flags=flags: flags)
+        assert inference.native_bf16(torch.device("cpu")) is expected
+    assert "avx512f" in fast_paths.cpu_flags() or not fast_paths.cpu_flags() or fast_paths.cpu_flags()  # readable
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_same_inputs_same_outputs_in_fp32(dtype):
+    model = _model()
+    x = images(3, 64, 64)
+    with torch.no_grad():
+        expected = model(x, output_hidden_states=True)
+    fast = optimize_for_inference(model, dtype=dtype, compile=False)
+    out = fast(x, output_hidden_states=True)
+    assert out.logits.dtype == torch.float32 and all(h.dtype == torch.float32 for h in out.hidden_states)
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == "fp32" else dict(atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.logits, expected.logits, **tol)
+    assert fast.optimized_for_inference["dtype"] == ("float32" if dtype == "fp32" else "bfloat16")
+    assert not any(p.requires_grad for p in fast.parameters())
+
+
+def test_an_optimized_model_refuses_training_and_a_second_optimization():
+    fast = optimize_for_inference(_model(), compile=False)
+    fast.eval()  # (eval mode is fine)
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        fast.train()
+    with pytest.raises(ValueError, match="already optimized"):
+        optimize_for_inference(fast)
+    with pytest.raises(ValueError, match="quantize"):
+        optimize_for_inference(_model(), quantize="int4")
+    with pytest.raises(ValueError, match="dtype"):
+        optimize_for_inference(_model(), dtype="fp16")
+
+
+def test_compiled_once_for_every_batch_size():
+    """The batch dimension is dynamic from the first call: batches of 2, 5 and 3 share one graph, and a batch
+    of 1 (which torch.compile always specialises) adds one more (backend "eager": the capture is what is
+    tested; Inductor's code generation takes minutes on a small CPU)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = _model()
+    fast = optimize_for_inference(model, dtype="fp32", backend="eager")
+    counters.clear()
+    graphs = []
+    for batch in (2, 5, 3, 1, 4):
+        x = images(batch, 64, 64, seed=batch)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x).logits, model.__class__.forward(model, x).logits, atol=1e-5, rtol=1e-5)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == [1, 1, 1, 2, 2]
+    torch._dynamo.reset()
+
+
+def test_a_pipeline_runs_the_optimized_model(tmp_path):
+    from transformers import pipeline
+
+    model, processor = _model(), SwinImageProcessor.for_image_size(64)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
+    expected = pipeline("image-classification", model=model, image_processor=processor)(photo, top_k=2)
+    fast = optimize_for_inference(model, dtype="fp32", compile=False)
+    got = pipeline("image-classification", model=fast, image_processor=processor)(photo, top_k=2)
+    assert [g["label"] for g in got] == [e["label"] for e in expected]
+    np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected], atol=1e-5)
+
+
+def test_int8_needs_calibration_images_on_an_x86_cpu():
+    with pytest.raises(ValueError, match="calibration"):
+        optimize_for_inference(_model(), quantize="int8")
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path / "model")
+    SwinImageProcessor.for_image_size(64).save_pretrained(tmp_path / "model")
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (50 + i, 70, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    return model, tmp_path
+
+
+def test_predict_classifies_a_folder_into_json(saved, capsys):
+    model, root = saved
+    out = root / "predictions.json"
+    assert cli(["predict", str(root / "model"), str(root / "photos"), "--top-k", "2", "--json", str(out), "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["p0.png", "p1.png", "p2.png"]
+    assert all(len(r["predictions"]) == 2 and r["predictions"][0]["label"] in {"c0", "c1", "c2", "c3"} for r in rows)
+    assert all(r["predictions"][0]["score"] >= r["predictions"][1]["score"] for r in rows)
+    assert "1 unreadable image(s) skipped" in capsys.readouterr().err
+    # the same top class as the model itself on the same processed image
+    processor = SwinImageProcessor.for_image_size(64)
+    with Image.open(rows[0]["image"]) as image:
+        pixels = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        top = model(pixels).logits.argmax(-1).item()
+    assert rows[0]["predictions"][0]["label"] == f"c{top}"
+
+
+def test_predict_refuses_what_it_cannot_use(saved, capsys):
+    _, root = saved
+    assert cli(["predict", str(root / "model"), str(root / "missing.png")]) == 1
+    assert "neither an image file nor a folder" in capsys.readouterr().err
+    assert cli(["predict", "swin-tiny-patch4-window7-224", str(root / "photos")]) == 1
+    assert "weights are random" in capsys.readouterr().err
+    assert cli(["predict", str(root / "model"), str(root / "photos"), "--top-k", "0"]) == 2
