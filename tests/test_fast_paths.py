@@ -189,7 +189,7 @@ def test_token_tiles_equal_the_branch_and_call_it_per_tile():
         return layer(t).tanh()
 
     x = torch.randn(2, 9, 31, 6, requires_grad=True)  # 558 tokens: tiles of 100, the last of 58
-    out = in_token_tiles(branch, x, tile=100)
+    out = in_token_tiles(branch, x, FastPaths(mlp_tile_tokens=100))
     assert calls == [100] * 5 + [58]
     torch.testing.assert_close(out, branch(x), atol=1e-6, rtol=1e-6)
     assert out.shape == x.shape
@@ -199,12 +199,26 @@ def test_token_tiles_equal_the_branch_and_call_it_per_tile():
 
 
 def test_sample_groups_only_in_cpu_inference():
-    x = torch.randn(5, 32, 32, 16)
+    x, paths = torch.randn(5, 32, 32, 16), FastPaths(inference_group_size=2 * 32 * 32 * 16)
     with torch.no_grad():
-        assert sample_groups(x, 2 * 32 * 32 * 16) == [slice(0, 2), slice(2, 4), slice(4, 6)]
-        assert sample_groups(x, 10**9) == [slice(0, 5)]
-        assert sample_groups(x, 0) == [slice(None)]
-    assert sample_groups(x, 2 * 32 * 32 * 16) == [slice(None)]  # autograd on
+        assert sample_groups(x, paths) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+        assert sample_groups(x, FastPaths(inference_group_size=10**9)) == [slice(0, 5)]
+        assert sample_groups(x, FastPaths()) == [slice(None)]
+    assert sample_groups(x, paths) == [slice(None)]  # autograd on
+
+
+def test_tiles_and_groups_stay_in_fp32_where_asked():
+    x = torch.randn(5, 32, 32, 16)
+    fp32_only = FastPaths(inference_group_size=2 * 32 * 32 * 16, mlp_tile_tokens=1000, tiles_in_bf16=False)
+    calls = []
+    with torch.no_grad():
+        assert len(sample_groups(x, fp32_only)) == 3
+        assert sample_groups(x.bfloat16(), fp32_only) == [slice(None)]
+        with torch.autocast("cpu", torch.bfloat16):
+            assert sample_groups(x, fp32_only) == [slice(None)]
+            in_token_tiles(lambda t: calls.append(len(t)) or t, x, fp32_only)
+        in_token_tiles(lambda t: calls.append(len(t)) or t, x, fp32_only)
+    assert calls == [5] + [1000] * 5 + [120]  # whole (the batch of 5 maps), then 5120 tokens in tiles
 
 
 @pytest.mark.parametrize("kept_seed", [0, 3, 5])

@@ -13,6 +13,7 @@ hand. On other devices (CUDA, MPS) no path runs: each checks that its tensors ar
   onednn_products        per-token products as oneDNN 1x1 convolutions (AMD: MKL's sgemm is slow there)
   mlp_tile_tokens        the MLP branch over tiles of this many tokens, so intermediates stay in cache
   inference_group_size   CPU inference runs a large stage on groups of samples (same reason)
+  tiles_in_bf16          the two above also in bf16 (False: fp32 only)
   skip_dropped_branches  stochastic depth computes a residual branch on the kept samples only
 """
 
@@ -35,6 +36,7 @@ class FastPaths:
     onednn_min_macs: int = 1 << 24  # smaller products stay on F.linear (oneDNN's set-up costs more there)
     mlp_tile_tokens: int = 0  # 0: one tile
     inference_group_size: int = 0  # floats of a (b, H, W, C) group's input; 0: the whole batch at once
+    tiles_in_bf16: bool = True  # tiles and groups under bf16 (autocast or bf16 weights) too
     skip_dropped_branches: bool = False
 
     @classmethod
@@ -213,20 +215,27 @@ _TOKEN_LINEAR = _register_token_linear()
 # --------------------------------------------------------------------------------------------------
 
 
-def in_token_tiles(branch, x: torch.Tensor, tile: int) -> torch.Tensor:
-    """branch(x) for a per-token branch (the MLP with its LayerNorm), computed `tile` tokens at a time so
-    that the 4C-wide intermediates of a tile stay in cache from one op to the next: (..., C) -> (..., C)."""
-    tokens = x.reshape(-1, x.shape[-1])  # (T, C)
-    if not tile or len(tokens) <= tile or not _on_cpu_eagerly(x):
+def _tiled(x: torch.Tensor, paths: FastPaths) -> bool:
+    """Whether the cache-sized paths run for x: on the CPU, eagerly, and in fp32 unless tiles_in_bf16."""
+    low_precision = x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+    return _on_cpu_eagerly(x) and (paths.tiles_in_bf16 or not low_precision)
+
+
+def in_token_tiles(branch, x: torch.Tensor, paths: FastPaths) -> torch.Tensor:
+    """branch(x) for a per-token branch (the MLP with its LayerNorm), computed paths.mlp_tile_tokens tokens
+    at a time so that the 4C-wide intermediates of a tile stay in cache from op to op: (..., C) -> (..., C)."""
+    tokens, tile = x.reshape(-1, x.shape[-1]), paths.mlp_tile_tokens  # (T, C)
+    if not tile or len(tokens) <= tile or not _tiled(x, paths):
         return branch(x)
     out = torch.cat([branch(tokens[i : i + tile]) for i in range(0, len(tokens), tile)])  # (T, C)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def sample_groups(x: torch.Tensor, group_size: int) -> list[slice]:
-    """Even groups of samples of x (B, H, W, C), each with at most about `group_size` floats, for CPU
-    inference (autograd off): a group's intermediates stay in cache through a stage. [all] otherwise."""
-    if not group_size or torch.is_grad_enabled() or not _on_cpu_eagerly(x):
+def sample_groups(x: torch.Tensor, paths: FastPaths) -> list[slice]:
+    """Even groups of samples of x (B, H, W, C), each with at most about paths.inference_group_size floats,
+    for CPU inference (autograd off): a group's intermediates stay in cache through a stage. [all] otherwise."""
+    group_size = paths.inference_group_size
+    if not group_size or torch.is_grad_enabled() or not _tiled(x, paths):
         return [slice(None)]
     B = len(x)
     count = -(-B // max(1, group_size // max(x[0].numel(), 1)))  # ceil(B / samples per group)

@@ -289,7 +289,7 @@ class SwinBlock(GradientCheckpointingLayer):
 
         mlp = self.mlp_branch
         if self.fast_paths.mlp_tile_tokens:
-            mlp = functools.partial(in_token_tiles, self.mlp_branch, tile=self.fast_paths.mlp_tile_tokens)
+            mlp = functools.partial(in_token_tiles, self.mlp_branch, paths=self.fast_paths)
         x = self.residual(x, attention, may_skip=not output_attentions)  # (probabilities for every sample)
         return self.residual(x, mlp), weights
 
@@ -406,7 +406,7 @@ class SwinStage(nn.Module):
         if shift and len(self.blocks) > 1:  # one mask per stage, shared by its SW-MSA blocks
             mask = shifted_window_mask(H + (-H) % window, W + (-W) % window, window, shift, x.device)
         if self.fast_paths.inference_group_size and not (self.training or output_attentions):
-            groups = sample_groups(x, self.fast_paths.inference_group_size)
+            groups = sample_groups(x, self.fast_paths)
             x, weights = torch.cat([self.run_blocks(x[g], window, shift, mask, False)[0] for g in groups]), None
         else:
             x, weights = self.run_blocks(x, window, shift, mask, output_attentions)
