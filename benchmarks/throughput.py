@@ -78,8 +78,8 @@ def build_models(
     overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
     overrides.update(sizes or {})
     if pretrained is not None:
-        attn = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
-        theirs = transformers.SwinForImageClassification.from_pretrained(pretrained, attn_implementation=attn, **overrides)
+        attn = "sdpa" if "sdpa" in _supported_attn(transformers.SwinForImageClassification) else "eager"
+        theirs = transformers.AutoModelForImageClassification.from_pretrained(pretrained, attn_implementation=attn, **overrides)
         return {"ours": SwinForImageClassification.from_pretrained(pretrained, **overrides), "transformers": theirs}
     ours_config = SwinConfig.from_preset(preset, num_labels=1000, **overrides)
     fields = (
@@ -87,14 +87,21 @@ def build_models(
         "hidden_dropout_prob attention_probs_dropout_prob drop_path_rate hidden_act use_absolute_embeddings "
         "layer_norm_eps initializer_range"
     ).split()
-    their_config = transformers.SwinConfig(**{f: getattr(ours_config, f) for f in fields}, num_labels=1000)
-    their_config._attn_implementation = "sdpa" if "sdpa" in _supported_attn(transformers) else "eager"
+    values = {f: getattr(ours_config, f) for f in fields}
+    if ours_config.version == 2:  # transformers' Swinv2
+        their_class = transformers.Swinv2ForImageClassification
+        values["pretrained_window_sizes"] = ours_config.pretrained_window_sizes
+        their_config = transformers.Swinv2Config(**values, num_labels=1000)
+    else:
+        their_class = transformers.SwinForImageClassification
+        their_config = transformers.SwinConfig(**values, num_labels=1000)
+    their_config._attn_implementation = "sdpa" if "sdpa" in _supported_attn(their_class) else "eager"
     torch.manual_seed(seed)
-    theirs = transformers.SwinForImageClassification(their_config)
+    theirs = their_class(their_config)
     ours = SwinForImageClassification(ours_config)
     ours.load_state_dict(convert_state_dict(theirs.state_dict(), source="transformers"))
     models = {"ours": ours, "transformers": theirs}
-    if with_timm:
+    if with_timm and ours_config.version == 1:
         timm_model = build_timm(preset, ours_config.drop_path_rate, sizes)
         if timm_model is not None:
             timm_model.load_state_dict(convert_state_dict(ours.state_dict(), to="timm"), strict=True)
@@ -102,8 +109,9 @@ def build_models(
     return models
 
 
-def _supported_attn(transformers) -> set[str]:
-    return {"sdpa"} if getattr(transformers.SwinForImageClassification, "_supports_sdpa", False) else set()
+def _supported_attn(model_class) -> set[str]:
+    """{"sdpa"} where transformers' model class supports SDPA (its Swin), else nothing (its Swinv2)."""
+    return {"sdpa"} if getattr(model_class, "_supports_sdpa", False) else set()
 
 
 def import_timm():

@@ -107,3 +107,10 @@ def test_host_work_on_the_meta_device():
     assert {"ours", "transformers"} <= set(rows)
     assert all(ms > 0 and ops > 1000 for ms, ops, _ in rows.values()), rows
     assert rows["transformers"][2] == "1.00x"
+
+
+def test_swinv2_runs_against_transformers_swinv2(tmp_path):
+    """--model swinv2-...: ours and transformers' Swinv2 with the same weights (stand-in sizes, one step)."""
+    report = _throughput(tmp_path, "--model", "swinv2-tiny-patch4-window8-256", "--mode", "train", "--host-stand-in")
+    assert report["max_logits_diff"] < 1e-4
+    assert set(report["timings"]) == {"ours", "transformers"}
