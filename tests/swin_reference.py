@@ -39,3 +39,17 @@ def reference_pair(config_kwargs: dict, head: str = "classification", seed: int 
 
 def images(batch: int, height: int, width: int, seed: int = 0, channels: int = 3) -> torch.Tensor:
     return torch.randn(batch, channels, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def train_steps(model: torch.nn.Module, steps: int, lr: float, **inputs) -> list[float]:
+    """`steps` AdamW steps of `model` on one batch (`inputs`, labels included); the losses before each step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -19,6 +19,7 @@ from transformers import (
 import swin_hf
 from swin_hf import SwinBackbone, SwinConfig, SwinForImageClassification
 from swin_hf.segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
+from swin_reference import train_steps
 
 TINY = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, patch_size=4)
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -181,16 +182,8 @@ def test_upernet_few_steps_learn_and_miou():
             ious.append(inter / union)
         return sum(ious) / len(ious)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    model.train()
-    losses = []
     before = miou()
-    for _ in range(30):
-        loss = model(pixels, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, 30, 5e-3, pixel_values=pixels, labels=labels)
     after = miou()
     assert losses[-1] < 0.5 * losses[0], losses
     assert after > 0.75 and after > before + 0.2, (before, after)

@@ -12,7 +12,7 @@ import transformers
 
 import swin_hf
 from swin_hf import SwinConfig, convert_state_dict
-from swin_reference import images, randomize
+from swin_reference import images, randomize, train_steps
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 TINY_V2 = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=2)
@@ -152,16 +152,7 @@ def test_a_window_8_checkpoint_runs_and_trains_at_window_16_without_resizing(tmp
     x = images(2, 128, 128)
     with torch.no_grad():
         assert torch.isfinite(moved(x).logits).all()
-    optimizer = torch.optim.AdamW(moved.parameters(), lr=1e-3)
-    labels = torch.tensor([0, 2])
-    losses = []
-    moved.train()
-    for _ in range(5):
-        loss = moved(x, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(moved, 5, 1e-3, pixel_values=x, labels=torch.tensor([0, 2]))
     assert losses[-1] < losses[0]
 
 
