@@ -368,7 +368,7 @@ def test_card_claims_the_paper_accuracy_only_for_the_real_release(tmp_path):
 
 
 def test_processor_matches_each_source_preprocessing():
-    from swin_hf.convert_checkpoint import processor_for_source
+    from swin_hf.preprocessing import processor_for_source
 
     official = processor_for_source("official", 224)  # official eval: resize 256, centre-crop 224
     assert official.size == {"shortest_edge": 256} and official.crop_size == {"height": 224, "width": 224}

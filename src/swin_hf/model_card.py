@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configuration_swin import PRESETS, SwinConfig
+from .preprocessing import preprocessing_summary, processor_for_source
 
 PAPER_URL = "https://arxiv.org/abs/2103.14030"
 OFFICIAL_REPO = "https://github.com/microsoft/Swin-Transformer"
@@ -279,8 +280,6 @@ def render_card(
 
 
 def card_for_spec(spec: CardSpec) -> str:
-    from .convert_checkpoint import preprocessing_summary, processor_for_source
-
     config = spec_config(spec)
     return render_card(
         config,
