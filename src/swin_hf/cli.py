@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="parameters and FLOPs per stage, and the attention cost")
     info.add_argument("target", metavar="PRESET_OR_DIR", help=f"a preset ({', '.join(PRESETS)}) or a model folder")
     info.add_argument("--image-size", type=int, help="input side in pixels (default: the config's image size)")
-    info.add_argument("--num-labels", type=int, help="classes of the head (default: 1000 for presets)")
+    info.add_argument("--num-labels", type=int, help="classes of the head (default: the release's, 1000 or 21841 for presets)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     cards = commands.add_parser("cards", help="write the model card of every released model")
