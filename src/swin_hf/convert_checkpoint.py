@@ -32,7 +32,7 @@ from .convert import (
     convert_state_dict,
     infer_config,
 )
-from .model_card import find_spec, render_card
+from .model_card import find_spec, render_card, timm_architecture
 from .preprocessing import preprocessing_summary, processor_for_source
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -274,11 +274,8 @@ def _timm_preset(timm_config: dict | None) -> SwinConfig | None:
     `swinv2_tiny_window8_256` and swinv2-base-patch4-window12to16-192to256-22kto1k-ft
     `swinv2_base_window12to16_192to256` (the tag after the dot names the weights)."""
     architecture = (timm_config or {}).get("architecture")
-    for name in PRESETS:
-        timm_name = name.replace("-patch4", "").removesuffix("-22kto1k-ft").removesuffix("-22k").replace("-", "_")
-        if architecture == timm_name:
-            return SwinConfig.from_preset(name)
-    return None
+    name = next((name for name in PRESETS if timm_architecture(name) == architecture), None)
+    return SwinConfig.from_preset(name) if name else None
 
 
 def _geometry(config: SwinConfig) -> tuple:
