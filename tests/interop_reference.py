@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from swin_hf import SwinConfig, SwinForImageClassification
 
 EPS = 1e-5
+# A Swin V2 in miniature of the 12to16 fine-tuned releases: stage maps 16, 8, 4 at 64 pixels with window 8 (a
+# shifted stage, one window, a map smaller than the window), pre-trained with windows 6, 6, 3
+V2_FINE_TUNED = dict(version=2, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=8, image_size=64,
+                     pretrained_window_sizes=[6, 6, 3])
 
 
 def tiny_config(**overrides) -> SwinConfig:

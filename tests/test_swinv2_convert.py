@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
+from test_convert import OFFICIAL_KEYS, TIMM_KEYS  # noqa: E402
 from interop_reference import (  # noqa: E402
-    official_to_timm_by_hand,
+    V2_FINE_TUNED,
     reference_coords_table,
     reference_forward,
     reference_index,
@@ -28,42 +29,28 @@ from swin_hf import ConversionError, SwinConfig, SwinForImageClassification, con
 from swin_hf.cli import main  # noqa: E402
 from swin_hf.convert import _inference_hints, guess_source, guess_version  # noqa: E402
 
-V2 = dict(version=2)
-# stage maps 16, 8, 4 at 64 pixels, window 8: stage 1 shifted, stage 2 one window, stage 3 smaller than the
-# window (attended as one 4x4 window); pre-trained with windows 6, 6, 3 (the 12to16 fine-tuning in miniature)
-FT = dict(V2, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=8, image_size=64, pretrained_window_sizes=[6, 6, 3])
+V2, FT = dict(version=2), V2_FINE_TUNED  # (timm's V2 layout against the reference: test_convert.py)
 
 
-def _v2_block_keys(prefix, official, shifted):
-    keys = [f"{prefix}.{m}.{p}" for m in ("norm1", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2", "attn.cpb_mlp.0") for p in ("weight", "bias")]
-    keys += [f"{prefix}.attn.{n}" for n in ("qkv.weight", "q_bias", "v_bias", "logit_scale", "cpb_mlp.2.weight")]
-    if official:
-        keys += [f"{prefix}.attn.relative_position_index", f"{prefix}.attn.relative_coords_table"]
-        keys += [f"{prefix}.attn_mask"] if shifted else []
-    return keys
+def _as_v2(v1_keys, official):
+    """The V2 names of the same model: the official V2 code keeps every V1 name but the attention's, where
+    the qkv bias becomes q_bias + v_bias and the bias table a temperature, an MLP and (official, a buffer)
+    its coordinates."""
+    keys = []
+    for key in v1_keys:
+        if key.endswith(("attn.qkv.bias", "attn.relative_position_bias_table")):
+            continue
+        keys.append(key)
+        if key.endswith("attn.qkv.weight"):
+            attn = key.removesuffix("qkv.weight")
+            keys += [attn + n for n in ("q_bias", "v_bias", "logit_scale", "cpb_mlp.0.weight", "cpb_mlp.0.bias", "cpb_mlp.2.weight")]
+            keys += [attn + "relative_coords_table"] if official else []
+    return sorted(keys)
 
 
-# The tiny V2 model (depths [2, 2], window 4, image 32): stage 1 is 8x8 tokens (its second block shifted),
-# stage 2 is one window. Names are the official V2 code's; timm 1.x moves the patch merging and the head.
-OFFICIAL_V2_KEYS = sorted(
-    """
-    patch_embed.proj.weight patch_embed.proj.bias patch_embed.norm.weight patch_embed.norm.bias
-    layers.0.downsample.reduction.weight layers.0.downsample.norm.weight layers.0.downsample.norm.bias
-    norm.weight norm.bias head.weight head.bias
-    """.split()
-    + _v2_block_keys("layers.0.blocks.0", True, False)
-    + _v2_block_keys("layers.0.blocks.1", True, True)
-    + _v2_block_keys("layers.1.blocks.0", True, False)
-    + _v2_block_keys("layers.1.blocks.1", True, False)
-)
-TIMM_V2_KEYS = sorted(
-    """
-    patch_embed.proj.weight patch_embed.proj.bias patch_embed.norm.weight patch_embed.norm.bias
-    layers.1.downsample.reduction.weight layers.1.downsample.norm.weight layers.1.downsample.norm.bias
-    norm.weight norm.bias head.fc.weight head.fc.bias
-    """.split()
-    + [k for s in (0, 1) for b in (0, 1) for k in _v2_block_keys(f"layers.{s}.blocks.{b}", False, False)]
-)
+# The tiny model (depths [2, 2], window 4, image 32: stage 1 is 8x8 tokens, its second block shifted, stage 2
+# one window) as a V2; timm 1.x moves the patch merging and the head as for V1.
+OFFICIAL_V2_KEYS, TIMM_V2_KEYS = _as_v2(OFFICIAL_KEYS, official=True), _as_v2(TIMM_KEYS, official=False)
 
 
 def test_official_and_timm_v2_key_sets_are_pinned():
@@ -118,18 +105,6 @@ def test_official_v2_weights_give_the_reference_outputs(case):
         expected = reference_forward(official, config, images)
         torch.testing.assert_close(model(images).logits, expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(restored(images).logits, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_timm_v2_weights_give_the_reference_outputs():
-    model = tiny_model(**FT)
-    official = convert_state_dict(model.state_dict(), to="official", config=model.config)
-    timm = official_to_timm_by_hand(official)  # renamed without swin_hf's table
-    assert sorted(timm) == sorted(convert_state_dict(model.state_dict(), to="timm"))
-    restored = SwinForImageClassification(model.config).eval()
-    restored.load_state_dict(convert_state_dict(timm, source="timm"), strict=True)
-    images = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(restored(images).logits, reference_forward(official, model.config, images), atol=1e-5, rtol=1e-5)
 
 
 def test_transformers_swinv2_through_the_official_layout_gives_its_outputs():

@@ -14,6 +14,7 @@ from swin_hf import convert_state_dict
 from swin_hf.export import export_onnx, run_onnx
 from swin_reference import images, randomize
 from test_any_size import _module_state
+from test_parity import _gradients, check_checkpointing_gives_identical_gradients
 
 # four stages at 64x64 (maps 32, 16, 8, 4 with patch 2): the last one smaller than the window
 TINY_V2 = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=2, image_size=64,
@@ -102,15 +103,11 @@ def test_v2_compiles_with_no_graph_breaks_in_inference_and_training(fresh_dynamo
         expected = model(x).logits
         torch.testing.assert_close(torch.compile(model, fullgraph=True, backend="eager")(x).logits, expected, atol=1e-5, rtol=1e-5)
     model.train()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     torch.manual_seed(0)
-    compiled(x, labels=labels).loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+    compiled = _gradients(torch.compile(model, fullgraph=True, backend="aot_eager"), x, labels)
     torch.manual_seed(0)
-    model(x, labels=labels).loss.backward()
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(grads[name], param.grad, atol=1e-6, rtol=1e-5, msg=name)
+    for name, grad in _gradients(model, x, labels).items():
+        torch.testing.assert_close(compiled["_orig_mod." + name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_v2_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
@@ -131,21 +128,8 @@ def test_v2_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
 
 @pytest.mark.parametrize("drop_path_rate", [0.0, 0.5])
 def test_v2_gradient_checkpointing_gives_identical_gradients(drop_path_rate):
-    model = _v2(**TINY_V2, num_labels=3, drop_path_rate=drop_path_rate).train()
-    x, labels = images(4, 64, 64), torch.tensor([1, 2, 0, 1])
-
-    def gradients():
-        model.zero_grad()
-        torch.manual_seed(0)
-        model(x, labels=labels).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    plain = gradients()
-    model.activation_checkpointing_enable()
-    assert all(block.gradient_checkpointing for stage in model.swin.stages for block in stage.blocks)
-    checkpointed = gradients()
-    for name, grad in plain.items():
-        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    model = _v2(**TINY_V2, num_labels=3, drop_path_rate=drop_path_rate)
+    check_checkpointing_gives_identical_gradients(model, images(4, 64, 64), torch.tensor([1, 2, 0, 1]))
 
 
 def test_v2_hidden_states_and_attentions_in_dicts_and_tuples():
