@@ -289,8 +289,8 @@ def _v2_window_hints(state_dict: dict[str, torch.Tensor]) -> dict:
             continue
         stage, window = int(match.group(1)), (table.shape[1] + 1) // 2
         windows[stage] = normalisers[stage] = window
-        if window > 1:
-            value = float(table[0, window, window - 1, 0])  # offset (dy, dx) = (+1, 0)
+        value = float(table[0, window, window - 1, 0]) if window > 1 else 0.0  # offset (dy, dx) = (+1, 0)
+        if 0.0 < value < math.inf:  # (a window of 1 has no offset to read: its own window serves)
             normalisers[stage] = round(1 + 8 / (2 ** (3 * value) - 1))
     if sorted(windows) != list(range(len(windows))) or not windows:
         return {}
@@ -386,9 +386,10 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
     Swin V2 (`logit_scale` present): heads from its temperatures (heads, 1, 1); its weights hold no window
     size, so `window_size` (and `pretrained_window_sizes` for weights fine-tuned from another window) must
     be in `overrides` (`convert_state_dict` reads them from official checkpoints' buffers), else a
-    ConversionError says how to give it; num_labels from the classifier (0 without one). The image size is read from an absolute position
-    embedding when there is one; otherwise it is taken as the size at which the last stage is one window
-    (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's pairs) unless given in `overrides`.
+    ConversionError says how to give it; num_labels from the classifier (0 without one). The image size
+    is read from an absolute position embedding when there is one; otherwise it is taken as the size at
+    which the last stage is one window (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's
+    pairs) unless given in `overrides`.
     """
 
     body = _body(state_dict)
@@ -570,7 +571,8 @@ def guess_source(keys) -> str | None:
 
 def guess_version(keys) -> int:
     """2 if the keys are those of a Swin V2 (a temperature per head and a position-bias MLP), else 1."""
-    return 2 if any(k.endswith("logit_scale") or ".cpb_mlp." in k or ".continuous_position_bias_mlp." in k for k in keys) else 1
+    v2_names = (".cpb_mlp.", ".continuous_position_bias_mlp.")  # official / timm / ours, transformers
+    return 2 if any(k.endswith("logit_scale") or any(n in k for n in v2_names) for k in keys) else 1
 
 
 def _unknown_keys_error(unknown: list[str], source: str, state_dict) -> ConversionError:
@@ -582,11 +584,11 @@ def _unknown_keys_error(unknown: list[str], source: str, state_dict) -> Conversi
     elif guess is None:
         hint = "It does not look like a Swin Transformer (V1 or V2) checkpoint."
     elif guess == "swin_hf":
-        hint = "These are swin_hf's own names: load them with load_state_dict or from_pretrained; there is nothing to convert."
+        hint = "These are swin_hf's own names: load them with load_state_dict or from_pretrained; nothing to convert."
     elif guess != source:
         hint = f"The keys look like the {guess!r} layout of a {what}: convert with source={guess!r} (`--from {guess}`)."
     else:
-        hint = f"The keys look like the {source!r} layout of a {what}; is this checkpoint a plain {what} classifier or encoder?"
+        hint = f"The keys look like the {source!r} layout of a {what}; is it a plain {what} classifier or encoder?"
     return ConversionError(
         f"{len(unknown)} key(s) of the {source} state dict are not Swin weights: {_some(sorted(unknown), 20)}. {hint}"
     )
