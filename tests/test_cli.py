@@ -328,8 +328,11 @@ def test_cards_command_writes_the_committed_cards(tmp_path, capsys):
         assert path.read_text() == (committed / path.name).read_text()
 
 
-def official_flops(embed_dim, depths, heads, window, image, num_classes, patch=4, mlp_ratio=4.0):
-    """The count of the official code's `flops()` methods, written out for the test."""
+def official_flops(embed_dim, depths, heads, window, image, num_classes, patch=4, mlp_ratio=4.0, version=1):
+    """The count of the official code's `flops()` methods (swin_transformer.py, and swin_transformer_v2.py
+    for version 2), written out for the test. The two differ in patch merging only: V1 normalises the 4C
+    concatenation (H*W*C elements), V2 the 2C reduction (H*W*C/2). (The final norm is counted as H*W*C of
+    the last stage; the official code's C * H0 * W0 / 2**stages differs by well under 0.01%.)"""
     H = W = image // patch
     C = embed_dim
     total = H * W * C * 3 * patch * patch + H * W * C  # patch embedding conv + its norm
@@ -339,7 +342,7 @@ def official_flops(embed_dim, depths, heads, window, image, num_classes, patch=4
         attention = N * C * 3 * C + heads[i] * N * (C // heads[i]) * N * 2 + N * C * C
         total += depth * (2 * H * W * C + nW * attention + 2 * H * W * C * int(C * mlp_ratio))
         if i < len(depths) - 1:
-            total += H * W * C + (H // 2) * (W // 2) * 4 * C * 2 * C
+            total += (H * W * C if version == 1 else H * W * C // 2) + (H // 2) * (W // 2) * 4 * C * 2 * C
             H, W, C = H // 2, W // 2, 2 * C
     return total + H * W * C + C * num_classes
 
@@ -351,6 +354,50 @@ def test_flops_equal_the_official_formula(name):
     p = PRESETS[name]
     expected = official_flops(p.embed_dim, p.depths, p.num_heads, p.window_size, p.image_size, 1000)
     assert measure_cost(resolve_config(name)).flops == expected
+
+
+# Swin V2 releases: parameters (their heads), and the official model zoo's params (M) and FLOPs (G) where it
+# lists them (not for the ImageNet-22k pre-training checkpoints at 192x192)
+PAPER_V2 = {
+    "swinv2-tiny-patch4-window8-256": (28_347_154, 28, 5.9),
+    "swinv2-tiny-patch4-window16-256": (28_347_154, 28, 6.6),
+    "swinv2-small-patch4-window8-256": (49_728_418, 50, 11.5),
+    "swinv2-small-patch4-window16-256": (49_728_418, 50, 12.6),
+    "swinv2-base-patch4-window8-256": (87_918_816, 88, 20.3),
+    "swinv2-base-patch4-window16-256": (87_918_816, 88, 21.8),
+    "swinv2-base-patch4-window12-192-22k": (109_280_841, None, None),
+    "swinv2-large-patch4-window12-192-22k": (228_772_549, None, None),
+    "swinv2-base-patch4-window12to16-192to256-22kto1k-ft": (87_918_816, 88, 21.8),
+    "swinv2-base-patch4-window12to24-192to384-22kto1k-ft": (87_918_816, 88, 54.7),
+    "swinv2-large-patch4-window12to16-192to256-22kto1k-ft": (196_739_932, 197, 47.5),
+    "swinv2-large-patch4-window12to24-192to384-22kto1k-ft": (196_739_932, 197, 115.4),
+}
+
+
+@pytest.mark.parametrize("name", [name for name, preset in PRESETS.items() if preset.version == 2])
+def test_v2_info_matches_the_official_v2_count(name, capsys):
+    """`swin-hf info` on every V2 preset: the official V2 flops() to the MAC (well within the issue's 1%), the
+    zoo's rounded figures, and the position-bias MLP reported apart (the official count leaves it out)."""
+    p = PRESETS[name]
+    params, zoo_m, zoo_g = PAPER_V2[name]
+    assert main(["info", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    expected = official_flops(p.embed_dim, p.depths, p.num_heads, p.window_size, p.image_size,
+                              p.num_labels or 1000, version=2)
+    assert abs(info["flops"] - expected) / expected < 0.01
+    assert info["flops"] == expected
+    assert info["params"] == params and info["num_labels"] == (p.num_labels or 1000)
+    if zoo_g is not None:
+        assert abs(info["flops"] / 1e9 - zoo_g) <= 0.05 and round(info["params"] / 1e6) == zoo_m
+    assert 0 < info["position_bias_macs"] < 0.012 * info["flops"]
+    assert sum(part["position_bias_macs"] for part in info["parts"]) == info["position_bias_macs"]
+
+
+def test_v2_info_text_report(capsys):
+    assert main(["info", "swinv2-tiny-patch4-window8-256"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[1].startswith("Swin V2, image 256x256, patch 4, window 8")
+    assert "28,347,154" in text and "5.926" in text and "continuous position bias MLPs" in text
 
 
 def test_card_claims_the_paper_accuracy_only_for_the_real_release(tmp_path):
@@ -368,7 +415,7 @@ def test_card_claims_the_paper_accuracy_only_for_the_real_release(tmp_path):
 
 
 def test_processor_matches_each_source_preprocessing():
-    from swin_hf.convert_checkpoint import processor_for_source
+    from swin_hf.preprocessing import processor_for_source
 
     official = processor_for_source("official", 224)  # official eval: resize 256, centre-crop 224
     assert official.size == {"shortest_edge": 256} and official.crop_size == {"height": 224, "width": 224}

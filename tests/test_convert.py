@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from interop_reference import (  # noqa: E402
+    V2_FINE_TUNED,
     official_to_timm_by_hand,
     reference_forward,
     reference_index,
@@ -103,14 +104,16 @@ def test_official_weights_give_the_reference_outputs(absolute):
         torch.testing.assert_close(model(images).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_timm_weights_give_the_reference_outputs():
-    model = tiny_model()
-    official = convert_state_dict(model.state_dict(), to="official")
+@pytest.mark.parametrize("version", [1, 2])
+def test_timm_weights_give_the_reference_outputs(version):
+    """Swin V2: timm 1.x's swin_transformer_v2 moves the patch merging and the head as its V1 does."""
+    model = tiny_model() if version == 1 else tiny_model(**V2_FINE_TUNED)
+    official = convert_state_dict(model.state_dict(), to="official", config=model.config)
     timm = official_to_timm_by_hand(official)  # renamed without swin_hf's table
-    assert sorted(timm) == TIMM_KEYS
+    assert sorted(timm) == (TIMM_KEYS if version == 1 else sorted(convert_state_dict(model.state_dict(), to="timm")))
     restored = SwinForImageClassification(model.config).eval()
     restored.load_state_dict(convert_state_dict(timm, source="timm"), strict=True)
-    images = torch.randn(2, 3, 32, 32)
+    images = torch.randn(2, 3, model.config.image_size, model.config.image_size)
     with torch.no_grad():
         torch.testing.assert_close(restored(images).logits, reference_forward(official, model.config, images), atol=1e-5, rtol=1e-5)
 

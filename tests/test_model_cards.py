@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from swin_hf.configuration_swin import PRESETS
+from swin_hf.configuration_swin import PRESETS, SwinConfig
 from swin_hf.flops import measure_cost
 from swin_hf.model_card import CARD_SPECS, card_for_spec, spec_config
 
 CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 
-# ImageNet-1k top-1 reported by the paper (Liu et al., ICCV 2021, Table 1), by card
+# ImageNet-1k top-1 reported by the paper (Liu et al., ICCV 2021, Table 1), by card; for Swin V2 by the
+# official repository's V2 model zoo (README of microsoft/Swin-Transformer), which lists every release
 PAPER_TOP1 = {
     "swin-tiny-patch4-window7-224": 81.3,
     "swin-small-patch4-window7-224": 83.0,
@@ -23,13 +24,24 @@ PAPER_TOP1 = {
     "swin-base-patch4-window12-384-in22k-ft-in1k": 86.4,
     "swin-large-patch4-window7-224-in22k-ft-in1k": 86.3,
     "swin-large-patch4-window12-384-in22k-ft-in1k": 87.3,
+    "swinv2-tiny-patch4-window8-256": 81.8,
+    "swinv2-tiny-patch4-window16-256": 82.8,
+    "swinv2-small-patch4-window8-256": 83.7,
+    "swinv2-small-patch4-window16-256": 84.1,
+    "swinv2-base-patch4-window8-256": 84.2,
+    "swinv2-base-patch4-window16-256": 84.6,
+    "swinv2-base-patch4-window12to16-192to256-22kto1k-ft": 86.2,
+    "swinv2-base-patch4-window12to24-192to384-22kto1k-ft": 87.1,
+    "swinv2-large-patch4-window12to16-192to256-22kto1k-ft": 86.9,
+    "swinv2-large-patch4-window12to24-192to384-22kto1k-ft": 87.6,
 }
+REPORTED_BY = {1: "the paper", 2: "the official Swin V2 model zoo"}
 
 
 def test_there_is_a_card_per_release_and_no_stray_card():
     assert sorted(p.stem for p in CARDS.glob("*.md")) == sorted(s.name for s in CARD_SPECS)
     presets = {s.preset for s in CARD_SPECS}
-    assert presets == {name for name, p in PRESETS.items() if p.version == 1}  # T/S/B/L, 224 and 384
+    assert presets == set(PRESETS)  # V1: T/S/B/L at 224 and 384; V2: every release
     assert {s.num_labels for s in CARD_SPECS} == {1000, 21841}  # ImageNet-1k and -22k heads
     assert {s.name for s in CARD_SPECS if s.paper_top1 is not None} == set(PAPER_TOP1)
 
@@ -57,16 +69,44 @@ def test_card(spec):
     size = PRESETS[spec.preset][4]
     assert f"| Input resolution | {size}x{size} |" in card.text
 
+    version = PRESETS[spec.preset].version
     if spec.name in PAPER_TOP1:
         (result,) = data.eval_results
         assert result.metric_type == "accuracy" and result.metric_value == PAPER_TOP1[spec.name]
-        assert result.dataset_type == "imagenet-1k" and "paper" in result.metric_name
-        assert f"**{PAPER_TOP1[spec.name]}%**" in card.text and "as reported by the paper" in card.text
+        assert result.dataset_type == "imagenet-1k" and REPORTED_BY[version] in result.metric_name
+        assert f"**{PAPER_TOP1[spec.name]}%**" in card.text and f"as reported by {REPORTED_BY[version]}" in card.text
     else:
         assert data.eval_results is None and "21,841 classes" in card.text
 
     assert f"swin-hf convert --from official {spec.official_file} ./{spec.name}" in card.text
-    for section in ("## Usage", "## Limitations", "## License", "## Citation", "@inproceedings{liu2021swin"):
+    citation = "@inproceedings{liu2022swinv2" if version == 2 else "@inproceedings{liu2021swin,"
+    for section in ("## Usage", "## Limitations", "## License", "## Citation", citation):
         assert section in card.text
+    if version == 2:  # each stage's window, and the pre-training windows of the fine-tuned releases
+        config = spec_config(spec)
+        assert f"| Patch size / window size | 4 / {config.window_size} |" in card.text
+        if "12to" in spec.name:
+            assert "| Pre-training windows (position bias normalised by) | 12 / 12 / 12 / 6 |" in card.text
+            assert "pre-trained on ImageNet-22k with window 12" in card.text
+        assert "Swin Transformer V2: Scaling Up Capacity and Resolution" in card.text
     assert 'pipeline("image-classification"' in card.text and "AutoModelForImageClassification" in card.text
     assert "MIT license" in card.text and "Apache-2.0" in card.text
+
+
+def test_v2_releases_are_found_by_file_name_and_architecture():
+    from swin_hf.model_card import find_spec, stage_windows, timm_architecture
+
+    by_name = {s.name: s for s in CARD_SPECS}
+    w8, w16 = by_name["swinv2-tiny-patch4-window8-256"], by_name["swinv2-tiny-patch4-window16-256"]
+    assert find_spec(spec_config(w8), "/downloads/swinv2_tiny_patch4_window8_256.pth") == w8
+    assert find_spec(spec_config(w16), "/downloads/swinv2_tiny_patch4_window8_256.pth") == w16  # the shapes decide
+    ft = by_name["swinv2-base-patch4-window12to16-192to256-22kto1k-ft"]
+    assert find_spec(spec_config(ft)) == ft
+    # the same architecture without the pre-training windows is another model (window 16 from scratch)
+    scratch = SwinConfig.from_preset(ft.preset, pretrained_window_sizes=[0, 0, 0, 0], num_labels=1000)
+    assert find_spec(scratch) == by_name["swinv2-base-patch4-window16-256"]
+    assert stage_windows(spec_config(ft)) == [16, 16, 16, 8] and stage_windows(spec_config(ft), pretrained=True) == [12, 12, 12, 6]
+    assert stage_windows(spec_config(w8), pretrained=True) == [8, 8, 8, 8]
+    assert timm_architecture(ft.preset) == "swinv2_base_window12to16_192to256"
+    assert timm_architecture("swinv2-large-patch4-window12-192-22k") == "swinv2_large_window12_192"
+    assert timm_architecture("swin-tiny-patch4-window7-224") == "swin_tiny_patch4_window7_224"

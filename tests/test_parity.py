@@ -131,14 +131,17 @@ def test_gradient_checkpointing_gives_identical_gradients(drop_path_rate):
     """Also with stochastic depth: the recomputed forward draws the same samples to drop (the random
     state is restored), so the branches skipped in forward are the ones skipped in the recompute."""
     _, ours = reference_pair(dict(TINY, num_labels=3, drop_path_rate=drop_path_rate))
-    ours.train()  # checkpointing is active in training mode only
-    x, labels = images(4, 64, 64), torch.tensor([1, 2, 0, 1])
+    check_checkpointing_gives_identical_gradients(ours, images(4, 64, 64), torch.tensor([1, 2, 0, 1]))
+
+
+def check_checkpointing_gives_identical_gradients(model, x, labels):
+    model.train()  # checkpointing is active in training mode only
     torch.manual_seed(0)
-    plain = _gradients(ours, x, labels)
-    ours.activation_checkpointing_enable()
-    assert all(block.gradient_checkpointing for stage in ours.swin.stages for block in stage.blocks)
+    plain = _gradients(model, x, labels)
+    model.activation_checkpointing_enable()
+    assert all(block.gradient_checkpointing for stage in model.swin.stages for block in stage.blocks)
     torch.manual_seed(0)
-    checkpointed = _gradients(ours, x, labels)
+    checkpointed = _gradients(model, x, labels)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 

@@ -43,18 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from", dest="source", choices=SOURCES, required=True, help="layout of the source weights")
     convert.add_argument("src", metavar="SRC", help="checkpoint file, folder, or Hub id (org/name)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
-    convert.add_argument(
+    target = convert.add_mutually_exclusive_group()
+    target.add_argument(
         "--preset",
         metavar="NAME",
         help=f"config to load into ({', '.join(PRESETS)}); by default it is inferred from the tensor shapes. A "
-        "preset with another window / image size resizes the position tables.",
+        "preset with another window / image size resizes the position tables (Swin V1). Swin V2 weights do not "
+        "record their window: give --preset or --config unless they are official .pth files (whose buffers do) "
+        "or the timm / transformers folder says it.",
+    )
+    target.add_argument(
+        "--config",
+        metavar="CONFIG_JSON",
+        help="config to load into, from a config.json (swin_hf's or transformers' Swin/Swinv2) or its folder",
     )
     convert.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
     info = commands.add_parser("info", help="parameters and FLOPs per stage, and the attention cost")
     info.add_argument("target", metavar="PRESET_OR_DIR", help=f"a preset ({', '.join(PRESETS)}) or a model folder")
     info.add_argument("--image-size", type=int, help="input side in pixels (default: the config's image size)")
-    info.add_argument("--num-labels", type=int, help="classes of the head (default: 1000 for presets)")
+    info.add_argument("--num-labels", type=int, help="classes of the head (default: the release's, 1000 or 21841 for presets)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     cards = commands.add_parser("cards", help="write the model card of every released model")
@@ -119,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(args) -> int:
     from .convert_checkpoint import convert_checkpoint
 
-    result = convert_checkpoint(args.src, args.out_dir, args.source, preset=args.preset, overwrite=args.overwrite)
+    result = convert_checkpoint(
+        args.src, args.out_dir, args.source, preset=args.preset, overwrite=args.overwrite, config_file=args.config
+    )
     c = result.config
     print(
         f"Wrote {result.model_class} (embed_dim {c.embed_dim}, depths {list(c.depths)}, window {c.window_size}, "

@@ -1,18 +1,25 @@
 """Weights from other Swin implementations <-> swin_hf, as pure, strict state-dict conversions.
 
-Sources: the official Microsoft release ("official", `swin_tiny_patch4_window7_224.pth` ...), timm
-("timm", `model.safetensors` of `swin_tiny_patch4_window7_224.ms_in1k` ...) and transformers' own Swin
-("transformers"). swin_hf's own names (prefix `swin.` on the task models, as in transformers):
+Sources: the official Microsoft release ("official", `swin_tiny_patch4_window7_224.pth`,
+`swinv2_tiny_patch4_window8_256.pth` ...), timm ("timm", `model.safetensors` of
+`swin_tiny_patch4_window7_224.ms_in1k`, `swinv2_tiny_window8_256.ms_in1k` ...) and transformers' own Swin
+and Swinv2 ("transformers"). swin_hf's own names (prefix `swin.` on the task models, as in transformers):
     embeddings.proj / embeddings.norm / embeddings.absolute_pos_embed
     stages.{s}.blocks.{b}.norm1 | attn.qkv | attn.proj | attn.relative_position_bias_table | norm2 | mlp.fc1 | mlp.fc2
+        Swin V2 instead of the table: attn.q_bias | attn.v_bias | attn.logit_scale | attn.cpb_mlp.{0,2}
     stages.{s}.downsample.norm | downsample.reduction
     norm, classifier (image classification head), hidden_states_norms.{stage} (backbone)
 
 Strict means: every source key is either renamed or deliberately dropped (derived buffers such as
-`relative_position_index` and `attn_mask`), every key the model needs is produced with the shape the
-(given or inferred) config implies, and anything else raises a ConversionError listing the keys.
-`convert_state_dict(sd, to="official"|"timm")` goes the other way; official/timm -> swin_hf -> back is
-the identity (up to the derived buffers, which are recomputed exactly).
+`relative_position_index`, `attn_mask` and V2's `relative_coords_table`), every key the model needs is
+produced with the shape the (given or inferred) config implies, and anything else raises a
+ConversionError listing the keys. `convert_state_dict(sd, to="official"|"timm")` goes the other way;
+official/timm -> swin_hf -> back is the identity (up to the derived buffers, which are recomputed exactly).
+
+Swin V2's weights hold no window size (its position bias is an MLP over coordinates, for any window). The
+official checkpoints' `relative_coords_table` buffers record each stage's window and the pre-training window
+its offsets are normalised by, and are read for the config; for other V2 state dicts the window must be
+given (`infer_config(sd, window_size=...)`, `config=`, or `swin-hf convert --preset/--config`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import re
 import torch
 
 from .configuration_swin import SwinConfig, to_pair
-from .modeling_swin import SwinModel, relative_position_index, shifted_window_mask, window_geometry
+from .modeling_swin import SwinModel, log_spaced_offsets, relative_position_index, shifted_window_mask, window_geometry
 from .resize import adapt_state_dict
 
 logger = logging.getLogger(__name__)
@@ -111,7 +118,7 @@ def convert_state_dict(
     else:
         out = _from_layout(state_dict, source)
     if config is None:
-        config = infer_config(out, **_inference_hints(state_dict, source))
+        config = _checking_config(out, _inference_hints(state_dict, source))
     check_state_dict(out, config, source=source)
     return out
 
@@ -170,18 +177,15 @@ def _rename(key: str, head_rules, body_rules) -> str | None | bool:
 # --------------------------------------------------------------------------------------------------
 
 # (swin_hf key, official key, timm key). Fields: {s} stage, {b} block, {p} weight|bias, {m} a module of a
-# block, {d} a module of patch merging, {t} = s + 1: timm puts the patch merging that ENDS official stage s
-# at the START of its stage s + 1. The official head is `head`, timm's `head.fc`.
+# block, {a} a parameter of the attention itself (V1's bias table; V2's biases and temperature), {d} a module
+# of patch merging, {t} = s + 1: timm puts the patch merging that ENDS official stage s at the START of its
+# stage s + 1, in V1 and V2 alike. The official head is `head`, timm's `head.fc`. Swin V2 keeps every name.
 _LAYOUT: list[tuple[str, str, str]] = [
     ("swin.embeddings.proj.{p}", "patch_embed.proj.{p}", "patch_embed.proj.{p}"),
     ("swin.embeddings.norm.{p}", "patch_embed.norm.{p}", "patch_embed.norm.{p}"),
     ("swin.embeddings.absolute_pos_embed", "absolute_pos_embed", "absolute_pos_embed"),
     ("swin.stages.{s}.blocks.{b}.{m}.{p}", "layers.{s}.blocks.{b}.{m}.{p}", "layers.{s}.blocks.{b}.{m}.{p}"),
-    (
-        "swin.stages.{s}.blocks.{b}.attn.relative_position_bias_table",
-        "layers.{s}.blocks.{b}.attn.relative_position_bias_table",
-        "layers.{s}.blocks.{b}.attn.relative_position_bias_table",
-    ),
+    ("swin.stages.{s}.blocks.{b}.attn.{a}", "layers.{s}.blocks.{b}.attn.{a}", "layers.{s}.blocks.{b}.attn.{a}"),
     ("swin.stages.{s}.downsample.{d}.{p}", "layers.{s}.downsample.{d}.{p}", "layers.{t}.downsample.{d}.{p}"),
     ("swin.norm.{p}", "norm.{p}", "norm.{p}"),
     ("classifier.{p}", "head.{p}", "head.fc.{p}"),
@@ -192,12 +196,18 @@ _FIELDS = {
     "b": r"\d+",
     "t": r"\d+",
     "p": r"weight|bias",
-    "m": r"norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2",
+    "m": r"norm1|norm2|attn\.qkv|attn\.proj|attn\.cpb_mlp\.[02]|mlp\.fc1|mlp\.fc2",
+    "a": r"relative_position_bias_table|q_bias|v_bias|logit_scale",
     "d": r"norm|reduction",
 }
 # Buffers that official (and older timm) checkpoints carry. They are functions of the window and the
-# feature-map size, recomputed by swin_hf, so they are dropped on the way in and rebuilt on the way out.
-_DERIVED_BUFFERS = [r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_index", r"layers\.\d+\.blocks\.\d+\.attn_mask"]
+# feature-map size (V2's coordinates also of the pre-training window), recomputed by swin_hf, so they are
+# dropped on the way in (after the config is read from them) and rebuilt on the way out.
+_DERIVED_BUFFERS = [
+    r"layers\.\d+\.blocks\.\d+\.attn\.relative_position_index",
+    r"layers\.\d+\.blocks\.\d+\.attn\.relative_coords_table",
+    r"layers\.\d+\.blocks\.\d+\.attn_mask",
+]
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -249,17 +259,43 @@ def _from_layout(state_dict: dict[str, torch.Tensor], source: str) -> dict[str, 
 
 def _inference_hints(state_dict: dict[str, torch.Tensor], source: str) -> dict:
     """Config values that the derived buffers of an official checkpoint reveal: the image size, from the
-    number of windows of the first stage's SW-MSA mask (nW, N, N)."""
+    number of windows of the first stage's SW-MSA mask (nW, N, N); for Swin V2 the window and the
+    pre-training windows, from the relative_coords_table buffers (`_v2_window_hints`)."""
     if source == "transformers":
         return {}
+    hints = _v2_window_hints(state_dict)
     for key, tensor in state_dict.items():
         if re.fullmatch(r"layers\.0\.blocks\.\d+\.attn_mask", key) and tensor.ndim == 3:
             windows_per_side = math.isqrt(tensor.shape[0])
             window = math.isqrt(tensor.shape[1])
             patch = state_dict["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in state_dict else 4
             if windows_per_side**2 == tensor.shape[0] and window**2 == tensor.shape[1]:
-                return {"image_size": windows_per_side * window * patch}
-    return {}
+                hints["image_size"] = windows_per_side * window * patch
+                break
+    return hints
+
+
+def _v2_window_hints(state_dict: dict[str, torch.Tensor]) -> dict:
+    """window_size and pretrained_window_sizes from the official V2 relative_coords_table buffers.
+
+    Stage s's table, (1, 2w-1, 2w-1, 2), holds the log-spaced offsets of its window w (the config's window,
+    or the map's side where the map is not larger); at offset dy = +1 it holds log2(1 + 8 / (n - 1)) / 3,
+    n being the window the offsets are normalised by: the pre-training window, or w itself (0 in the config).
+    """
+    windows, normalisers = {}, {}
+    for key, table in state_dict.items():
+        match = re.fullmatch(r"layers\.(\d+)\.blocks\.0\.attn\.relative_coords_table", key)
+        if match is None or table.ndim != 4 or table.shape[1] % 2 == 0:
+            continue
+        stage, window = int(match.group(1)), (table.shape[1] + 1) // 2
+        windows[stage] = normalisers[stage] = window
+        value = float(table[0, window, window - 1, 0]) if window > 1 else 0.0  # offset (dy, dx) = (+1, 0)
+        if 0.0 < value < math.inf:  # (a window of 1 has no offset to read: its own window serves)
+            normalisers[stage] = round(1 + 8 / (2 ** (3 * value) - 1))
+    if sorted(windows) != list(range(len(windows))) or not windows:
+        return {}
+    pretrained = [0 if normalisers[s] == windows[s] else normalisers[s] for s in sorted(windows)]
+    return {"window_size": windows[0], "pretrained_window_sizes": pretrained}
 
 
 def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, torch.Tensor]:
@@ -273,7 +309,13 @@ def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, t
             "Export a SwinModel or SwinForImageClassification state dict."
         )
     if config is None:
-        config = infer_config(ours)
+        if to == "official" and _version(_body(ours)) == 2:
+            raise ConversionError(
+                "Exporting Swin V2 weights to the official layout rebuilds its relative_coords_table and attn_mask "
+                "buffers, which depend on the window sizes and the image size that the weights do not record: pass "
+                "config= (the model's config, e.g. model.config)."
+            )
+        config = _checking_config(ours, {})
         logger.info(
             "Exporting with the config inferred from the shapes (image_size=%s); pass config= for another "
             "image size (it sizes the official attn_mask buffers).", config.image_size,
@@ -288,18 +330,24 @@ def _export(state_dict: dict[str, torch.Tensor], to: str, config) -> dict[str, t
     if to == "official":
         # the official model registers these buffers persistently; rebuild them as its __init__ does
         height, width = _grid(config)
+        cpu = torch.device("cpu")
         for s, depth in enumerate(config.depths):
             window, shift = window_geometry(height, width, config.window_size, always_partition=False)
-            if window != config.window_size:
+            if window != config.window_size and config.version == 1:
                 raise ConversionError(
                     f"Stage {s + 1} is {height}x{width} tokens, smaller than the {config.window_size}-token window: the "
                     "official layout would need a smaller relative position table there. Export at an image size where "
                     f"every stage is at least one window (e.g. {config.window_size * 2 ** (len(config.depths) - 1)} "
                     "tokens per side at the first stage)."
                 )
-            index = relative_position_index(window, config.window_size, torch.device("cpu")).clone()  # (N, N)
+            index = relative_position_index(window, window, cpu).clone()  # (N, N)
+            if config.version == 2:  # (1, 2w-1, 2w-1, 2), normalised by the pre-training window if there is one
+                pretrained = (config.pretrained_window_sizes or [0] * len(config.depths))[s]
+                coords = log_spaced_offsets(window, pretrained or window, cpu).unsqueeze(0)
             for b in range(depth):
                 out[f"layers.{s}.blocks.{b}.attn.relative_position_index"] = index.clone()
+                if config.version == 2:
+                    out[f"layers.{s}.blocks.{b}.attn.relative_coords_table"] = coords.clone()
                 if b % 2 == 1 and shift:
                     pad_h, pad_w = height + (-height) % window, width + (-width) % window
                     mask = shifted_window_mask(pad_h, pad_w, window, shift, torch.device("cpu"))  # (nW, N, N)
@@ -335,10 +383,13 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
 
     embed_dim, patch size and channels come from the patch embedding; depths from the block indices;
     heads and the window M from the relative position tables ((2M-1)^2, heads); mlp_ratio from fc1;
-    Swin V2 (`logit_scale` present) from its temperatures (heads, 1, 1), with window_size 8 unless given;
-    num_labels from the classifier (0 without one). The image size is read from an absolute position
-    embedding when there is one; otherwise it is taken as the size at which the last stage is one window
-    (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's pairs) unless given in `overrides`.
+    Swin V2 (`logit_scale` present): heads from its temperatures (heads, 1, 1); its weights hold no window
+    size, so `window_size` (and `pretrained_window_sizes` for weights fine-tuned from another window) must
+    be in `overrides` (`convert_state_dict` reads them from official checkpoints' buffers), else a
+    ConversionError says how to give it; num_labels from the classifier (0 without one). The image size
+    is read from an absolute position embedding when there is one; otherwise it is taken as the size at
+    which the last stage is one window (M * patch * 2**(stages-1): 224 for M=7, 384 for M=12, the paper's
+    pairs) unless given in `overrides`.
     """
 
     body = _body(state_dict)
@@ -363,9 +414,17 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
         if heads is None or heads.ndim not in (2, 3):
             raise ConversionError(f"stages.{s}.blocks.0.attn.relative_position_bias_table is missing or not 2-D.")
         num_heads.append(int(heads.shape[0] if heads.ndim == 3 else heads.shape[1]))
-    version = 2 if "stages.0.blocks.0.attn.logit_scale" in body else 1
-    if version == 2:  # the continuous position bias holds no window size: the default, unless overridden
-        window = overrides.get("window_size", 8)
+    version = _version(body)
+    if version == 2:  # the continuous position bias holds no window size
+        if "window_size" not in overrides:
+            raise ConversionError(
+                "These Swin V2 weights do not record their window size (only the official checkpoints' "
+                "relative_coords_table buffers do, and they are absent): give it. swin-hf convert: --preset NAME "
+                "(e.g. swinv2-tiny-patch4-window8-256) or --config config.json; in Python: "
+                "infer_config(state_dict, window_size=M, pretrained_window_sizes=[...]) or "
+                "convert_state_dict(..., config=SwinConfig.from_preset(NAME))."
+            )
+        window = overrides["window_size"]
     else:
         table = body["stages.0.blocks.0.attn.relative_position_bias_table"]
         side = math.isqrt(table.shape[0])
@@ -401,6 +460,19 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides):
         return SwinConfig(**values)
     except ValueError as error:
         raise ConversionError(f"The tensor shapes describe no valid Swin config: {error}") from error
+
+
+def _version(body: dict[str, torch.Tensor]) -> int:
+    """2 for Swin V2 weights (a temperature per head, `logit_scale`), else 1."""
+    return 2 if any(k.endswith("attn.logit_scale") for k in body) else 1
+
+
+def _checking_config(state_dict: dict[str, torch.Tensor], hints: dict):
+    """The config that checks a swin_hf state dict's names and shapes: inferred from the shapes and `hints`.
+    The shapes of V2 weights do not depend on the window, so where no hint gives one any window checks them."""
+    if _version(_body(state_dict)) == 2 and "window_size" not in hints:
+        hints = dict(hints, window_size=1)
+    return infer_config(state_dict, **hints)
 
 
 def expected_shapes(config, with_head: bool | None = None) -> dict[str, tuple[int, ...]]:
@@ -467,10 +539,10 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], config, source: str = 
 
 
 def _describe(config) -> str:
-    return (
-        f"Swin(embed_dim={config.embed_dim}, depths={list(config.depths)}, num_heads={list(config.num_heads)}, "
-        f"window_size={config.window_size}, image_size={config.image_size})"
-    )
+    shapes = f"embed_dim={config.embed_dim}, depths={list(config.depths)}, num_heads={list(config.num_heads)}"
+    if config.version == 2:  # the window does not change a V2 weight's shape
+        return f"Swin V2({shapes})"
+    return f"Swin({shapes}, window_size={config.window_size}, image_size={config.image_size})"
 
 
 def _some(items: list[str], limit: int = 12) -> str:
@@ -478,8 +550,11 @@ def _some(items: list[str], limit: int = 12) -> str:
 
 
 def guess_source(keys) -> str | None:
-    """The layout a set of state-dict keys looks like: "official", "timm", "transformers", "swin_hf" or None."""
+    """The layout a set of state-dict keys looks like: "official", "timm", "transformers", "swin_hf" or None.
+    Swin V1 and V2 alike (`guess_version` tells them apart)."""
     keys = set(keys)
+    if any(".attn.meta_mlp." in k for k in keys):  # timm's swin_transformer_v2_cr, another V2 design
+        return None
     if any(k.startswith(("swin.stages.", "stages.")) for k in keys):
         return "swin_hf"
     if any(".encoder.layers." in k or k.startswith("encoder.layers.") for k in keys):
@@ -494,14 +569,26 @@ def guess_source(keys) -> str | None:
     return "official"
 
 
+def guess_version(keys) -> int:
+    """2 if the keys are those of a Swin V2 (a temperature per head and a position-bias MLP), else 1."""
+    v2_names = (".cpb_mlp.", ".continuous_position_bias_mlp.")  # official / timm / ours, transformers
+    return 2 if any(k.endswith("logit_scale") or any(n in k for n in v2_names) for k in keys) else 1
+
+
 def _unknown_keys_error(unknown: list[str], source: str, state_dict) -> ConversionError:
     guess = guess_source(state_dict)
-    if guess is None:
-        hint = "It does not look like a Swin Transformer (v1) checkpoint."
+    what = f"Swin {'V2' if guess_version(state_dict) == 2 else 'V1'}"
+    if any(".attn.meta_mlp." in k for k in state_dict):
+        hint = ("It looks like timm's swin_transformer_v2_cr (its own Swin V2 design: `meta_mlp` position bias, "
+                "post-norm stages), which swin_hf does not convert; the official and timm `swinv2_*` models convert.")
+    elif guess is None:
+        hint = "It does not look like a Swin Transformer (V1 or V2) checkpoint."
+    elif guess == "swin_hf":
+        hint = "These are swin_hf's own names: load them with load_state_dict or from_pretrained; nothing to convert."
     elif guess != source:
-        hint = f"The keys look like the {guess!r} layout: convert with source={guess!r} (`--from {guess}`)."
+        hint = f"The keys look like the {guess!r} layout of a {what}: convert with source={guess!r} (`--from {guess}`)."
     else:
-        hint = "Is this checkpoint a Swin Transformer (v1)?"
+        hint = f"The keys look like the {source!r} layout of a {what}; is it a plain {what} classifier or encoder?"
     return ConversionError(
         f"{len(unknown)} key(s) of the {source} state dict are not Swin weights: {_some(sorted(unknown), 20)}. {hint}"
     )

@@ -2,16 +2,17 @@
 
     read   .pth / .pt / .bin / .ckpt with torch.load(weights_only=True) (never plain unpickling), unwrapping
            {"model": ...} / {"state_dict": ...}; or .safetensors; or a folder / Hub id holding one
-    convert  convert.convert_state_dict (strict), config from the preset, the source's config.json or the
-           tensor shapes; resize.adapt_state_dict when the preset has another window / image size
+    convert  convert.convert_state_dict (strict), config from the preset / --config file, the source's
+           config.json, the official buffers or the tensor shapes; resize.adapt_state_dict when the preset
+           has another window / image size (Swin V1; V2's position bias takes any window as it is)
     write  safetensors weights + config, the image processor of the source's preprocessing, a model card;
            into a temporary folder next to OUT_DIR, renamed into place only when everything succeeded
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import os
 import re
 import shutil
@@ -22,12 +23,20 @@ from pathlib import Path
 import torch
 
 from .configuration_swin import PRESETS, SwinConfig, to_pair
-from .convert import SOURCES, ConversionError, config_from_transformers, convert_state_dict, infer_config
-from .image_processing_swin import SwinImageProcessor
+from .convert import (
+    SOURCES,
+    TRANSFORMERS_MODEL_TYPES,
+    ConversionError,
+    _inference_hints,
+    config_from_transformers,
+    convert_state_dict,
+    infer_config,
+)
+from .model_card import find_spec, render_card, timm_architecture
+from .preprocessing import preprocessing_summary, processor_for_source
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 
 class CheckpointError(ConversionError):
@@ -132,74 +141,6 @@ def _download(repo: str, source: str) -> Source:
 
 
 # --------------------------------------------------------------------------------------------------
-# Preprocessing of each source
-# --------------------------------------------------------------------------------------------------
-
-
-def processor_for_source(
-    source: str, image_size, timm_cfg: dict | None = None, preprocessor: dict | None = None
-) -> SwinImageProcessor:
-    """The evaluation preprocessing the source's weights were validated with.
-
-    official: resize to image/0.875 (bicubic) and centre-crop below 384 pixels, resize straight to the image
-        size from 384 up (the official evaluation); ImageNet mean/std.
-    timm: its `pretrained_cfg` (crop_pct, interpolation, mean, std) when config.json has one; else timm's
-        Swin defaults, crop_pct 0.9 below 384 and 1.0 from 384 up, bicubic, ImageNet mean/std.
-    transformers: the checkpoint's preprocessor_config.json when there is one; else a bicubic resize
-        straight to the image size with ImageNet mean/std (what the Hub's Swin checkpoints use).
-    """
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if source == "official":
-        return SwinImageProcessor.for_image_size((height, width))
-    if source == "timm":
-        cfg = dict(timm_cfg or {})
-        crop_pct = float(cfg.get("crop_pct", 0.9 if max(height, width) < 384 else 1.0))
-        extra = {}
-        if "mean" in cfg:
-            extra["image_mean"] = list(cfg["mean"])
-        if "std" in cfg:
-            extra["image_std"] = list(cfg["std"])
-        resample = _RESAMPLE.get(str(cfg.get("interpolation", "bicubic")), 3)
-        # timm: resize the shorter side to floor(size / crop_pct), then centre-crop (also when crop_pct = 1)
-        return SwinImageProcessor(
-            size={"shortest_edge": int(math.floor(min(height, width) / crop_pct))},
-            crop_size={"height": height, "width": width},
-            do_center_crop=True,
-            resample=resample,
-            **extra,
-        )
-    if source == "transformers":
-        if preprocessor:
-            keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-                    "do_normalize", "image_mean", "image_std")
-            values = {k: preprocessor[k] for k in keep if k in preprocessor}
-            if "crop_pct" in preprocessor and "shortest_edge" in values.get("size", {}):  # ConvNeXt-style processors
-                edge = values["size"]["shortest_edge"]
-                values.update(size={"shortest_edge": int(edge / preprocessor["crop_pct"])},
-                              crop_size={"height": edge, "width": edge}, do_center_crop=True)
-            values.setdefault("do_center_crop", False)
-            return SwinImageProcessor(**values)
-        return SwinImageProcessor.for_image_size((height, width), crop_pct=1.0)
-    raise ValueError(f"Unknown source {source!r}; expected one of {SOURCES}.")
-
-
-def preprocessing_summary(processor: SwinImageProcessor) -> str:
-    """One line describing the processor, for model cards."""
-    names = {v: k for k, v in _RESAMPLE.items()}
-    resample = names.get(int(processor.resample), str(processor.resample))
-    size = processor.size
-    if "shortest_edge" in size:
-        steps = f"resize the shorter side to {size['shortest_edge']} ({resample})"
-    else:
-        steps = f"resize to {size['height']}x{size['width']} ({resample})"
-    if processor.do_center_crop:
-        steps += f", centre-crop {processor.crop_size['height']}x{processor.crop_size['width']}"
-    mean = ", ".join(f"{v:.3f}" for v in processor.image_mean)
-    std = ", ".join(f"{v:.3f}" for v in processor.image_std)
-    return f"{steps}, scale to [0, 1], normalise with mean ({mean}) and std ({std})"
-
-
-# --------------------------------------------------------------------------------------------------
 # Converting and writing
 # --------------------------------------------------------------------------------------------------
 
@@ -219,18 +160,27 @@ def convert_checkpoint(
     source: str,
     preset: str | None = None,
     overwrite: bool = False,
+    config_file: str | os.PathLike | None = None,
 ) -> ConversionResult:
     """Convert the checkpoint `src` (file, folder or Hub id) of `source` into a swin_hf folder `out_dir`.
 
-    Nothing is written to `out_dir` unless the whole conversion succeeds.
+    `preset` or `config_file` (a config.json of swin_hf or of transformers' Swin / Swinv2, or its folder)
+    gives the config to load into; its architecture must be the checkpoint's. Swin V2 weights need one of
+    them unless the window is known otherwise (official buffers, timm's architecture name, transformers'
+    config.json). Nothing is written to `out_dir` unless the whole conversion succeeds.
     """
-    from .model_card import find_spec, render_card
     from .resize import adapt_state_dict
 
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; expected one of {', '.join(SOURCES)}.")
+    if preset is not None and config_file is not None:
+        raise ValueError("Give a preset or a config file, not both.")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Available presets: {', '.join(PRESETS)}.")
+    target = SwinConfig.from_preset(preset) if preset is not None else None
+    if config_file is not None:
+        target = read_config_file(config_file)
+    target_name = ("preset", repr(preset)) if preset is not None else ("config", str(config_file))
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir} already exists and is not empty; choose a new folder or pass --overwrite.")
@@ -249,18 +199,18 @@ def convert_checkpoint(
         raise ConversionError(f"{resolved.weights}: {error}") from error
 
     timm_cfg = (resolved.config or {}).get("pretrained_cfg") if source == "timm" else None
-    hints = {}
-    if timm_cfg and timm_cfg.get("input_size"):
-        hints["image_size"] = list(timm_cfg["input_size"][1:])
-    inferred = infer_config(state_dict, **_hints(raw, source, hints))
-    if source == "transformers" and resolved.config and resolved.config.get("model_type") == "swin":
+    if source == "transformers" and (resolved.config or {}).get("model_type") in TRANSFORMERS_MODEL_TYPES:
         base = config_from_transformers(resolved.config, SwinConfig)
     else:
-        base = inferred
-    config = base
-    if preset is not None:
-        config = _preset_config(preset, base)
-    resized = (config.window_size, to_pair(config.image_size)) != (base.window_size, to_pair(base.image_size))
+        # lowest to highest priority: the window (and size) of the given config or of timm's model name (Swin V2
+        # weights do not record it), the official buffers, timm's input size
+        hints = _v2_windows(target) or _v2_windows(_timm_preset(resolved.config if source == "timm" else None))
+        hints.update(_inference_hints(raw, source))
+        if timm_cfg and timm_cfg.get("input_size"):
+            hints["image_size"] = list(timm_cfg["input_size"][1:])
+        base = infer_config(state_dict, **hints)
+    config = base if target is None else _target_config(target, base, target_name)
+    resized = _geometry(config) != _geometry(base)
     state_dict = adapt_state_dict(state_dict, config)
 
     model = _build_model(config, state_dict)
@@ -271,7 +221,7 @@ def convert_checkpoint(
     note = f"`{Path(src).name if Path(src).exists() else src}` ({source} format)"
     card = render_card(
         config,
-        title=spec.title if spec else f"Swin Transformer converted from {source} weights",
+        title=spec.title if spec else f"Swin Transformer{' V2' if config.version == 2 else ''} converted from {source} weights",
         paper_top1=spec.paper_top1 if spec else None,
         pretraining=spec.pretraining if spec else None,
         official_file=spec.official_file if spec else None,
@@ -287,30 +237,69 @@ def convert_checkpoint(
         (folder / "README.md").write_text(card, encoding="utf-8")
 
     _write_atomically(out_dir, write, overwrite)
-    notes = [f"resized to window {config.window_size}, image {config.image_size}"] if resized else []
+    notes = []
+    if resized:
+        what = "nothing resized: V2's position bias takes any window" if config.version == 2 else "resized"
+        notes.append(f"window {base.window_size} -> {config.window_size}, image {base.image_size} -> {config.image_size}; {what}")
     return ConversionResult(out_dir, config, type(model).__name__, resized, notes)
 
 
-def _hints(raw, source, hints):
-    from .convert import _inference_hints
+def read_config_file(path: str | os.PathLike) -> SwinConfig:
+    """The SwinConfig of a config.json (swin_hf's, or transformers' Swin / Swinv2), or of the folder holding one."""
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        values = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"--config {path}: not a readable config.json ({error}).") from error
+    if not isinstance(values, dict) or values.get("model_type") not in (*TRANSFORMERS_MODEL_TYPES, SwinConfig.model_type):
+        kind = values.get("model_type") if isinstance(values, dict) else type(values).__name__
+        raise ConversionError(
+            f"--config {path}: model_type {kind!r}; expected the config.json of a swin_hf model or of transformers' "
+            "Swin / Swinv2."
+        )
+    return config_from_transformers(values, SwinConfig)
 
-    found = _inference_hints(raw, source) if source != "transformers" else {}
-    return {**found, **hints}
+
+def _v2_windows(config: SwinConfig | None) -> dict:
+    """The window, pre-training windows and image size of a Swin V2 config, as hints for weights that do not
+    record them."""
+    if config is None or config.version != 2:
+        return {}
+    return {k: getattr(config, k) for k in ("window_size", "pretrained_window_sizes", "image_size")}
 
 
-def _preset_config(preset: str, checkpoint: SwinConfig) -> SwinConfig:
-    """The preset's config with the checkpoint's head; its architecture must be the checkpoint's."""
-    config = SwinConfig.from_preset(preset, num_labels=checkpoint.num_labels)
-    fields = ("embed_dim", "depths", "num_heads", "patch_size", "mlp_ratio", "num_channels", "use_absolute_embeddings")
+def _timm_preset(timm_config: dict | None) -> SwinConfig | None:
+    """The preset that timm's config.json names in `architecture`: timm calls swinv2-tiny-patch4-window8-256
+    `swinv2_tiny_window8_256` and swinv2-base-patch4-window12to16-192to256-22kto1k-ft
+    `swinv2_base_window12to16_192to256` (the tag after the dot names the weights)."""
+    architecture = (timm_config or {}).get("architecture")
+    name = next((name for name in PRESETS if timm_architecture(name) == architecture), None)
+    return SwinConfig.from_preset(name) if name else None
+
+
+def _geometry(config: SwinConfig) -> tuple:
+    """What a checkpoint's config and a target's may differ in without a different architecture."""
+    windows = config.pretrained_window_sizes or [0] * len(config.depths)
+    return config.window_size, to_pair(config.image_size), tuple(windows) if config.version == 2 else ()
+
+
+def _target_config(target: SwinConfig, checkpoint: SwinConfig, target_name: tuple[str, str]) -> SwinConfig:
+    """`target` (a preset's or a file's config) with the checkpoint's head; its architecture must be the
+    checkpoint's. `target_name`: ("preset", name) or ("config", path), for messages."""
+    config = copy.deepcopy(target)
+    config.num_labels = checkpoint.num_labels
+    fields = ("version", "embed_dim", "depths", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "num_channels",
+              "use_absolute_embeddings")
     different = [
-        f"{f}={getattr(checkpoint, f)!r} (preset: {getattr(config, f)!r})"
+        f"{f}={getattr(checkpoint, f)!r} ({target_name[0]}: {getattr(config, f)!r})"
         for f in fields
         if _plain(getattr(checkpoint, f)) != _plain(getattr(config, f))
     ]
     if different:
         raise ConversionError(
-            f"The checkpoint does not have the architecture of preset {preset!r}: {'; '.join(different)}. "
-            "Choose the matching preset or omit --preset to infer the config from the weights."
+            f"The checkpoint does not have the architecture of {' '.join(target_name)}: {'; '.join(different)}. "
+            "Choose the matching preset or config, or omit --preset/--config to infer the config from the weights."
         )
     if checkpoint.id2label and len(checkpoint.id2label) == checkpoint.num_labels:
         config.id2label = dict(checkpoint.id2label)
@@ -374,5 +363,6 @@ __all__ = [
     "preprocessing_summary",
     "processor_for_source",
     "read_checkpoint",
+    "read_config_file",
     "resolve_source",
 ]

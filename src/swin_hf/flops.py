@@ -4,13 +4,15 @@ What "FLOPs" means here (and in the paper): multiply-accumulates (MACs) of
   - every matrix product: patch embedding conv, qkv / proj / MLP linears, patch merging reduction, the head,
     and the two attention products Q K^T and (softmax) V;
   - plus H*W*C per LayerNorm (one term per normalised element), as the official code adds.
-Bias additions, softmax, GELU, residual additions and the average pool are not counted.
+Bias additions, softmax, GELU, residual additions and the average pool are not counted. Neither is Swin
+V2's continuous position bias MLP (a function of the window size alone, not of the image; the official
+V2 `flops()` and its paper leave it out): it is reported apart, as `position_bias_macs`.
 
 How: the model is built on the `meta` device (no memory, no arithmetic) with eager attention, and run
 under `torch.utils.flop_counter.FlopCounterMode`, which reports 2 FLOPs per MAC of mm/bmm/addmm/conv.
 Eager attention matters: the fused `scaled_dot_product_attention` CPU kernel is not in the counter's
 table, so with it torch sees only the linears and the conv (Swin-T: 4.35G instead of 4.49G). LayerNorm
-elements are counted with forward hooks. The result matches the official `flops()` to within 0.1%.
+elements are counted with forward hooks. The result matches the official `flops()` (V1 and V2) to within 0.1%.
 
 The theoretical attention cost per block (section 3.2 of the paper), for an h x w map of width C and
 window M:  Omega(MSA) = 4hwC^2 + 2(hw)^2 C   (global attention, as in ViT)
@@ -41,6 +43,7 @@ class PartCost:
     blocks: int = 0
     msa_macs: int = 0  # Omega(MSA), summed over the blocks (attention part only: qkv, proj, products)
     wmsa_macs: int = 0  # Omega(W-MSA), summed over the blocks
+    position_bias_macs: int = 0  # Swin V2's position bias MLP, not in `flops` (as the paper counts)
 
     @property
     def flops(self) -> int:
@@ -71,6 +74,10 @@ class ModelCost:
     def norm_elements(self) -> int:
         return sum(p.norm_elements for p in self.parts)
 
+    @property
+    def position_bias_macs(self) -> int:
+        return sum(p.position_bias_macs for p in self.parts)
+
     def as_dict(self) -> dict:
         return {
             "image_size": list(self.image_size),
@@ -80,6 +87,7 @@ class ModelCost:
             "flops": self.flops,
             "matmul_macs": self.matmul_macs,
             "norm_elements": self.norm_elements,
+            "position_bias_macs": self.position_bias_macs,
             "parts": [
                 {
                     "name": p.name,
@@ -92,6 +100,7 @@ class ModelCost:
                     "blocks": p.blocks,
                     "msa_macs": p.msa_macs,
                     "wmsa_macs": p.wmsa_macs,
+                    "position_bias_macs": p.position_bias_macs,
                 }
                 for p in self.parts
             ],
@@ -106,10 +115,11 @@ def attention_cost(height: int, width: int, channels: int, window: int) -> tuple
 
 
 def resolve_config(name_or_dir: str, num_labels: int | None = None) -> SwinConfig:
-    """The config of a preset name (with 1000 labels unless `num_labels` is given) or of a saved model
-    directory (swin_hf or transformers' Swin format)."""
+    """The config of a preset name (with its release's head: 1000 labels, 21841 for the ImageNet-22k ones,
+    unless `num_labels` is given) or of a saved model directory (swin_hf or transformers' Swin / Swinv2)."""
     if name_or_dir in PRESETS:
-        return SwinConfig.from_preset(name_or_dir, num_labels=1000 if num_labels is None else num_labels)
+        default = PRESETS[name_or_dir].num_labels or 1000
+        return SwinConfig.from_preset(name_or_dir, num_labels=default if num_labels is None else num_labels)
     import os
 
     if os.path.isdir(name_or_dir):
@@ -118,10 +128,10 @@ def resolve_config(name_or_dir: str, num_labels: int | None = None) -> SwinConfi
         from .convert import config_from_transformers
 
         config_dict, _ = PretrainedConfig.get_config_dict(name_or_dir)
-        if config_dict.get("model_type") not in ("swin", SwinConfig.model_type):
+        if config_dict.get("model_type") not in ("swin", "swinv2", SwinConfig.model_type):
             raise ValueError(
                 f"{name_or_dir}: config.json has model_type {config_dict.get('model_type')!r}; expected a Swin model "
-                f"({SwinConfig.model_type!r} or 'swin')."
+                f"({SwinConfig.model_type!r}, 'swin' or 'swinv2')."
             )
         overrides = {} if num_labels is None else {"num_labels": num_labels}
         return config_from_transformers(config_dict, SwinConfig, **overrides)
@@ -167,6 +177,10 @@ def measure_cost(config: SwinConfig, image_size: int | tuple[int, int] | None = 
     def macs(prefix: str) -> int:
         return sum(by_module.get(f"{root}.{prefix}", {}).values()) // 2
 
+    def position_bias_macs(prefix: str) -> int:  # V2's cpb_mlp modules under `prefix`
+        inside = (c for name, c in by_module.items() if name.startswith(f"{root}.{prefix}.") and name.endswith(".cpb_mlp"))
+        return sum(sum(c.values()) for c in inside) // 2
+
     def norms(prefix: str) -> int:
         return sum(n for name, n in norm_elements.items() if name == prefix or name.startswith(prefix + "."))
 
@@ -183,14 +197,15 @@ def measure_cost(config: SwinConfig, image_size: int | tuple[int, int] | None = 
         channels = config.embed_dim * 2**s
         window, _ = window_geometry(height, width, config.window_size, always_partition=False)
         msa, wmsa = attention_cost(height, width, channels, window)
+        bias = position_bias_macs(f"swin.stages.{s}")
         cost.parts.append(
-            PartCost(f"stage{s + 1}", (height, width), channels, params(stage), macs(f"swin.stages.{s}"),
+            PartCost(f"stage{s + 1}", (height, width), channels, params(stage), macs(f"swin.stages.{s}") - bias,
                      norms(f"swin.stages.{s}"), blocks=len(stage.blocks), msa_macs=msa * len(stage.blocks),
-                     wmsa_macs=wmsa * len(stage.blocks))
+                     wmsa_macs=wmsa * len(stage.blocks), position_bias_macs=bias)
         )
         if stage.downsample is not None:
             height, width = (height + 1) // 2, (width + 1) // 2
-    total_macs = sum(counter.get_flop_counts()["Global"].values()) // 2
+    total_macs = sum(counter.get_flop_counts()["Global"].values()) // 2 - cost.position_bias_macs
     head_params = params(model) - sum(p.params for p in cost.parts)
     head_macs = total_macs - sum(p.matmul_macs for p in cost.parts)
     cost.parts.append(
@@ -207,7 +222,7 @@ def format_report(cost: ModelCost, title: str = "") -> str:
     if title:
         lines.append(title)
     lines.append(
-        f"image {cost.image_size[0]}x{cost.image_size[1]}, patch {c.patch_size}, window {c.window_size}, "
+        f"{'Swin V2, ' if c.version == 2 else ''}image {cost.image_size[0]}x{cost.image_size[1]}, patch {c.patch_size}, window {c.window_size}, "
         f"embed_dim {c.embed_dim}, depths {list(c.depths)}, heads {list(c.num_heads)}, {c.num_labels} labels"
     )
     lines.append("")
@@ -222,6 +237,11 @@ def format_report(cost: ModelCost, title: str = "") -> str:
         f"({cost.matmul_macs / 1e9:.3f}G in matrix products counted by torch.utils.flop_counter + "
         f"{cost.norm_elements / 1e9:.3f}G LayerNorm elements), as the paper counts them."
     )
+    if cost.position_bias_macs:
+        lines.append(
+            f"Not counted, as in the Swin V2 paper: {cost.position_bias_macs / 1e9:.3f}G in the continuous position "
+            "bias MLPs (one run per block, a function of the window size, not of the image)."
+        )
     lines.append("")
     lines.append("Attention cost per stage, all blocks (paper section 3.2; GMACs):")
     lines.append(f"{'stage':<16}{'blocks':>8}{'global MSA':>14}{'window W-MSA':>14}{'ratio':>9}")

@@ -110,7 +110,7 @@ def log_spaced_offsets(window: int, normaliser: int, device: torch.device) -> to
     window), scaled to [-8, 8], mapped by sign(t) log2(1 + |t|) / log2(8): (2w-1, 2w-1, 2), as V1's table."""
     offsets = torch.arange(-(window - 1), window, device=device, dtype=torch.float32)
     t = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (2w-1, 2w-1, 2)
-    t = t * (8.0 / max(normaliser - 1, 1))  # (a window of 1 has the single offset 0)
+    t = t / max(normaliser - 1, 1) * 8.0  # divided, then scaled: the references' rounding (a window of 1: offset 0)
     return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8.0)
 
 

@@ -661,7 +661,8 @@ def write_card(run: Run, summary: dict, skipped: int) -> None:
     card_metrics = {k: summary[k] for k in ("best_val_top1", "best_val_top5", "best_val_loss", "best_epoch") if k in summary}
     notes = run.data.notes + ([f"{skipped} unreadable image(s) were skipped"] if skipped else [])
     card = report.model_card(config.hub_model_id or os.path.basename(os.path.abspath(out)), config.model,
-                             run.data.source, run.data.class_names, hyper, card_metrics, notes)
+                             run.data.source, run.data.class_names, hyper, card_metrics, notes,
+                             version=run.raw_model.config.version)
     report.write_text(os.path.join(out, "README.md"), card)
     if skipped:
         logger.warning("%d unreadable image(s) were skipped during this run.", skipped)

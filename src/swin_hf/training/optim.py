@@ -8,12 +8,13 @@ import re
 import torch
 from torch import nn
 
-NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
+NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "logit_scale")
 
 
 def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """False for norms and biases (1-D tensors) and the position tables, as in the official recipe."""
-    return param.ndim > 1 and not name.endswith(NO_DECAY_NAMES)
+    """False for norms and biases (1-D tensors), the position tables and, for Swin V2, the attention
+    temperatures and the continuous position bias MLP, as in the official recipes."""
+    return param.ndim > 1 and not name.endswith(NO_DECAY_NAMES) and ".cpb_mlp." not in name
 
 
 def layer_id(name: str, depths: list[int]) -> int:

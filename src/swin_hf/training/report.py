@@ -130,8 +130,9 @@ def model_card(
     hyperparameters: dict,
     metrics: dict,
     notes: list[str] = (),
+    version: int = 1,
 ) -> str:
-    """A Hub-format README.md (YAML metadata + text) for the trained model."""
+    """A Hub-format README.md (YAML metadata + text) for the trained model (`version`: Swin 1 or 2)."""
     top1 = metrics.get("val_top1")
     lines = ["---", "library_name: transformers", "pipeline_tag: image-classification", "tags:", "- swin_hf", "- image-classification", "- vision"]
     if base_model and os.path.sep not in base_model and not base_model.startswith("swin-") and "/" in base_model:
@@ -159,7 +160,8 @@ def model_card(
         "",
         f"# {model_name}",
         "",
-        f"A Swin Transformer (Liu et al., ICCV 2021) image classifier trained with the swin_hf fine-tuning recipe "
+        f"A {'Swin Transformer V2 (Liu et al., CVPR 2022)' if version == 2 else 'Swin Transformer (Liu et al., ICCV 2021)'} "
+        "image classifier trained with the swin_hf fine-tuning recipe "
         f"from `{base_model}` on `{dataset}` ({len(class_names)} classes).",
         "",
         "## Usage",
