@@ -59,7 +59,8 @@ def optimize_for_inference(
     object, whose calls take the same inputs and give the same outputs (floating outputs in fp32).
 
     Args:
-        dtype: "auto" (bf16 where the device multiplies bf16 natively, else fp32), "bf16" or "fp32".
+        dtype: "auto" (bf16 where the device multiplies bf16 natively, else fp32; fp32 with int8), "bf16" or
+            "fp32".
         quantize: None, or "int8" (x86 CPUs, needs torchao; `calibration` images required, e.g. a few
             dozen processed by the model's image processor).
         compile: torch.compile the forward (False: only the dtype choice, eagerly).
@@ -69,8 +70,8 @@ def optimize_for_inference(
     if getattr(model, "optimized_for_inference", None):
         raise ValueError("This model is already optimized for inference; optimize a freshly loaded model instead.")
     device = next(model.parameters()).device
-    if dtype == "auto":
-        dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+    if dtype == "auto":  # (int8 products take fp32 activations)
+        dtype = torch.bfloat16 if native_bf16(device) and quantize is None else torch.float32
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype, dtype)
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype={dtype!r}: use 'auto', 'bf16' or 'fp32'.")
@@ -153,7 +154,7 @@ def _int8_forward(model: nn.Module, device: torch.device, calibration: torch.Ten
     except ImportError as error:
         raise ImportError("quantize='int8' needs torchao: pip install torchao") from error
 
-    class Logits(nn.Module):  # tensors in, tensors out, for torch.export
+    class TensorOutputs(nn.Module):  # tensors in, tensors out, for torch.export
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
@@ -162,7 +163,7 @@ def _int8_forward(model: nn.Module, device: torch.device, calibration: torch.Ten
             out = self.inner(pixel_values, return_dict=True)
             return tuple(v for v in out.values() if isinstance(v, torch.Tensor))
 
-    wrapper = Logits(model).eval()
+    wrapper = TensorOutputs(model).eval()
     example = calibration[:2]
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
