@@ -461,7 +461,7 @@ class SwinEmbeddings(nn.Module):
     def apply_mask(self, x: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
         """x: (B, Hp, Wp, C) with masked patches replaced by the mask token (SimMIM)."""
         if self.mask_token is None:
-            raise ValueError("bool_masked_pos needs a mask token: use SwinForMaskedImageModeling (or use_mask_token=True).")
+            raise ValueError("bool_masked_pos was given but this model has no mask token: use SwinForMaskedImageModeling (or use_mask_token=True).")
         B, Hp, Wp, _ = x.shape
         if bool_masked_pos.numel() != B * Hp * Wp:
             raise ValueError(
