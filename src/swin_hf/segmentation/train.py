@@ -209,7 +209,7 @@ def run(args, fabric) -> dict:
     out = args.output_dir
     session = Session(
         fabric, "segment", out, vars(args), overwrite=args.overwrite, resume=args.resume,
-        allow_changed_config=args.allow_changed_config, fixed=("model", "hidden_size", "id2label"),
+        allow_changed_config=args.allow_changed_config, fixed=("model", "hidden_size", "class_names"),
         clip_grad=args.clip_grad, precision=fabric.strategy.precision.precision,
     )
     if args.model != "builtin":  # a missing folder or an unreachable Hub id fails before the data is made
@@ -248,7 +248,8 @@ def run(args, fabric) -> dict:
     scheduler = build_scheduler(optimizer, total, round(args.warmup_ratio * total), args.min_lr_ratio)
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
              "progress": {"step": 0, "epoch": 0, "history": []}}
-    if session.begin(state, {"id2label": id2label}):
+    # (the classes as a derived setting: "id2label" is the option naming a JSON file)
+    if session.begin(state, {"class_names": list(id2label.values())}):
         logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
     progress = state["progress"]
     logs = MetricLoggers(fabric, out)
@@ -288,7 +289,7 @@ def run(args, fabric) -> dict:
                          progress_bar=not args.no_progress)
     minutes = (time.time() - start) / 60
     result = evaluate()
-    fabric.print(f"final {described(result)}")
+    display.line(f"final {described(result)}")
     per_process, throughput = display.rates()
     summary = {
         **{k: result[k] for k in SCORES},

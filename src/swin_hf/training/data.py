@@ -68,15 +68,12 @@ def load_splits(
     """A DatasetDict from a `load_dataset` name/path, a saved DatasetDict directory, imagefolders,
     or (nothing given) the built-in digits. `streaming`: {split: IterableDataset} read as it is used
     (a saved DatasetDict and the built-in digits are cut into shards, see `streaming.to_stream`)."""
-    import datasets
+    loaded = _load(dataset, train_dir, validation_dir, dataset_config, streaming)
+    if not streaming:
+        return loaded
+    from .streaming import stream_splits
 
-    if streaming:
-        if (train_dir or validation_dir) or not _saved_or_builtin(dataset):
-            return dict(_load(dataset, train_dir, validation_dir, dataset_config, streaming=True))
-        from .streaming import stream_splits
-
-        return stream_splits(_load(dataset, train_dir, validation_dir, dataset_config))
-    return _load(dataset, train_dir, validation_dir, dataset_config)
+    return stream_splits(loaded)
 
 
 def _saved_or_builtin(dataset: str | None) -> bool:
@@ -84,7 +81,8 @@ def _saved_or_builtin(dataset: str | None) -> bool:
         os.path.exists(os.path.join(dataset, "dataset_dict.json")) or os.path.exists(os.path.join(dataset, "dataset_info.json"))))
 
 
-def _load(dataset, train_dir, validation_dir, dataset_config, streaming: bool = False):
+def _load(dataset, train_dir, validation_dir, dataset_config, streaming: bool):
+    """What `load_splits` reads (`streaming` applies to what load_dataset reads: folders of files, the Hub)."""
     import datasets
 
     if train_dir or validation_dir:

@@ -63,11 +63,11 @@ class Display:
         return f"{total:.0f} images/s ({per_process:.0f} per process x {self.fabric.world_size})"
 
     def line(self, text: str) -> None:
-        """A line for the user (process 0): above the bar, or printed when there is none."""
+        """A line for the user (process 0 of all nodes): above the bar, or printed when there is none."""
         if self.bar is not None:
             self.bar.write(text)
-        else:
-            self.fabric.print(text)
+        elif self.fabric.is_global_zero:  # (fabric.print prints on the first process of every node)
+            print(text, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -185,6 +185,8 @@ class StreamLoader:
         loader = torch.utils.data.DataLoader(
             _Decode(decode), batch_size=None, sampler=_RawBatches(self), num_workers=num_workers,
             collate_fn=_pass_through, persistent_workers=False,
+            # own generator: starting an iteration must not draw from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(seed),
         )
         self.loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
