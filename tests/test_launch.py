@@ -75,6 +75,28 @@ def test_the_package_installs_a_lightning_command():
     assert done.returncode == 0 and "--main-port" in done.stdout and "SCRIPT" in done.stdout
 
 
+def test_the_launchers_thread_count_does_not_override_the_recipes(tmp_path, monkeypatch):
+    """Fabric's launcher sets OMP_NUM_THREADS to CPUs / processes when the user has not: the digits profile's
+    one thread still applies. An OMP_NUM_THREADS of the user's wins."""
+    from swin_hf.training.cli import main
+    from swin_hf.training.launcher import LAUNCHER_SET_THREADS
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        for from_launcher, expected in ((True, 1), (False, 2)):
+            if from_launcher:
+                monkeypatch.setenv(LAUNCHER_SET_THREADS, "1")
+            else:
+                monkeypatch.delenv(LAUNCHER_SET_THREADS)
+            torch.set_num_threads(2)
+            out = tmp_path / str(expected)
+            assert main([str(a) for a in ["--output-dir", out, "--max-steps", 1, "--no-progress", *TINY]]) == 0
+            assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_a_fresh_install_runs_two_single_device_launches_at_once(tmp_path):
     """`pip install -e .` in a new environment puts `lightning` on its PATH; two `lightning run` launches

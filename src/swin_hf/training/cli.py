@@ -19,6 +19,7 @@ from ..model_source import ModelSourceError
 from .augment import AugmentConfig
 from .data import DIGITS
 from .distributed import SHARDED_STRATEGIES, sharded_strategy
+from .launcher import LAUNCHER_SET_THREADS
 from .errors import RecipeError, UsageError
 from .loop import RECIPE_PRESETS, TrainConfig, output_files, run, summary_lines
 from .progress import announce
@@ -502,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     def prepare(args):
         config = resolve(args)
         threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
-        if threads and not os.environ.get("OMP_NUM_THREADS"):
+        # OMP_NUM_THREADS set by the user wins; the one `lightning run` leaves to Fabric's launcher does not
+        # (CPUs / processes: on a busy 2-core machine 2 threads made the digits run 9x slower than 1)
+        if threads and (not os.environ.get("OMP_NUM_THREADS") or os.environ.get(LAUNCHER_SET_THREADS) == "1"):
             import torch
 
             torch.set_num_threads(threads)

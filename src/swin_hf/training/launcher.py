@@ -7,10 +7,11 @@ through Lightning Fabric's own launcher (`lightning.fabric.cli`, the code behind
     lightning run --num-nodes 2 --node-rank 0 --main-address 10.0.0.1 --main-port 29400 recipes/finetune.py
 
 Lightning 2.5 removed its own `lightning` command and ships only `fabric`. What this one adds to
-`fabric run` is one thing: a launch on one machine without `--main-port` gets a free port (Fabric's
-default, 29400, makes a second run started at the same time fail with "The server socket has failed to
-listen"). Several machines must agree on the port, so a multi-node launch keeps Fabric's default unless
-`--main-port` is given.
+`fabric run`: a launch on one machine without `--main-port` gets a free port (Fabric's default, 29400,
+makes a second run started at the same time fail with "The server socket has failed to listen"; several
+machines must agree on the port, so a multi-node launch keeps the default unless `--main-port` is given),
+and the OMP_NUM_THREADS that Fabric's launcher sets when the user has not does not override a recipe's own
+thread count (`--cpu-threads`).
 
 Everything else (`lightning consolidate`, or the commands of Lightning AI's cloud CLI when the
 `lightning-sdk` package is installed, such as `lightning login` or `lightning run job`) goes to the
@@ -22,6 +23,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+
+# set to "1" for the launched processes when OMP_NUM_THREADS is Fabric's default, not the user's: the recipes'
+# own thread count (--cpu-threads) then applies
+LAUNCHER_SET_THREADS = "SWIN_HF_OMP_NUM_THREADS_FROM_LAUNCHER"
 
 # Fabric's launcher options (`fabric run --help`); each takes a value
 FABRIC_OPTIONS = (
@@ -94,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if _launches_a_script(args):
         from lightning.fabric.cli import _main as fabric_cli
 
+        if "OMP_NUM_THREADS" not in os.environ:  # Fabric's launcher sets it to CPUs / processes
+            os.environ[LAUNCHER_SET_THREADS] = "1"
+
         return _click(fabric_cli, fabric_run_arguments(args))
     cloud = _cloud_cli()
     if cloud is not None:
@@ -115,4 +123,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["fabric_run_arguments", "free_port", "main", "split_launch_arguments"]
+__all__ = ["LAUNCHER_SET_THREADS", "fabric_run_arguments", "free_port", "main", "split_launch_arguments"]
