@@ -21,6 +21,7 @@ import swin_hf.training  # noqa: F401  (the recipes share it)
 from swin_hf import SwinForImageClassification  # noqa: E402
 from swin_hf.segmentation.data import TEXTURE_CLASSES  # noqa: E402
 from swin_hf.segmentation.train import main as segment_main  # noqa: E402
+from swin_hf.training.launcher import free_port  # noqa: E402
 from swin_hf.training.simmim import main as simmim_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,7 +150,7 @@ def test_segment_recipe_under_fabric_run_ddp_two_processes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [fabric, "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+        [fabric, "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--main-port", str(free_port()),
          os.path.join(ROOT, "recipes", "segment.py"), "--output-dir", str(out), "--max-steps", "2",
          "--batch-size", "4", "--image-size", "32", "--max-train-samples", "16", "--max-eval-samples", "8",
          "--num-overlays", "1", "--hidden-size", "32"],

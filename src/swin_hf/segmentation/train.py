@@ -320,7 +320,7 @@ def run(args, fabric) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import launch
+    from ..training.cli import launch, set_cpu_threads
 
     def report(summary: dict) -> str:
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
@@ -331,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             "training_curves.png, overlays/, logs/)"
         )
 
-    return launch(build_parser(), argv, lambda args: ((lambda fabric: run(args, fabric)), report))
+    def prepare(args):
+        set_cpu_threads(args, 1 if args.dataset == BUILTIN and args.model == "builtin" else 0)
+        return (lambda fabric: run(args, fabric)), report
+
+    return launch(build_parser(), argv, prepare)
 
 
 __all__ = [

@@ -167,7 +167,20 @@ def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp (FSDP2: each Swin block sharded, CPU or GPU), or another of Lightning Fabric's")
     h.add_argument("--num-nodes", type=positive_int, default=1, help="nodes")
     h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
+    h.add_argument("--cpu-threads", type=_auto(nonnegative_int), default=AUTO, help="torch intra-op threads per process (0 = torch's default; auto: 1 for the built-in data's tiny model, else torch's default); OMP_NUM_THREADS set by you wins")
     return h
+
+
+def set_cpu_threads(args: argparse.Namespace, auto: int) -> None:
+    """torch's intra-op threads: --cpu-threads, or `auto` (the recipe's choice) when left at auto; 0 keeps
+    torch's default. An OMP_NUM_THREADS the user set wins; the one Fabric's launcher sets under `lightning
+    run` does not (on a busy 2-core machine 2 threads made the built-in runs 9-15x slower than 1: OpenMP
+    threads wait for each other when the cores are shared)."""
+    threads = auto if args.cpu_threads == AUTO else args.cpu_threads
+    if threads and (not os.environ.get("OMP_NUM_THREADS") or os.environ.get(LAUNCHER_SET_THREADS) == "1"):
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def add_optimisation_arguments(
@@ -286,8 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mixup", type=_auto(probability), default=AUTO, help="probability a batch gets mixup")
     a.add_argument("--cutmix", type=_auto(probability), default=AUTO, help="probability a batch gets cutmix")
 
-    h = add_hardware_arguments(p)
-    h.add_argument("--cpu-threads", type=_auto(nonnegative_int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
+    add_hardware_arguments(p)
 
     r = add_run_arguments(p, "outputs/swin-finetuned", "model, card, metrics, plots, logs, checkpoints")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
@@ -502,13 +514,7 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
 def main(argv: list[str] | None = None) -> int:
     def prepare(args):
         config = resolve(args)
-        threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
-        # OMP_NUM_THREADS set by the user wins; the one `lightning run` leaves to Fabric's launcher does not
-        # (CPUs / processes: on a busy 2-core machine 2 threads made the digits run 9x slower than 1)
-        if threads and (not os.environ.get("OMP_NUM_THREADS") or os.environ.get(LAUNCHER_SET_THREADS) == "1"):
-            import torch
-
-            torch.set_num_threads(threads)
+        set_cpu_threads(args, PROFILES[_profile_name(args)]["cpu_threads"])
 
         def report(summary: dict) -> str:
             lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
@@ -543,5 +549,6 @@ __all__ = [
     "probability",
     "resolve",
     "scale_range",
+    "set_cpu_threads",
     "up_to_one",
 ]

@@ -381,7 +381,7 @@ def save_reconstructions(examples: list[list[torch.Tensor]], path: str, min_heig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import launch
+    from .cli import launch, set_cpu_threads
 
     def report(summary: dict) -> str:
         return (
@@ -390,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
             f"outputs: {summary['output_dir']} (fine-tune it: python recipes/finetune.py --model {summary['output_dir']})"
         )
 
-    return launch(build_parser(), argv, lambda args: ((lambda fabric: run(args, fabric)), report))
+    def prepare(args):
+        set_cpu_threads(args, 1 if args.dataset == DEFAULT_DATASET and args.model == "swin-digits" and not args.train_dir else 0)
+        return (lambda fabric: run(args, fabric)), report
+
+    return launch(build_parser(), argv, prepare)
 
 
 __all__ = [
