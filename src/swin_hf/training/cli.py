@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = RecipeArgumentParser(
         prog="finetune.py",
         description="Fine-tune (or train from scratch) a Swin Transformer image classifier on datasets splits. "
-        "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`. Options at 'auto' come from "
+        "Launch with `python`, `lightning run` (or `fabric run`), `torchrun` or `accelerate launch`. Options at 'auto' come from "
         "the profile (listed at the end): with no arguments, a tiny Swin trains on the built-in digits.",
         epilog=_profiles_help(),
         formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=34, width=110),

@@ -86,6 +86,16 @@ def _quiet_shuffle_warning():
         source.removeFilter(refuse)
 
 
+def _shuffle_shards(split, seed: int):
+    """`split` with its shards in a seeded order (reseeded by set_epoch), one shard read at a time: a
+    shuffle buffer of one example. (By default `datasets` fills a buffer from up to 10 shards at once, which
+    holds a share of each open file: +470 MB of peak memory for 8 parquet shards of 31 MB.)"""
+    try:
+        return split.shuffle(seed=seed, buffer_size=1, max_buffer_input_shards=1)
+    except TypeError:  # datasets before 4.1 reads one shard at a time anyway
+        return split.shuffle(seed=seed, buffer_size=1)
+
+
 def start_position() -> dict:
     """The position before the first example: pass 0, block 0, nothing taken."""
     return {"pass": 0, "state": None, "block": 0, "offset": 0}
@@ -103,7 +113,7 @@ class StreamReader:
         from datasets.distributed import split_dataset_by_node
 
         if shuffle:  # the shard order, reseeded every pass by set_epoch
-            split = split.shuffle(seed=seed, buffer_size=1)
+            split = _shuffle_shards(split, seed)
         self.dataset = split_dataset_by_node(split, rank, world_size) if world_size > 1 else split
         self.rank, self.seed, self.block, self.shuffle = rank, seed, max(1, shuffle_block), shuffle
 
