@@ -152,8 +152,9 @@ def test_two_nodes_of_one_process_train_identical_weights_and_report_once(tmp_pa
 @pytest.mark.slow
 def test_fsdp_on_cpu_trains_exactly_as_ddp_and_saves_whole_tensors(tmp_path):
     """Two processes with --strategy fsdp (every Swin block sharded, gloo) and two with ddp, launched at the
-    same time: the same final weights, best model and EMA; every saved tensor is whole (a checkpoint reads
-    with weights_only=True into an unsharded model, the best model loads with from_pretrained)."""
+    same time, each process streaming its own part of the data: the same final weights, best model and EMA;
+    every saved tensor is whole (a checkpoint reads with weights_only=True into an unsharded model, the best
+    model loads with from_pretrained), and the checkpoints hold both processes' stream positions."""
     from safetensors.torch import load_file
 
     from swin_hf import SwinForImageClassification
@@ -161,7 +162,8 @@ def test_fsdp_on_cpu_trains_exactly_as_ddp_and_saves_whole_tensors(tmp_path):
     runs = {strategy: tmp_path / strategy for strategy in ("fsdp", "ddp")}
     procs = [subprocess.Popen(
         _lightning("run", "--accelerator", "cpu", "--devices", "2", "--strategy", strategy, str(SCRIPT), "--output-dir",
-                   str(out), "--max-steps", "6", "--ema-decay", "0.9", "--deterministic", "--no-progress", *TINY),
+                   str(out), "--max-steps", "6", "--streaming", "--steps-per-epoch", "3", "--ema-decay", "0.9",
+                   "--deterministic", "--no-progress", *TINY),
         env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for strategy, out in runs.items()]
     (_, fsdp_err), _ = _finish(procs)
     assert "strategy fsdp (FSDP2)" in fsdp_err
@@ -172,7 +174,11 @@ def test_fsdp_on_cpu_trains_exactly_as_ddp_and_saves_whole_tensors(tmp_path):
         for key in ddp:
             torch.testing.assert_close(fsdp[key], ddp[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
     model = SwinForImageClassification.from_pretrained(runs["fsdp"])
-    checkpoints = [torch.load(out / "checkpoints" / "step-00000004.ckpt", weights_only=True) for out in runs.values()]
+    configs = [json.loads((out / "config.json").read_text()) for out in runs.values()]
+    assert configs[0]["auto_map"] == configs[1]["auto_map"] and configs[0]["architectures"] == ["SwinForImageClassification"]
+    assert {p.name for p in runs["fsdp"].glob("*.py")} == {p.name for p in runs["ddp"].glob("*.py")}  # no FSDP code
+    checkpoints = [torch.load(out / "checkpoints" / "step-00000003.ckpt", weights_only=True) for out in runs.values()]
+    assert checkpoints[0]["stream"] == checkpoints[1]["stream"] and len(checkpoints[0]["stream"]) == 2
     for key, value in model.state_dict().items():
         assert checkpoints[0]["model"][key].shape == value.shape and checkpoints[0]["ema"]["shadow"][key].shape == value.shape
         torch.testing.assert_close(checkpoints[0]["ema"]["shadow"][key], checkpoints[1]["ema"]["shadow"][key], rtol=0, atol=1e-6)

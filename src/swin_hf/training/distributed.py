@@ -13,6 +13,7 @@ whole (unsharded) tensors wherever something is saved.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -66,6 +67,22 @@ def named_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimiz
         "state": {order[i]: value for i, value in state["state"].items()},
         "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in state["param_groups"]],
     }
+
+
+@contextlib.contextmanager
+def own_class(model: torch.nn.Module):
+    """Inside, a sharded model is an instance of its own class again. (FSDP2 gives every sharded module a
+    subclass named FSDP<Class>; transformers' save_pretrained would record that class in config.json's
+    auto_map and copy torch's FSDP modules into the folder as the model's code.)"""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = type(model)
+    if isinstance(model, FSDPModule):
+        model.__class__ = next(c for c in sharded.__mro__[1:] if not issubclass(c, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded
 
 
 def shard_swin_blocks(model: torch.nn.Module, mesh) -> torch.nn.Module:
@@ -142,6 +159,7 @@ __all__ = [
     "is_sharded",
     "local_tensor",
     "named_optimizer_state",
+    "own_class",
     "setup_model_and_optimizer",
     "shard_like",
     "shard_swin_blocks",

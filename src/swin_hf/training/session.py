@@ -36,7 +36,7 @@ from .checkpoint import (
     save_atomic,
     write_folder_atomically,
 )
-from .distributed import full_state_dict, is_sharded, named_optimizer_state
+from .distributed import full_state_dict, is_sharded, named_optimizer_state, own_class
 from .errors import OutputWriteError
 from .guard import LossGuard
 from .optim import set_schedule_position
@@ -144,7 +144,8 @@ class Session:
     ) -> None:
         """Rank 0 writes a model folder with `write(tmp, weights)`, whose files then replace those in
         `directory` (--output-dir). `weights` is the model's state dict with whole tensors (sharded weights are
-        gathered from every process first). Refused for non-finite weights, removed again if the disk fills
+        gathered from every process first), and a sharded model is an instance of its own class while `write`
+        runs (see distributed.own_class). Refused for non-finite weights, removed again if the disk fills
         (OutputWriteError on every process)."""
         self.guard.check()
         self.guard.check_weights(model, step)
@@ -152,7 +153,8 @@ class Session:
         error = None
         if self.fabric.is_global_zero:
             try:
-                write_folder_atomically(directory or self.output_dir, lambda folder: write(folder, weights), name)
+                with own_class(model):
+                    write_folder_atomically(directory or self.output_dir, lambda folder: write(folder, weights), name)
             except OutputWriteError as caught:
                 error = caught
         if _any_rank(self.fabric, error is not None):

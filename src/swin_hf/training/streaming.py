@@ -11,7 +11,8 @@ arrow, webdataset or image files, or the Hub. Every recipe uses the same pieces:
   one machine or in memory.
 - Shuffling: the order of the shards changes with every pass over the data (seeded), and examples are
   shuffled within blocks of `shuffle_block` examples (seeded by pass and block). Memory holds one block of
-  undecoded examples plus the batches being decoded, however large the data.
+  undecoded examples, the batches being decoded and the unit the files are read in (a parquet row group),
+  however large the data: shards are read one at a time.
 - A run is `--max-steps` long; an "epoch" is `--steps-per-epoch` optimiser steps (evaluation, the checkpoint
   and the epoch line come at its end), and the stream starts its next pass when it runs out.
 - The position (pass, the `datasets` state at the start of the block, the block, the examples taken from
