@@ -1,7 +1,7 @@
 """Fine-tune (or train from scratch) a Swin Transformer image classifier on any `datasets` splits.
 
     python recipes/finetune.py                                  # built-in digits, tiny Swin from scratch
-    fabric run --accelerator cpu --devices 2 recipes/finetune.py --dataset beans
+    lightning run --accelerator cpu --devices 2 recipes/finetune.py --dataset beans
     accelerate launch recipes/finetune.py --train-dir data/train --validation-dir data/val
     torchrun --nproc-per-node 2 recipes/finetune.py ...
 

@@ -2,7 +2,7 @@
 
     python recipes/pretrain_simmim.py                           # built-in: digits images without labels, offline
     python recipes/finetune.py --model outputs/swin-simmim      # then fine-tune the pre-trained encoder
-    fabric run --accelerator cpu --devices 2 recipes/pretrain_simmim.py --dataset <images> --model swin-tiny-patch4-window7-224 --image-size 192
+    lightning run --accelerator cpu --devices 2 recipes/pretrain_simmim.py --dataset <images> --model swin-tiny-patch4-window7-224 --image-size 192
     accelerate launch recipes/pretrain_simmim.py ...
     torchrun --nproc-per-node 2 recipes/pretrain_simmim.py ...
 

@@ -14,12 +14,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import swin_hf.training  # noqa: F401  (the recipes share it)
 
 from swin_hf import SwinForImageClassification  # noqa: E402
 from swin_hf.segmentation.data import TEXTURE_CLASSES  # noqa: E402
 from swin_hf.segmentation.train import main as segment_main  # noqa: E402
+from swin_hf.training.launcher import free_port  # noqa: E402
 from swin_hf.training.simmim import main as simmim_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +37,17 @@ def simmim_output(tmp_path_factory):
     return out
 
 
+def _check_output_folder(out, task: str) -> None:
+    """What every recipe leaves: a model card for its task, metrics.json with the run's throughput and
+    layout, training curves and the CSV/TensorBoard logs."""
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and f"- {task}" in card and "## Training hyperparameters" in card
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 1 and metrics["strategy"] == "single-device" and metrics["images_per_s"] > 0
+    assert any("train_loss" in row and "images_per_s_per_process" in row for row in metrics["history"])
+    assert (out / "training_curves.png").stat().st_size > 0 and (out / "logs" / "metrics.csv").exists()
+
+
 def test_pretrain_simmim_writes_a_checkpoint_and_reports(simmim_output):
     metrics = json.loads((simmim_output / "metrics.json").read_text())
     assert metrics["steps"] == 8 and len(metrics["loss_history"]) == 8
@@ -43,7 +56,8 @@ def test_pretrain_simmim_writes_a_checkpoint_and_reports(simmim_output):
     config = json.loads((simmim_output / "config.json").read_text())
     assert config["architectures"] == ["SwinForMaskedImageModeling"] and config["encoder_stride"] == 4
     assert (simmim_output / "preprocessor_config.json").exists()
-    assert (simmim_output / "reconstructions.png").stat().st_size > 0
+    _check_output_folder(simmim_output, "masked-image-modeling")
+    assert Image.open(simmim_output / "reconstructions.png").height >= 6 * 128  # 6 rows of 16 px images, upscaled
 
 
 def test_simmim_encoder_hands_off_to_the_finetuning_recipe(simmim_output):
@@ -74,8 +88,16 @@ def test_segment_recipe_trains_evaluates_and_saves_for_pipeline(tmp_path):
     assert metrics["steps"] == 4 and 0.0 <= metrics["mean_iou"] <= 1.0
     assert set(metrics["per_category_iou"]) == set(TEXTURE_CLASSES)
     assert sorted(os.listdir(out / "overlays")) == [f"validation_{i:03d}.png" for i in range(3)]
+    _check_output_folder(out, "image-segmentation")
+    assert "| mean_iou |" in (out / "README.md").read_text()
+    panel = np.asarray(Image.open(out / "overlays" / "validation_000.png").convert("RGB"))
+    assert panel.shape[0] >= 256 and panel.shape[1] >= 3 * 256  # 32 px images shown at least 256 px high
+    from swin_hf.segmentation.evaluate import palette
 
-    from PIL import Image
+    legend = panel[-40:].reshape(-1, 3)  # the legend's colour swatches, under the panels
+    for colour in palette(len(TEXTURE_CLASSES)):
+        assert (np.abs(legend.astype(int) - colour).sum(1) < 30).sum() > 20, colour
+
     from transformers import pipeline
 
     segments = pipeline("image-segmentation", model=str(out))(Image.new("RGB", (50, 40), (200, 120, 40)))
@@ -128,7 +150,7 @@ def test_segment_recipe_under_fabric_run_ddp_two_processes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [fabric, "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+        [fabric, "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--main-port", str(free_port()),
          os.path.join(ROOT, "recipes", "segment.py"), "--output-dir", str(out), "--max-steps", "2",
          "--batch-size", "4", "--image-size", "32", "--max-train-samples", "16", "--max-eval-samples", "8",
          "--num-overlays", "1", "--hidden-size", "32"],

@@ -19,6 +19,8 @@ import swin_hf
 import torch
 from PIL import Image
 
+from swin_hf.training.launcher import free_port
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -137,8 +139,9 @@ def test_saved_datasetdict_directory(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_with_fabric_run(tmp_path):
     out, record = tmp_path / "run", tmp_path / "ranks"
-    cmd = ["fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", str(SCRIPT),
-           "--output-dir", str(out), "--max-steps", "3", "--debug-record-ranks", str(record), "--ema-decay", "0.9", *TINY]
+    # (its own port: fabric run's default, 29400, may be taken by another run on this machine)
+    cmd = ["fabric", "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--main-port", str(free_port()),
+           str(SCRIPT), "--output-dir", str(out), "--max-steps", "3", "--debug-record-ranks", str(record), "--ema-decay", "0.9", *TINY]
     result = _run(cmd)
     ranks = [json.loads((record / f"rank{r}-epoch0.json").read_text()) for r in range(2)]
     seen = [{i for batch in rank["indices"] for i in batch} for rank in ranks]

@@ -185,6 +185,11 @@ def test_launcher_detection():
     kwargs = fabric_kwargs(args, accelerate)
     assert kwargs["accelerator"] == "cpu" and kwargs["devices"] == 1 and kwargs["precision"] == "bf16-mixed"
     assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_DEVICES": "2"}) == {}
+    # `lightning run --strategy fsdp`: swin_hf's FSDP2 strategy (start_fabric builds it; Lightning's refuses CPUs)
+    assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_STRATEGY": "fsdp"}) == {"strategy": "fsdp"}
+    own = build_parser().parse_args(["--strategy", "ddp"])  # the script's option, where the launcher set none
+    assert fabric_kwargs(own, {"LT_CLI_USED": "1"}) == {"strategy": "ddp"}
+    assert fabric_kwargs(own, {"LT_CLI_USED": "1", "LT_STRATEGY": "auto"}) == {}
     plain = fabric_kwargs(build_parser().parse_args(["--devices", "3", "--strategy", "fsdp"]), {})
     assert plain["devices"] == 3 and plain["strategy"] == "fsdp"
 

@@ -232,10 +232,42 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
         row = self.split[index]
         try:
-            pixels, labels = self.transform(row[self.image_column], row[self.label_column])
+            pixels, labels = self.transform(open_image(row[self.image_column]), open_image(row[self.label_column]))
         except ValueError as error:
             raise DataError(f"Row {index} of the dataset: {error}") from error
         return {"pixel_values": pixels, "labels": labels}
+
+
+def open_image(value) -> Image.Image:
+    """A PIL image from what a `datasets.Image(decode=False)` column holds ({bytes, path}) or a PIL image,
+    as stored (no mode conversion: label maps keep their class indices)."""
+    import io
+
+    if isinstance(value, Image.Image):
+        return value
+    image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"])
+    image.load()
+    return image
+
+
+class SegmentationRows:
+    """Undecoded rows of a streamed split (image and label map as {bytes, path}) -> a batch through the
+    JointTransform, for swin_hf.training.streaming.StreamLoader (runs in its workers)."""
+
+    def __init__(self, transform: JointTransform, image_column: str = "image", label_column: str = "annotation"):
+        self.transform, self.image_column, self.label_column = transform, image_column, label_column
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        from ..training.data import DataError
+
+        items = []
+        for i, row in enumerate(rows):
+            try:
+                pixels, labels = self.transform(open_image(row[self.image_column]), open_image(row[self.label_column]))
+            except ValueError as error:
+                raise DataError(f"A training example of the stream: {error}") from error
+            items.append({"pixel_values": pixels, "labels": labels})
+        return collate(items)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -247,7 +279,9 @@ __all__ = [
     "TEXTURE_CLASSES",
     "JointTransform",
     "SegmentationDataset",
+    "SegmentationRows",
     "collate",
+    "open_image",
     "texture_collage",
     "texture_collage_dataset",
     "texture_sources",

@@ -1,4 +1,5 @@
-"""Evaluating segmentation: predictions, mIoU / pixel accuracy through `evaluate`, and PNG overlays.
+"""Evaluating segmentation: predictions, mIoU / pixel accuracy through `evaluate`, and PNG overlays
+(upscaled, titled, with a legend naming the classes).
 
 The metric module ships in this package (`metrics/mean_iou.py`), so `evaluate` loads it by path with
 no Hub access (``evaluate.load("mean_iou")`` would download the Hub's module).
@@ -68,16 +69,38 @@ def denormalise(pixel_values: torch.Tensor, mean, std) -> Image.Image:
 
 
 def save_overlay_panel(path: str, image: Image.Image, reference: np.ndarray, prediction: np.ndarray,
-                       num_labels: int, ignore_index: int = 255) -> None:
-    """One PNG: the image | ground truth overlaid | prediction overlaid, side by side."""
-    colours = palette(num_labels)
+                       class_names: list[str], ignore_index: int = 255, min_height: int = 256) -> None:
+    """One PNG a person can read: the image | ground truth overlaid | prediction overlaid, side by side,
+    each shown at least `min_height` pixels high (labels upscaled without blending), titled, with a legend
+    naming the class of each colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colours = palette(len(class_names))
+    width, height = image.size
+    scale = max(1, -(-min_height // height))  # whole-number upscaling: every label pixel stays a square
     panels = [image.convert("RGB"), overlay(image, reference, colours, ignore_index=ignore_index),
               overlay(image, prediction, colours, ignore_index=ignore_index)]
-    width, height = image.size
-    canvas = Image.new("RGB", (3 * width, height))
-    for i, panel in enumerate(panels):
-        canvas.paste(panel, (i * width, 0))
-    canvas.save(path)
+    valid = reference != ignore_index
+    accuracy = float((prediction[valid] == reference[valid]).mean()) if valid.any() else float("nan")
+    titles = ["image", "ground truth", f"prediction ({accuracy:.0%} of pixels right)"]
+    dpi = 100
+    fig, axes = plt.subplots(1, 3, figsize=(3 * width * scale / dpi + 0.6, height * scale / dpi + 1.3), dpi=dpi)
+    for ax, panel, title in zip(axes, panels, titles):
+        ax.imshow(np.asarray(panel), interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    shown = sorted(set(np.unique(reference).tolist()) | set(np.unique(prediction).tolist()))
+    handles = [Patch(color=colours[i] / 255.0, label=class_names[i]) for i in shown if 0 <= i < len(class_names)]
+    if (~valid).any():
+        handles.append(Patch(facecolor="none", edgecolor="black", label="ignored (not scored)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 @torch.no_grad()
@@ -112,23 +135,35 @@ def evaluate_segmentation(model, loader, num_labels: int, ignore_index: int = IG
     return {k: result[k] for k in ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou")}
 
 
-def save_overlays(model, split, transform: JointTransform, directory: str, num_labels: int, count: int = 4,
-                  image_column: str = "image", label_column: str = "annotation") -> list[str]:
-    """PNG panels (image | ground truth | prediction) for the first `count` rows of `split`."""
-    os.makedirs(directory, exist_ok=True)
+def overlay_examples(model, split, transform: JointTransform, count: int = 4, image_column: str = "image",
+                     label_column: str = "annotation") -> list[tuple[Image.Image, np.ndarray, np.ndarray]]:
+    """(image, ground truth, prediction) for the first `count` rows of `split` (a map-style split whose
+    columns are PIL images or undecoded {bytes, path}). Every process calls it (a sharded model's forward
+    needs all of them); process 0 then draws them (`save_overlays`)."""
+    from .data import open_image
+
     device = next(model.parameters()).device
-    paths = []
+    examples = []
     was_training = model.training
     model.eval()
     for i in range(min(count, len(split))):
         row = split[i]
-        pixels, labels = transform(row[image_column], row[label_column])
+        pixels, labels = transform(open_image(row[image_column]), open_image(row[label_column]))
         prediction = predict(model, pixels[None].to(device))[0].cpu().numpy()
         image = denormalise(pixels, transform.mean.view(-1).tolist(), transform.std.view(-1).tolist())
-        path = os.path.join(directory, f"validation_{i:03d}.png")
-        save_overlay_panel(path, image, labels.numpy(), prediction, num_labels)
-        paths.append(path)
+        examples.append((image, labels.numpy(), prediction))
     model.train(was_training)
+    return examples
+
+
+def save_overlays(examples: list[tuple[Image.Image, np.ndarray, np.ndarray]], directory: str, class_names: list[str]) -> list[str]:
+    """validation_000.png, ... in `directory`: one legible panel (`save_overlay_panel`) per example."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i, (image, reference, prediction) in enumerate(examples):
+        path = os.path.join(directory, f"validation_{i:03d}.png")
+        save_overlay_panel(path, image, reference, prediction, class_names)
+        paths.append(path)
     return paths
 
 
@@ -138,6 +173,7 @@ __all__ = [
     "evaluate_segmentation",
     "load_mean_iou",
     "overlay",
+    "overlay_examples",
     "palette",
     "predict",
     "save_overlay_panel",

@@ -117,6 +117,17 @@ def _any_rank(fabric, flag: bool) -> bool:
     return bool(fabric.all_reduce(value, reduce_op="max").item())
 
 
+def gather_objects(fabric, obj) -> list:
+    """`obj` of every process, in rank order, on every process (a collective: every process calls)."""
+    if fabric.world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * fabric.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _disk_message(error: Exception) -> str:
     if not isinstance(error, OSError):  # safetensors' own error type carries the OS message in its text
         return " ".join(str(error).split())
@@ -293,7 +304,8 @@ def _is_mismatch(error: BaseException) -> bool:
     text = str(error)
     return any(
         s in text
-        for s in ("size mismatch", "Missing key", "Unexpected key", "does not exist in the loaded checkpoint", "loaded state dict")
+        for s in ("size mismatch", "Missing key", "Unexpected key", "does not exist in the loaded checkpoint", "loaded state dict",
+                  "must match the size of tensor")
     )
 
 
@@ -427,6 +439,7 @@ __all__ = [
     "checkpoints_newest_first",
     "claim_output_dir",
     "flag_name",
+    "gather_objects",
     "latest_checkpoint",
     "parse_allowed",
     "precheck_resume",

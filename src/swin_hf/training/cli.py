@@ -18,8 +18,11 @@ from ..cli import OneLineArgumentParser
 from ..model_source import ModelSourceError
 from .augment import AugmentConfig
 from .data import DIGITS
-from .errors import RecipeError
+from .distributed import SHARDED_STRATEGIES, sharded_strategy
+from .launcher import LAUNCHER_SET_THREADS
+from .errors import RecipeError, UsageError
 from .loop import RECIPE_PRESETS, TrainConfig, output_files, run, summary_lines
+from .progress import announce
 
 AUTO = "auto"
 
@@ -134,20 +137,50 @@ def add_data_arguments(parser: argparse.ArgumentParser, builtin: str) -> argpars
     """The data source every recipe takes (--dataset, default: its built-in offline set `builtin`;
     --dataset-config); returns the group for the recipe's own."""
     d = parser.add_argument_group("data")
-    d.add_argument("--dataset", default=builtin, help=f"anything datasets.load_dataset takes (Hub id, script, saved DatasetDict dir); '{builtin}' = built-in, offline")
+    d.add_argument("--dataset", default=builtin, help=f"anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset .tar/image files, saved DatasetDict dir); '{builtin}' = built-in, offline")
     d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    d.add_argument("--streaming", action="store_true", help="read the data as it is used (datasets streaming; each process reads its own shards); needs --max-steps")
+    d.add_argument("--shuffle-block", type=positive_int, default=1000, help="with --streaming: examples shuffled together in memory (the shard order is also reshuffled every pass)")
+    d.add_argument("--steps-per-epoch", type=positive_int, default=None, help="with --streaming: optimiser steps between evaluations and checkpoints (default: a tenth of --max-steps)")
     return d
+
+
+def check_streaming(args: argparse.Namespace) -> None:
+    """--streaming needs --max-steps (a stream has no known length); its epoch is --steps-per-epoch steps
+    (default: a tenth of --max-steps) and the number of epochs follows. Raises UsageError."""
+    if not getattr(args, "streaming", False):
+        if getattr(args, "steps_per_epoch", None):
+            raise UsageError("--steps-per-epoch is for --streaming runs (other runs' epochs are passes over the data).")
+        return
+    if not args.max_steps:
+        raise UsageError("--streaming needs --max-steps: a stream has no known length, so the run is counted in "
+                         "optimiser steps (e.g. --max-steps 10000).")
+    args.steps_per_epoch = args.steps_per_epoch or max(1, args.max_steps // 10)
+    args.epochs = math.ceil(args.max_steps / args.steps_per_epoch)
 
 
 def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The launcher options every recipe shares (Lightning Fabric's names); returns the group."""
-    h = parser.add_argument_group("hardware (under `fabric run`, its own flags win)")
+    h = parser.add_argument_group("hardware (under `lightning run` / `fabric run`, the launcher's flags win)")
     h.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
     h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
-    h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp, deepspeed, ... (passed to Lightning Fabric)")
+    h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp (FSDP2: each Swin block sharded, CPU or GPU), or another of Lightning Fabric's")
     h.add_argument("--num-nodes", type=positive_int, default=1, help="nodes")
     h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
+    h.add_argument("--cpu-threads", type=_auto(nonnegative_int), default=AUTO, help="torch intra-op threads per process (0 = torch's default; auto: 1 for the built-in data's tiny model, else torch's default); OMP_NUM_THREADS set by you wins")
     return h
+
+
+def set_cpu_threads(args: argparse.Namespace, auto: int) -> None:
+    """torch's intra-op threads: --cpu-threads, or `auto` (the recipe's choice) when left at auto; 0 keeps
+    torch's default. An OMP_NUM_THREADS the user set wins; the one Fabric's launcher sets under `lightning
+    run` does not (on a busy 2-core machine 2 threads made the built-in runs 9-15x slower than 1: OpenMP
+    threads wait for each other when the cores are shared)."""
+    threads = auto if args.cpu_threads == AUTO else args.cpu_threads
+    if threads and (not os.environ.get("OMP_NUM_THREADS") or os.environ.get(LAUNCHER_SET_THREADS) == "1"):
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def add_optimisation_arguments(
@@ -179,6 +212,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, output_dir: str, outputs:
     r.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --output-dir (an unreadable one is renamed *.invalid and the one before it used)")
     r.add_argument("--allow-changed-config", metavar="NAMES", default=None, help="with --resume: settings that may differ from the checkpoint's run, comma-separated (e.g. lr,epochs; 'all'); others must match")
     r.add_argument("--log-every", type=positive_int, default=10, help="log the training loss every N steps (and check that it is finite)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (plain lines instead)")
     return r
 
 
@@ -188,6 +222,13 @@ def _auto(cast):
 
     parse.__name__ = getattr(cast, "__name__", "value")
     return parse
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise argparse.ArgumentTypeError(f"expected two or more comma-separated class names, got {text!r}")
+    return names
 
 
 def _bool(text: str) -> bool:  # noqa: D103
@@ -202,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = RecipeArgumentParser(
         prog="finetune.py",
         description="Fine-tune (or train from scratch) a Swin Transformer image classifier on datasets splits. "
-        "Launch with `python`, `fabric run`, `torchrun` or `accelerate launch`. Options at 'auto' come from "
+        "Launch with `python`, `lightning run` (or `fabric run`), `torchrun` or `accelerate launch`. Options at 'auto' come from "
         "the profile (listed at the end): with no arguments, a tiny Swin trains on the built-in digits.",
         epilog=_profiles_help(),
         formatter_class=lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=34, width=110),
@@ -218,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--label-column", default=None, help="label column; None = the first ClassLabel feature")
     d.add_argument("--train-val-split", type=fraction, default=0.15, help="validation fraction taken from train (stratified, seeded) when there is no validation split")
     d.add_argument("--max-train-samples", type=positive_int, default=None, help="use only the first N training examples")
-    d.add_argument("--max-eval-samples", type=positive_int, default=None, help="use only the first N validation examples")
+    d.add_argument("--max-eval-samples", type=positive_int, default=None, help="use only the first N validation examples (with --streaming: 1000 unless given)")
+    d.add_argument("--label-names", type=_names, default=None, help="NAME0,NAME1,...: the classes of a label column that is not a ClassLabel (with --streaming)")
     d.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
-    d.add_argument("--cache-images", type=_bool, default=True, help="keep decoded, resized small images in memory between epochs")
+    d.add_argument("--cache-images", type=_bool, default=True, help="keep decoded, resized small images in memory between epochs (never with --streaming)")
 
     m = p.add_argument_group("model")
     m.add_argument("--profile", choices=[AUTO, *PROFILES], default=AUTO, help="where 'auto' options take their values")
@@ -257,15 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mixup", type=_auto(probability), default=AUTO, help="probability a batch gets mixup")
     a.add_argument("--cutmix", type=_auto(probability), default=AUTO, help="probability a batch gets cutmix")
 
-    h = add_hardware_arguments(p)
-    h.add_argument("--cpu-threads", type=_auto(nonnegative_int), default=AUTO, help="torch intra-op threads per process (0 = torch's default)")
+    add_hardware_arguments(p)
 
     r = add_run_arguments(p, "outputs/swin-finetuned", "model, card, metrics, plots, logs, checkpoints")
     r.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
     r.add_argument("--checkpoint-every", type=positive_int, default=None, help="also checkpoint every N optimiser steps (always at epoch ends)")
     r.add_argument("--keep-checkpoints", type=nonnegative_int, default=2, help="newest checkpoints kept (0 = all)")
     r.add_argument("--eval-every-epochs", type=positive_int, default=1, help="evaluate every N epochs")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--push-to-hub", action="store_true", help="upload --output-dir to the Hub at the end (needs network and a token)")
     r.add_argument("--hub-model-id", default=None, help="Hub repository for --push-to-hub")
     r.add_argument("--debug-record-ranks", default=None, help=argparse.SUPPRESS)
@@ -310,7 +350,11 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
         num_workers=args.num_workers,
-        cache_images=args.cache_images,
+        cache_images=args.cache_images and not args.streaming,
+        streaming=args.streaming,
+        shuffle_block=args.shuffle_block,
+        steps_per_epoch=args.steps_per_epoch,
+        label_names=args.label_names,
         model=pick("model"),
         image_size=args.image_size,
         window_size=args.window_size,
@@ -355,7 +399,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
 def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
     """Fabric(...) arguments for the launcher in use.
 
-    - `fabric run`: its flags arrive as LT_* variables that Fabric reads itself; pass nothing.
+    - `lightning run` / `fabric run`: its flags arrive as LT_* variables that Fabric reads itself; pass only
+      what the launcher left unset (and "fsdp", which `start_fabric` turns into swin_hf's FSDP2 strategy).
     - torchrun / `accelerate launch` (WORLD_SIZE set): one device per launched process; the device count
       must come from the launcher, since devices='auto' on CPU would start N unrelated 1-process runs.
       accelerate's --cpu and --mixed_precision are honoured.
@@ -365,6 +410,10 @@ def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
         kwargs = {}
         if args.precision and not environ.get("LT_PRECISION"):
             kwargs["precision"] = args.precision
+        if environ.get("LT_STRATEGY") in SHARDED_STRATEGIES:  # Fabric's own "fsdp" would refuse CPUs: ours
+            kwargs["strategy"] = environ["LT_STRATEGY"]
+        elif args.strategy != "auto" and not environ.get("LT_STRATEGY"):
+            kwargs["strategy"] = args.strategy
         return kwargs
     kwargs = dict(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, num_nodes=args.num_nodes)
     if args.devices not in ("auto", "-1") and str(args.devices).isdigit():
@@ -397,20 +446,26 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def start_fabric(args: argparse.Namespace):
+def start_fabric(args: argparse.Namespace, recipe: str = "recipe"):
     """Every recipe's start: logging (quiet libraries; ranks other than 0 log warnings only) and a Fabric
-    for the launcher in use (see `fabric_kwargs`), launched here unless `fabric run` already started the
-    processes."""
+    for the launcher in use (see `fabric_kwargs`), launched here unless `lightning run` / `fabric run`
+    already started the processes. The first log line says how the run is spread (processes, nodes,
+    strategy, device, precision)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("datasets", "transformers", "lightning", "lightning.fabric", "evaluate", "fsspec", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from lightning.fabric import Fabric
 
-    fabric = Fabric(**fabric_kwargs(args))
-    if not os.environ.get("LT_CLI_USED"):  # under `fabric run` the processes already exist
+    kwargs = fabric_kwargs(args)
+    if kwargs.get("strategy") in SHARDED_STRATEGIES:
+        os.environ.pop("LT_STRATEGY", None)  # (Fabric would refuse a strategy object that differs from it)
+        kwargs["strategy"] = sharded_strategy()
+    fabric = Fabric(**kwargs)
+    if not os.environ.get("LT_CLI_USED"):  # under `lightning run` / `fabric run` the processes already exist
         fabric.launch()
     if not fabric.is_global_zero:
         logging.getLogger().setLevel(logging.WARNING)
+    announce(fabric, recipe)
     return fabric
 
 
@@ -430,13 +485,14 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
     (2, or 1 for a run that failed), not a traceback."""
     try:
         args = parser.parse_args(argv)
+        check_streaming(args)
         run_recipe, report = prepare(args)
     except SystemExit as exit:  # --help, or an option argparse refused (it printed the line)
         return exit.code if isinstance(exit.code, int) else 0
     except RecipeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return error.exit_code
-    fabric = start_fabric(args)
+    fabric = start_fabric(args, parser.prog.removesuffix(".py"))
     try:
         summary = run_recipe(fabric)
     except (RecipeError, ModelSourceError) as error:
@@ -458,11 +514,7 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
 def main(argv: list[str] | None = None) -> int:
     def prepare(args):
         config = resolve(args)
-        threads = args.cpu_threads if args.cpu_threads != AUTO else PROFILES[_profile_name(args)]["cpu_threads"]
-        if threads and not os.environ.get("OMP_NUM_THREADS"):
-            import torch
-
-            torch.set_num_threads(threads)
+        set_cpu_threads(args, PROFILES[_profile_name(args)]["cpu_threads"])
 
         def report(summary: dict) -> str:
             lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
@@ -484,6 +536,7 @@ __all__ = [
     "add_run_arguments",
     "below_one",
     "build_parser",
+    "check_streaming",
     "checked",
     "fabric_kwargs",
     "fraction",
@@ -496,5 +549,6 @@ __all__ = [
     "probability",
     "resolve",
     "scale_range",
+    "set_cpu_threads",
     "up_to_one",
 ]

@@ -63,9 +63,26 @@ def load_splits(
     train_dir: str | None = None,
     validation_dir: str | None = None,
     dataset_config: str | None = None,
+    streaming: bool = False,
 ):
     """A DatasetDict from a `load_dataset` name/path, a saved DatasetDict directory, imagefolders,
-    or (nothing given) the built-in digits."""
+    or (nothing given) the built-in digits. `streaming`: {split: IterableDataset} read as it is used
+    (a saved DatasetDict and the built-in digits are cut into shards, see `streaming.to_stream`)."""
+    loaded = _load(dataset, train_dir, validation_dir, dataset_config, streaming)
+    if not streaming:
+        return loaded
+    from .streaming import stream_splits
+
+    return stream_splits(loaded)
+
+
+def _saved_or_builtin(dataset: str | None) -> bool:
+    return dataset in (None, "", DIGITS) or (os.path.isdir(dataset) and (
+        os.path.exists(os.path.join(dataset, "dataset_dict.json")) or os.path.exists(os.path.join(dataset, "dataset_info.json"))))
+
+
+def _load(dataset, train_dir, validation_dir, dataset_config, streaming: bool):
+    """What `load_splits` reads (`streaming` applies to what load_dataset reads: folders of files, the Hub)."""
     import datasets
 
     if train_dir or validation_dir:
@@ -77,18 +94,15 @@ def load_splits(
         files = {"train": os.path.join(train_dir, "**")}
         if validation_dir:
             files["validation"] = os.path.join(validation_dir, "**")
-        return datasets.load_dataset("imagefolder", data_files=files)
+        return datasets.load_dataset("imagefolder", data_files=files, streaming=streaming)
     if dataset in (None, "", DIGITS):
         return digits_dataset_dict()
-    if os.path.isdir(dataset) and (
-        os.path.exists(os.path.join(dataset, "dataset_dict.json"))
-        or os.path.exists(os.path.join(dataset, "dataset_info.json"))
-    ):
+    if _saved_or_builtin(dataset):
         loaded = datasets.load_from_disk(dataset)
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict(train=loaded)
         return loaded
-    return datasets.load_dataset(dataset, dataset_config)
+    return datasets.load_dataset(dataset, dataset_config, streaming=streaming)
 
 
 def check_image_folder(path: str, option: str, min_classes: int) -> dict[str, int]:
@@ -256,6 +270,54 @@ def prepare(
     return PreparedData(train, validation, image_column, label_column, class_names, source, notes)
 
 
+def prepare_stream(
+    splits,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    class_names: list[str] | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int = 1000,
+    source: str = "",
+) -> PreparedData:
+    """`prepare` for streamed splits ({name: IterableDataset}): columns from the features, classes from the
+    label column's ClassLabel (or `class_names`), the training stream with undecoded images, and validation
+    as the first `max_eval_samples` rows of its split (a small map-style Dataset, checked like `prepare`'s)."""
+    import datasets
+
+    from .streaming import bounded, undecoded
+
+    train_name = _pick(splits, ("train",)) or (list(splits)[0] if splits else None)
+    val_name = _pick(splits, ("validation", "valid", "val", "test"))
+    if train_name is None or val_name is None or val_name == train_name:
+        raise DataError(f"--streaming needs a training and a validation split (found {sorted(splits)}); a stream "
+                        "cannot be split in two. Add validation files (e.g. validation-*.parquet beside train-*.parquet).")
+    train = splits[train_name]
+    if train.features is None:  # (some formats say their columns only once read)
+        train = train._resolve_features()
+    image_column, label_column = detect_columns(train.features, image_column, label_column)
+    feature = train.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        class_names = list(feature.names)
+    elif not class_names:
+        raise DataError(
+            f"The label column {label_column!r} holds plain values ({feature}), and a stream cannot be read through "
+            "to find its classes: pass --label-names NAME0,NAME1,... (label i is the i-th name)."
+        )
+    notes = [f"streamed; validation = the first {max_eval_samples} examples of {val_name!r}"]
+    validation = bounded(splits[val_name].select_columns([image_column, label_column]), max_eval_samples)
+    if len(validation) == 0:
+        raise DataError(f"The {val_name} split is empty; it needs at least one example.")
+    labels = np.asarray(validation[label_column])
+    bad = labels[(labels < 0) | (labels >= len(class_names))]
+    if bad.size:
+        raise DataError(f"Split {val_name!r}, column {label_column!r}: label {int(bad[0])} is outside the "
+                        f"{len(class_names)} classes {class_names[:10]}. Fix the labels or --label-names.")
+    train = undecoded(train.select_columns([image_column, label_column]), [image_column])
+    if max_train_samples:
+        train = train.take(max_train_samples)
+    return PreparedData(train, validation, image_column, label_column, list(class_names), source, notes)
+
+
 def check_classes(train_labels: np.ndarray, validation_labels: np.ndarray, class_names: list[str], notes: list[str]) -> None:
     """A classifier needs two classes that it trains on, and every class it is evaluated on must be among
     them (a class seen only in validation would be an output never trained). Classes in neither split are
@@ -391,6 +453,26 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return pixels, self.labels[int(index)], int(index), file_name(value, int(index))
 
 
+class ClassificationRows:
+    """Undecoded rows of a streamed split -> a `collate_skipping` batch: each image decoded through
+    `transform` (unreadable ones left out and named), labels checked against the class count. Runs in the
+    stream loader's workers (see streaming.StreamLoader)."""
+
+    def __init__(self, image_column: str, label_column: str, transform, num_classes: int):
+        self.image_column, self.label_column, self.transform, self.num_classes = image_column, label_column, transform, num_classes
+        self.skipped = SkipCounter()
+
+    def __call__(self, rows: list[dict]):
+        items = []
+        for i, row in enumerate(rows):
+            label, value = row[self.label_column], row[self.image_column]
+            if not 0 <= int(label) < self.num_classes:
+                raise DataError(f"Training example {file_name(value, i)}: label {label} is outside the {self.num_classes} "
+                                "classes. Fix the labels or --label-names.")
+            items.append((decode_or_skip(value, i, self.transform, self.skipped), int(label), -1, file_name(value, i)))
+        return collate_skipping(items)
+
+
 def collate_skipping(items):
     """Stack a batch, leaving out unreadable images. Returns dict(pixel_values, labels, index, skipped,
     skipped_files): `skipped_files` names the images left out, so that a process that reads batches made
@@ -454,6 +536,7 @@ __all__ = [
     "DataError",
     "check_classes",
     "check_image_folder",
+    "ClassificationRows",
     "decode_or_skip",
     "file_name",
     "ImageClassificationDataset",
@@ -466,5 +549,6 @@ __all__ = [
     "digits_dataset_dict",
     "load_splits",
     "prepare",
+    "prepare_stream",
     "to_rgb",
 ]

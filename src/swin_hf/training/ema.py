@@ -5,12 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .distributed import full_tensor, shard_like
+
 
 class EMA:
     """shadow = decay * shadow + (1 - decay) * weights after every optimiser step.
 
     The effective decay ramps up as min(decay, (1 + n) / (10 + n)) so early, random weights fade fast.
-    Floating-point buffers are averaged too; integer buffers are copied.
+    Floating-point buffers are averaged too; integer buffers are copied. Under a sharded strategy each
+    process averages its own shards; `state_dict` gathers whole tensors (every process calls it, as Fabric's
+    save does under that strategy) and `load_state_dict` takes whole tensors and keeps this process's shards.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9998):
@@ -34,12 +38,12 @@ class EMA:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+        return {"decay": self.decay, "updates": self.updates, "shadow": {k: full_tensor(v).cpu() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.updates = state["decay"], state["updates"]
         for key, value in state["shadow"].items():
-            self.shadow[key].copy_(value)
+            self.shadow[key].copy_(shard_like(value, self.shadow[key]))
 
 
 class swapped_weights:

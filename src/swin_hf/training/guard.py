@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .distributed import local_tensor
 from .errors import NonFiniteLossError
 
 
@@ -26,7 +27,7 @@ class LossGuard:
         self.last_checkpoint: str | None = None
 
     def record(self, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
-        self.pending.append((step, lr, loss.detach(), None if grad_norm is None else grad_norm.detach()))
+        self.pending.append((step, lr, loss.detach(), None if grad_norm is None else local_tensor(grad_norm.detach())))
 
     def check(self) -> None:
         pending, self.pending = self.pending, []
@@ -65,8 +66,8 @@ class LossGuard:
         )
 
     def check_weights(self, model: torch.nn.Module, step: int) -> None:
-        """Refuse to save weights that are not all finite."""
-        finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+        """Refuse to save weights that are not all finite (each process checks its shards, if sharded)."""
+        finite = torch.stack([local_tensor(p.detach()).isfinite().all() for p in model.parameters()]).all()
         if self.fabric.world_size > 1:
             finite = self.fabric.all_reduce(finite.float(), reduce_op="min") > 0
         if not bool(finite):

@@ -27,12 +27,27 @@ import torch
 
 from ..model_source import check_model_source
 from .augment import AugmentConfig, BatchAugment, soft_cross_entropy
-from .checkpoint import rng_state, set_rng_state
-from .data import DIGITS, ImageClassificationDataset, PreparedData, ResumableSampler, SkipCounter, collate_skipping, load_splits, prepare
+from .checkpoint import gather_objects, rng_state, set_rng_state
+from .data import (
+    DIGITS,
+    ClassificationRows,
+    ImageClassificationDataset,
+    PreparedData,
+    ResumableSampler,
+    SkipCounter,
+    collate_skipping,
+    load_splits,
+    prepare,
+    prepare_stream,
+)
+from .distributed import setup_model_and_optimizer, strategy_name
 from .ema import EMA, swapped_weights
 from .errors import ModelError
 from .optim import build_optimizer, build_scheduler, set_schedule_position
-from .session import Session, optimizer_step
+from . import report
+from .progress import Display
+from .session import Session, mean_over_processes, optimizer_step
+from .streaming import StreamLoader
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +77,10 @@ class TrainConfig:
     max_eval_samples: int | None = None
     num_workers: int = 0
     cache_images: bool = True
+    streaming: bool = False  # read the data as it is used (an epoch is then steps_per_epoch steps)
+    shuffle_block: int = 1000
+    steps_per_epoch: int | None = None
+    label_names: list[str] | None = None  # class names for label columns that are not a ClassLabel (streaming)
     # model
     model: str = "swin-digits"
     image_size: int | None = None
@@ -187,40 +206,6 @@ class PreprocessCache:
         return pixels
 
 
-class MetricLoggers:
-    """The CSV and TensorBoard logs in output_dir/logs, written by rank 0 through Lightning's logger objects
-    (owned here, not attached to Fabric)."""
-
-    def __init__(self, fabric, out: str):
-        self.loggers = []
-        self.closed = False
-        if fabric.is_global_zero:
-            from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
-
-            self.loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tensorboard")]
-
-    def log(self, row: dict, step: int) -> None:
-        for experiment_logger in self.loggers:
-            experiment_logger.log_metrics(row, step)
-
-    def finalize(self, status: str = "success") -> None:
-        """Write out and close the logs (once; a failed run closes them with status "failed")."""
-        if not self.closed:
-            self.closed = True
-            for experiment_logger in self.loggers:
-                experiment_logger.finalize(status)
-
-
-def _all_gather_objects(fabric, obj):
-    if fabric.world_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * fabric.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def _format_time(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -257,7 +242,7 @@ def evaluate_model(fabric, model, loader, num_classes: int, accuracy_metric, ski
         for row in zip(batch["index"].tolist(), labels.tolist(), top1.tolist(), top5.tolist(), losses.tolist()):
             rows.append(row)
     gathered = {}
-    for part in _all_gather_objects(fabric, rows):
+    for part in gather_objects(fabric, rows):
         for row in part:
             gathered[row[0]] = row
     rows = [gathered[i] for i in sorted(gathered)]
@@ -319,8 +304,8 @@ class Run:
     augment: Any
     train_loader: Any
     eval_loader: Any
-    train_sampler: ResumableSampler
-    metrics: MetricLoggers
+    train_order: ResumableSampler | StreamLoader  # where the next epoch starts: set_position(epoch, batch)
+    metrics: Any  # report.MetricLoggers
     accuracy: Any
     state: dict
     batches_per_epoch: int
@@ -331,10 +316,10 @@ class Run:
     started: float
     skipped: set = field(default_factory=set)  # (split, file) of unreadable images
     running: list = field(default_factory=list)  # losses since the last log row
+    epoch_losses: list = field(default_factory=list)  # losses of this epoch (its line)
     last_eval: dict | None = None
     clock: float = 0.0  # when this process started training
-    seen: tuple[int, float] = (0, 0.0)  # images trained on by all processes since `clock`, and the time of clock
-    bar: Any = None
+    display: Display | None = None
     record: list | None = None
 
     @property
@@ -348,20 +333,18 @@ class Run:
 
 
 def build_loaders(config: TrainConfig, fabric, data: PreparedData, processor, image_size: int):
-    """(train loader, validation loader, train sampler), set up by Fabric. Images are decoded and resized
-    per item (training: not normalised, the batch augmentation does it); the training sampler is
-    resumable (epoch + batch position) and shards across processes itself."""
+    """(train loader, validation loader, where the training order starts), set up by Fabric. Images are
+    decoded and resized per item (training: not normalised, the batch augmentation does it); the training
+    sampler is resumable (epoch + batch position) and shards across processes itself. With --streaming the
+    training loader is a StreamLoader (each process reads its own shards; its position is resumable, and
+    no image is cached), and the validation split is the bounded one `prepare_stream` made."""
     from swin_hf import SwinImageProcessor
 
     train_processor = SwinImageProcessor.for_image_size(image_size, crop_pct=1.0, do_normalize=False)
     skipped = SkipCounter()
     columns = (data.image_column, data.label_column)
-    train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
     eval_set = ImageClassificationDataset(data.validation, *columns, PreprocessCache(processor, config.cache_images), skipped)
     rank, world = fabric.global_rank, fabric.world_size
-    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
-    if train_sampler.batches_per_epoch() == 0:
-        train_sampler.drop_last = False
     eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, rank, world)
 
     def loader(dataset, sampler):
@@ -372,9 +355,17 @@ def build_loaders(config: TrainConfig, fabric, data: PreparedData, processor, im
             generator=torch.Generator().manual_seed(config.seed),
         )
 
-    train_loader, eval_loader = fabric.setup_dataloaders(
-        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False
-    )
+    eval_loader = fabric.setup_dataloaders(loader(eval_set, eval_sampler), use_distributed_sampler=False)
+    if config.streaming:
+        rows = ClassificationRows(*columns, PreprocessCache(train_processor, False), len(data.class_names))
+        train_loader = StreamLoader(fabric, data.train, rows, config.batch_size, config.steps_per_epoch * config.grad_accum,
+                                    config.seed, config.shuffle_block, config.num_workers)
+        return train_loader, eval_loader, train_loader
+    train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
+    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
+    if train_sampler.batches_per_epoch() == 0:
+        train_sampler.drop_last = False
+    train_loader = fabric.setup_dataloaders(loader(train_set, train_sampler), use_distributed_sampler=False)
     return train_loader, eval_loader, train_sampler
 
 
@@ -400,9 +391,14 @@ def setup(config: TrainConfig, fabric=None) -> Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     fabric.seed_everything(config.seed, workers=True)  # same initial weights on every rank
-    splits = load_splits(config.dataset, config.train_dir, config.validation_dir, config.dataset_config)
-    data = prepare(splits, config.image_column, config.label_column, config.train_val_split, config.max_train_samples,
-                   config.max_eval_samples, config.seed, config.train_dir or config.dataset or DIGITS)
+    splits = load_splits(config.dataset, config.train_dir, config.validation_dir, config.dataset_config, config.streaming)
+    source = config.train_dir or config.dataset or DIGITS
+    if config.streaming:
+        data = prepare_stream(splits, config.image_column, config.label_column, config.label_names,
+                              config.max_train_samples, config.max_eval_samples or 1000, source)
+    else:
+        data = prepare(splits, config.image_column, config.label_column, config.train_val_split, config.max_train_samples,
+                       config.max_eval_samples, config.seed, source)
 
     model, processor, from_scratch = build_model(config, data.class_names)
     image_size = model.config.image_size
@@ -410,16 +406,17 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     raw_model = model
-    train_loader, eval_loader, train_sampler = build_loaders(config, fabric, data, processor, image_size)
-    batches_per_epoch = train_sampler.batches_per_epoch()
+    train_loader, eval_loader, train_order = build_loaders(config, fabric, data, processor, image_size)
+    batches_per_epoch = train_order.batches_per_epoch()
     total_steps = plan_steps(config, batches_per_epoch, new_progress())
     warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
-    optimizer = build_optimizer(model, config.lr, config.weight_decay, config.layer_decay, model.config.depths)
-    scheduler = build_scheduler(optimizer, total_steps, warmup, config.min_lr_ratio)
     if config.compile:
         model = torch.compile(model)
-    model, optimizer = fabric.setup(model, optimizer)
-    ema = EMA(raw_model, config.ema_decay) if config.ema_decay > 0 else None  # after setup: synced weights
+    model, optimizer = setup_model_and_optimizer(
+        fabric, model, lambda m: build_optimizer(raw_model, config.lr, config.weight_decay, config.layer_decay, raw_model.config.depths)
+    )
+    scheduler = build_scheduler(optimizer, total_steps, warmup, config.min_lr_ratio)
+    ema = EMA(raw_model, config.ema_decay) if config.ema_decay > 0 else None  # after setup: synced (or sharded) weights
     # per-rank seed from here on: ranks draw different augmentations and drop paths, reproducibly
     fabric.seed_everything(config.seed + fabric.global_rank, workers=True, verbose=False)
     augment = BatchAugment(dataclasses.replace(config.augment, image_size=image_size), processor.image_mean,
@@ -429,10 +426,14 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     if ema is not None:
         state["ema"] = ema
     run = Run(config, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment, train_loader,
-              eval_loader, train_sampler, MetricLoggers(fabric, config.output_dir), load_accuracy(), state,
+              eval_loader, train_order, report.MetricLoggers(fabric, config.output_dir), load_accuracy(), state,
               batches_per_epoch, total_steps, warmup, from_scratch, image_size, started)
     # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
-    data_settings = {"class_names": data.class_names, "train_examples": len(data.train), "validation_examples": len(data.validation)}
+    data_settings = {"class_names": data.class_names, "validation_examples": len(data.validation)}
+    if config.streaming:
+        session.track_stream(train_loader)
+    else:
+        data_settings["train_examples"] = len(data.train)
     if session.begin(state, {**data_settings, "world_size": fabric.world_size}, optional=("ema",)):
         _continue(run)
     return run
@@ -465,15 +466,11 @@ def fit(run: Run) -> None:
     the end. Stops with NonFiniteLossError (nothing saved) when a loss or gradient norm is not finite."""
     config, progress = run.config, run.progress
     run.clock = time.perf_counter()
-    run.seen = (0, run.clock)
     run.record = [] if config.debug_record_ranks else None
-    if run.fabric.is_global_zero and config.progress:
-        from tqdm.auto import tqdm
-
-        run.bar = tqdm(total=run.total_steps, initial=progress["step"], unit="step", dynamic_ncols=True, desc="train")
+    run.display = Display(run.fabric, run.total_steps, progress["step"], enabled=config.progress)
     run.model.train()
     while progress["step"] < run.total_steps and progress["epoch"] < config.epochs:
-        run.train_sampler.set_position(progress["epoch"], progress["batch"])
+        run.train_order.set_position(progress["epoch"], progress["batch"])
         batches = iter(run.train_loader)
         while progress["step"] < run.total_steps:
             group = [batch for _, batch in zip(range(config.grad_accum), batches)]
@@ -484,8 +481,7 @@ def fit(run: Run) -> None:
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < run.total_steps and mid_epoch:
                 save_checkpoint(run)  # (at an epoch's last step, end_epoch writes it)
         end_epoch(run)
-    if run.bar is not None:
-        run.bar.close()
+    run.display.close()
 
 
 def train_step(run: Run, group: list[dict]) -> None:
@@ -513,31 +509,30 @@ def train_step(run: Run, group: list[dict]) -> None:
     if loss is not None:
         run.session.guard.record(step, lr, loss, norm)
         run.running.append(loss)
+        run.epoch_losses.append(loss)
     if run.record is not None:
         run.record.extend(batch["index"].tolist() for batch in usable)
-    count, since = run.seen
-    run.seen = (count + examples * fabric.world_size, since)
+    run.display.update(examples)
     if step % run.config.log_every == 0 or step == run.total_steps:
         log_training(run, step, lr)
-    if run.bar is not None:
-        run.bar.update(1)
 
 
 def log_training(run: Run, step: int, lr: float) -> None:
     run.session.guard.check()  # never log (or go on) past a non-finite loss
     train_loss = float(torch.stack(run.running).mean()) if run.running else float("nan")
     run.running = []
-    count, since = run.seen
-    rate = count / max(time.perf_counter() - since, 1e-9)
-    row = {"step": step, "epoch": run.progress["epoch"], "train_loss": train_loss, "lr": lr, "images_per_s": rate}
+    per_process, total = run.display.rates()
+    row = {"step": step, "epoch": run.progress["epoch"], "train_loss": train_loss, "lr": lr, "images_per_s": total,
+           "images_per_s_per_process": per_process}
     run.progress["history"].append(row)
     run.metrics.log({k: v for k, v in row.items() if k != "step"}, step)
-    if run.bar is not None:
-        run.bar.set_postfix(epoch=row["epoch"], loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+    if run.display.bar is not None:
+        run.display.bar.set_postfix(epoch=row["epoch"], loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{total:.0f}")
 
 
 def end_epoch(run: Run) -> None:
-    """At the end of an epoch's batches (or of training): evaluate when due, checkpoint unless done."""
+    """At the end of an epoch's batches (or of training): evaluate when due, checkpoint unless done, and
+    one line (every process takes part: the loss and throughput are summed over them)."""
     progress, config = run.progress, run.config
     if run.record is not None:
         os.makedirs(config.debug_record_ranks, exist_ok=True)
@@ -550,22 +545,30 @@ def end_epoch(run: Run) -> None:
     if progress["batch"] >= run.batches_per_epoch or done:
         progress["epoch"] += 1
         progress["batch"] = 0
+        line = f"epoch {progress['epoch']}/{run.epochs} (step {progress['step']}/{run.total_steps}): " + epoch_summary(run)
         if progress["epoch"] % config.eval_every_epochs == 0 or done:
-            evaluate(run)
+            line += "; " + evaluate(run)
+        run.display.line(line)
         if not done:
             save_checkpoint(run)
+
+
+def epoch_summary(run: Run) -> str:
+    """The epoch's mean training loss (over processes) and the throughput so far."""
+    losses, run.epoch_losses = run.epoch_losses, []
+    return f"train loss {mean_over_processes(run.fabric, losses):.4f}, {run.display.rates_text()}"
 
 
 def save_checkpoint(run: Run) -> None:
     progress = run.progress
     elapsed = progress["elapsed"] + time.perf_counter() - run.clock
-    state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": _all_gather_objects(run.fabric, rng_state())}
+    state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": gather_objects(run.fabric, rng_state())}
     run.session.save(state, progress["step"], run.raw_model)
 
 
-def evaluate(run: Run) -> dict:
+def evaluate(run: Run) -> str:
     """Accuracy on the validation split (with the EMA weights, if any); logged, and the model is saved to
-    --output-dir when it is the best so far."""
+    --output-dir when it is the best so far. Returns the result in words."""
     progress = run.progress
     run.session.guard.check()
     with swapped_weights(run.raw_model, run.ema):
@@ -574,7 +577,7 @@ def evaluate(run: Run) -> dict:
     progress["history"].append(row)
     run.last_eval = result
     run.metrics.log({k: v for k, v in row.items() if k not in ("step", "val_examples")}, progress["step"])
-    message = f"epoch {progress['epoch']}/{run.epochs}: val top-1 {result['val_top1']:.2%}"
+    message = f"val top-1 {result['val_top1']:.2%}"
     if "val_top5" in result:
         message += f", top-5 {result['val_top5']:.2%}"
     message += f", loss {result['val_loss']:.4f}"
@@ -583,18 +586,14 @@ def evaluate(run: Run) -> dict:
         progress["best"] = {**row, "predictions": result["predictions"], "references": result["references"]}
         save_best(run)
         message += " (best so far, saved)"
-    if run.bar is not None:
-        run.bar.write(message)
-    else:
-        run.fabric.print(message)
-    return result
+    return message
 
 
 def save_best(run: Run) -> None:
     """The evaluated weights (EMA if any) and the image processor as a save_pretrained folder in --output-dir."""
 
-    def write(folder: str) -> None:
-        run.raw_model.save_pretrained(folder)
+    def write(folder: str, weights: dict) -> None:
+        run.raw_model.save_pretrained(folder, state_dict=weights)
         run.processor.save_pretrained(folder)
 
     with swapped_weights(run.raw_model, run.ema):
@@ -604,22 +603,20 @@ def save_best(run: Run) -> None:
 def finish(run: Run) -> dict:
     """The final training weights (checkpoints/final-weights.safetensors), metrics.json, plots, the model
     card (rank 0), and the summary returned to every process."""
-    from . import report
-
     fabric, config, progress = run.fabric, run.config, run.progress
     run.session.guard.check()
     run.metrics.finalize()
     out = config.output_dir
 
-    def write_final(folder: str) -> None:  # the last (not EMA, not best) weights, e.g. to compare runs
+    def write_final(folder: str, weights: dict) -> None:  # the last (not EMA, not best) weights, e.g. to compare runs
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in run.raw_model.state_dict().items()},
-                  os.path.join(folder, "final-weights.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, os.path.join(folder, "final-weights.safetensors"))
 
     run.session.save_model(write_final, run.raw_model, progress["step"], "final weights", run.session.checkpoints)
     best = progress["best"] or {}
-    skipped = set().union(*_all_gather_objects(fabric, run.skipped))
+    skipped = set().union(*gather_objects(fabric, run.skipped))
+    per_process, total = run.display.rates()
     summary = {
         "best_val_top1": best.get("val_top1"),
         "best_val_top5": best.get("val_top5"),
@@ -629,43 +626,42 @@ def finish(run: Run) -> dict:
         "final_val_top1": run.last_eval["val_top1"] if run.last_eval else None,
         "steps": progress["step"],
         "epochs": progress["epoch"],
-        "train_examples": len(run.data.train),
+        "train_examples": None if config.streaming else len(run.data.train),
         "val_examples": len(run.data.validation),
         "num_classes": len(run.data.class_names),
         "skipped_images": len(skipped),
         "world_size": fabric.world_size,
+        "strategy": strategy_name(fabric),
+        "images_per_s": round(total, 1),
+        "images_per_s_per_process": round(per_process, 1),
         "wall_time_s": round(time.perf_counter() - run.started, 2),
         "train_time_s": round(progress["elapsed"] + time.perf_counter() - run.clock, 2),
         "from_scratch": run.from_scratch,
+        "streaming": config.streaming or None,
     }
     summary = {k: v for k, v in summary.items() if v is not None}
     if fabric.is_global_zero:
-        report.write_json(os.path.join(out, "metrics.json"), {**summary, "history": progress["history"]})
-        report.plot_curves(progress["history"], os.path.join(out, "training_curves.png"))
+        report.write_report(out, summary, progress["history"], model_card(run, summary, len(skipped)))
         if best:
             matrix = report.confusion_matrix(best["references"], best["predictions"], len(run.data.class_names))
             report.plot_confusion(matrix, run.data.class_names, os.path.join(out, "confusion_matrix.png"))
-        write_card(run, summary, len(skipped))
         if config.push_to_hub:
             push_to_hub(run)
     fabric.barrier()
     return summary
 
 
-def write_card(run: Run, summary: dict, skipped: int) -> None:
-    from . import report
-
+def model_card(run: Run, summary: dict, skipped: int) -> str:
     config, out = run.config, run.config.output_dir
     hyper = {k: v for k, v in config.flat().items() if k not in ("debug_record_ranks", "progress")}
     hyper.update(image_size=run.image_size, total_steps=run.total_steps, warmup_steps=run.warmup, world_size=run.fabric.world_size)
     card_metrics = {k: summary[k] for k in ("best_val_top1", "best_val_top5", "best_val_loss", "best_epoch") if k in summary}
     notes = run.data.notes + ([f"{skipped} unreadable image(s) were skipped"] if skipped else [])
-    card = report.model_card(config.hub_model_id or os.path.basename(os.path.abspath(out)), config.model,
-                             run.data.source, run.data.class_names, hyper, card_metrics, notes,
-                             version=run.raw_model.config.version)
-    report.write_text(os.path.join(out, "README.md"), card)
     if skipped:
         logger.warning("%d unreadable image(s) were skipped during this run.", skipped)
+    return report.model_card(config.hub_model_id or os.path.basename(os.path.abspath(out)), config.model,
+                             run.data.source, run.data.class_names, hyper, card_metrics, notes,
+                             version=run.raw_model.config.version)
 
 
 def push_to_hub(run: Run) -> None:

@@ -1,4 +1,6 @@
-"""What a finished run leaves behind for people: metrics.json, a CSV log, PNG plots, a model card."""
+"""What a run leaves behind for people, the same in every recipe (`write_report`): metrics.json, the
+training curves, a Hub model card, and the CSV/TensorBoard logs (`MetricLoggers`); plus the classifier's
+confusion matrix."""
 
 from __future__ import annotations
 
@@ -59,26 +61,33 @@ def confusion_matrix(references, predictions, num_classes: int) -> np.ndarray:
     return matrix
 
 
-def plot_curves(history: list[dict], path: str) -> None:
-    """Training loss per logged step, validation loss and accuracy per evaluation, learning rate."""
+ACCURACY = {"val_top1": "top-1", "val_top5": "top-5"}
+
+
+def plot_curves(history: list[dict], path: str, scores: dict[str, str] | None = None, score_title: str = "Validation accuracy") -> None:
+    """Training loss per logged step (and validation loss per evaluation), the validation `scores` (history
+    keys -> legend names, shown in %; classification: top-1/top-5), and the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scores = ACCURACY if scores is None else scores
     train = [h for h in history if "train_loss" in h]
-    evals = [h for h in history if "val_top1" in h]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    evals = [h for h in history if any(k in h for k in scores) or "val_loss" in h]
+    panels = [("Loss", "loss"), *([(score_title, "%")] if scores else []), ("Learning rate", "lr")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    loss_axis, lr_axis = axes[0], axes[-1]
     if train:
-        axes[0].plot([h["step"] for h in train], [h["train_loss"] for h in train], label="train", alpha=0.8)
-    if evals:
-        axes[0].plot([h["step"] for h in evals], [h["val_loss"] for h in evals], "o-", label="validation")
-        axes[1].plot([h["step"] for h in evals], [100 * h["val_top1"] for h in evals], "o-", label="top-1")
-        if "val_top5" in evals[0]:
-            axes[1].plot([h["step"] for h in evals], [100 * h["val_top5"] for h in evals], "s--", label="top-5")
-    if train:
-        axes[2].plot([h["step"] for h in train], [h["lr"] for h in train])
-    for ax, title, ylabel in zip(axes, ("Loss", "Validation accuracy", "Learning rate"), ("loss", "%", "lr")):
+        loss_axis.plot([h["step"] for h in train], [h["train_loss"] for h in train], label="train", alpha=0.8)
+        lr_axis.plot([h["step"] for h in train], [h["lr"] for h in train])
+    if any("val_loss" in h for h in evals):
+        loss_axis.plot([h["step"] for h in evals if "val_loss" in h], [h["val_loss"] for h in evals if "val_loss" in h], "o-", label="validation")
+    for (key, name), marker in zip(scores.items(), ("o-", "s--", "^:", "d-.")):
+        points = [h for h in evals if key in h]
+        if points:
+            axes[1].plot([h["step"] for h in points], [100 * h[key] for h in points], marker, label=name)
+    for ax, (title, ylabel) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
@@ -122,6 +131,38 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str, max_cl
     plt.close(fig)
 
 
+# what a model card says per task: the pipeline, the headline metric (summary key, Hub metric type, name),
+# what the model is, how to use it, and the pictures the recipe writes beside it
+CARD_TASKS = {
+    "image-classification": dict(
+        pipeline="image-classification", title="Image Classification", metric=("val_top1", "accuracy", "top-1 accuracy"),
+        what="image classifier trained with the swin_hf fine-tuning recipe",
+        usage=['from transformers import pipeline', '', 'classifier = pipeline("image-classification", model="{name}")',
+               'classifier("image.png")'],
+        figures=[("training curves", "training_curves.png"), ("confusion matrix", "confusion_matrix.png")],
+    ),
+    "image-segmentation": dict(
+        pipeline="image-segmentation", title="Semantic Segmentation", metric=("mean_iou", "mean_iou", "mIoU"),
+        what="backbone in a UperNet semantic segmentation model, trained with the swin_hf segmentation recipe",
+        usage=['from transformers import pipeline', '', 'segmenter = pipeline("image-segmentation", model="{name}")',
+               'segmenter("image.png")  # a mask per class found'],
+        figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "overlays/validation_000.png")],
+    ),
+    "masked-image-modeling": dict(
+        pipeline=None, title="Masked Image Modeling", metric=None,
+        what="encoder pre-trained with SimMIM (masked image modeling) by the swin_hf pre-training recipe",
+        usage=['from transformers import AutoModelForMaskedImageModeling', '',
+               'model = AutoModelForMaskedImageModeling.from_pretrained("{name}")',
+               '# fine-tune it: python recipes/finetune.py --model {name}'],
+        figures=[("training curves", "training_curves.png"), ("input, masked input, reconstruction", "reconstructions.png")],
+    ),
+}
+
+
+def _is_percent(key: str) -> bool:
+    return any(part in key for part in ("top", "acc", "iou"))
+
+
 def model_card(
     model_name: str,
     base_model: str,
@@ -130,51 +171,56 @@ def model_card(
     hyperparameters: dict,
     metrics: dict,
     notes: list[str] = (),
+    task: str = "image-classification",
     version: int = 1,
 ) -> str:
-    """A Hub-format README.md (YAML metadata + text) for the trained model (`version`: Swin 1 or 2)."""
-    top1 = metrics.get("val_top1")
-    lines = ["---", "library_name: transformers", "pipeline_tag: image-classification", "tags:", "- swin_hf", "- image-classification", "- vision"]
+    """A Hub-format README.md (YAML metadata + text) for a model a recipe trained: `task` is one of
+    CARD_TASKS (classification, segmentation, SimMIM pre-training);
+    `version`: Swin 1 or 2."""
+    spec = CARD_TASKS[task]
+    lines = ["---", "library_name: transformers"]
+    if spec["pipeline"]:
+        lines.append(f"pipeline_tag: {spec['pipeline']}")
+    lines += ["tags:", "- swin_hf", f"- {task}", "- vision"]
     if base_model and os.path.sep not in base_model and not base_model.startswith("swin-") and "/" in base_model:
         lines.append(f"base_model: {base_model}")
     if dataset and "/" in dataset and not os.path.exists(dataset):
         lines += ["datasets:", f"- {dataset}"]
-    if top1 is not None:
+    key, kind, name = spec["metric"] or (None, None, None)
+    value = metrics.get(key, metrics.get(f"best_{key}")) if key else None
+    if value is not None:
         lines += [
             "model-index:",
             f"- name: {model_name}",
             "  results:",
             "  - task:",
-            "      type: image-classification",
-            "      name: Image Classification",
+            f"      type: {task}",
+            f"      name: {spec['title']}",
             "    dataset:",
             f"      name: {dataset}",
             f"      type: {dataset}",
             "    metrics:",
-            "    - type: accuracy",
-            f"      value: {top1:.4f}",
-            "      name: top-1 accuracy",
+            f"    - type: {kind}",
+            f"      value: {value:.4f}",
+            f"      name: {name}",
         ]
     lines.append("---")
+    classes = f" ({len(class_names)} classes)" if class_names else ""
     lines += [
         "",
         f"# {model_name}",
         "",
         f"A {'Swin Transformer V2 (Liu et al., CVPR 2022)' if version == 2 else 'Swin Transformer (Liu et al., ICCV 2021)'} "
-        "image classifier trained with the swin_hf fine-tuning recipe "
-        f"from `{base_model}` on `{dataset}` ({len(class_names)} classes).",
+        f"{spec['what']}, from `{base_model}` on `{dataset}`{classes}.",
         "",
         "## Usage",
         "",
         "```python",
         "import swin_hf  # registers the model with transformers' Auto classes",
-        "from transformers import pipeline",
-        "",
-        f'classifier = pipeline("image-classification", model="{model_name}")',
-        'classifier("image.png")',
+        *(line.format(name=model_name) for line in spec["usage"]),
         "```",
         "",
-        "## Results (validation split)",
+        "## Results" + (" (validation split)" if spec["metric"] else ""),
         "",
         "| metric | value |",
         "|---|---|",
@@ -182,16 +228,63 @@ def model_card(
     for key in sorted(metrics):
         value = metrics[key]
         if isinstance(value, float):
-            value = f"{100 * value:.2f}%" if ("top" in key or "acc" in key) else f"{value:.4g}"
+            value = f"{100 * value:.2f}%" if _is_percent(key) else f"{value:.4g}"
         lines.append(f"| {key} | {value} |")
     lines += ["", "## Training hyperparameters", "", "| name | value |", "|---|---|"]
     for key in sorted(hyperparameters):
         lines.append(f"| {key} | `{hyperparameters[key]}` |")
-    lines += ["", "## Labels", "", ", ".join(f"{i}: {n}" for i, n in enumerate(class_names[:100])) + (" ..." if len(class_names) > 100 else "")]
+    if class_names:
+        lines += ["", "## Labels", "", ", ".join(f"{i}: {n}" for i, n in enumerate(class_names[:100])) + (" ..." if len(class_names) > 100 else "")]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "![training curves](training_curves.png)", "", "![confusion matrix](confusion_matrix.png)", ""]
+    for caption, figure in spec["figures"]:
+        lines += ["", f"![{caption}]({figure})"]
+    lines.append("")
     return "\n".join(lines)
 
 
-__all__ = ["CSVLog", "confusion_matrix", "model_card", "plot_confusion", "plot_curves", "write_json", "write_text"]
+def write_report(out: str, summary: dict, history: list[dict], card: str, scores: dict[str, str] | None = None,
+                 score_title: str = "Validation accuracy") -> None:
+    """What every recipe leaves in its output folder besides the model (call on process 0): metrics.json
+    (the summary and the logged history), training_curves.png and the model card README.md."""
+    write_json(os.path.join(out, "metrics.json"), {**summary, "history": history})
+    plot_curves(history, os.path.join(out, "training_curves.png"), scores, score_title)
+    write_text(os.path.join(out, "README.md"), card)
+
+
+class MetricLoggers:
+    """The CSV and TensorBoard logs in output_dir/logs (metrics.csv, tensorboard/), written by process 0
+    through Lightning's logger objects (owned here, not attached to Fabric)."""
+
+    def __init__(self, fabric, out: str):
+        self.loggers = []
+        self.closed = False
+        if fabric.is_global_zero:
+            from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+            self.loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tensorboard")]
+
+    def log(self, row: dict, step: int) -> None:
+        for experiment_logger in self.loggers:
+            experiment_logger.log_metrics(row, step)
+
+    def finalize(self, status: str = "success") -> None:
+        """Write out and close the logs (once; a failed run closes them with status "failed")."""
+        if not self.closed:
+            self.closed = True
+            for experiment_logger in self.loggers:
+                experiment_logger.finalize(status)
+
+
+__all__ = [
+    "CARD_TASKS",
+    "CSVLog",
+    "MetricLoggers",
+    "confusion_matrix",
+    "model_card",
+    "plot_confusion",
+    "plot_curves",
+    "write_json",
+    "write_report",
+    "write_text",
+]

@@ -8,11 +8,17 @@ step, and the non-finite stop.
     loss, norm = optimizer_step(fabric, model, optimizer, scheduler, [lambda: model(**batch).loss], clip_grad)
     session.guard.record(step, lr, loss, norm)
     session.save(state, step, model)     # checks the losses since the last check and the weights first
+    session.save_model(lambda folder, weights: model.save_pretrained(folder, state_dict=weights), model, step)
+
+A streamed training split (`swin_hf.training.streaming.StreamLoader`) is registered with
+`session.track_stream(loader)` before `begin`: every checkpoint then holds each process's position in the
+stream, and `--resume` continues there.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -21,6 +27,7 @@ import torch
 from .checkpoint import (
     _any_rank,
     check_output_dir,
+    gather_objects,
     precheck_resume,
     checkpoint_path,
     claim_output_dir,
@@ -29,9 +36,11 @@ from .checkpoint import (
     save_atomic,
     write_folder_atomically,
 )
+from .distributed import full_state_dict, is_sharded, named_optimizer_state, own_class
 from .errors import OutputWriteError
 from .guard import LossGuard
 from .optim import set_schedule_position
+from .progress import Display
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,11 @@ class Session:
         self.resumed_from: str | None = None
         self.missing: list[str] = []  # optional state entries the restored checkpoint lacked
         self.changes: list[tuple[str, object, object]] = []  # allowed (setting, old, new) differences
+        self.stream = None  # a StreamLoader whose position the checkpoints hold
+
+    def track_stream(self, loader) -> None:
+        """Save `loader`'s stream position (one per process) with every checkpoint and restore it on --resume."""
+        self.stream = loader
 
     def begin(self, state: dict, extra_settings: dict | None = None, optional: tuple[str, ...] = ()) -> str | None:
         """Resume into `state` (--resume) or claim the folder (--overwrite drops the old run's checkpoints).
@@ -79,9 +93,13 @@ class Session:
             return None
         fresh = {k: [{h: g[h] for h in ("initial_lr", "weight_decay") if h in g} for g in v.param_groups]
                  for k, v in state.items() if isinstance(v, torch.optim.Optimizer) or hasattr(v, "param_groups")}
+        if self.stream is not None:
+            state["stream"], optional = None, (*optional, "stream")
         path, self.missing, self.changes = restore(
             self.fabric, self.checkpoints, state, self.run_info, self.allowed, self.fixed, FREE_SETTINGS, optional
         )
+        if self.stream is not None:
+            self._restore_stream(state.pop("stream"))
         if path is None:
             self.fabric.print(f"--resume: no checkpoint in {self.checkpoints}; starting from scratch.")
             return None
@@ -96,6 +114,14 @@ class Session:
         self.resumed_from = self.guard.last_checkpoint = path
         return path
 
+    def _restore_stream(self, positions: list | None) -> None:
+        fabric = self.fabric
+        if positions and len(positions) == fabric.world_size:
+            self.stream.load_state_dict(positions[fabric.global_rank])
+        elif positions:
+            logger.warning("--resume: the checkpoint's stream positions are for %d process(es), this run has %d; "
+                           "each process starts its part of the stream from the beginning.", len(positions), fabric.world_size)
+
     def save(self, state: dict, step: int, model: torch.nn.Module | None = None) -> str:
         """An atomic checkpoint of `state` (plus this run's settings), after checking that every step since
         the last check had a finite loss and, given `model`, that its weights are finite."""
@@ -103,23 +129,32 @@ class Session:
         if model is not None:
             self.guard.check_weights(model, step)
         path = checkpoint_path(self.checkpoints, step)
+        if self.stream is not None:
+            state = {**state, "stream": gather_objects(self.fabric, self.stream.state_dict())}
+        if model is not None and not is_sharded(model):  # (the sharded strategy keys them by name itself)
+            state = {k: named_optimizer_state(model, v) if isinstance(v, torch.optim.Optimizer) else v for k, v in state.items()}
         run = {**self.run_info, "entries": sorted(state), "step": step}
         save_atomic(self.fabric, path, {**state, "run": run}, keep=self.keep)
         self.guard.last_checkpoint = path
         return path
 
     def save_model(
-        self, write: Callable[[str], None], model: torch.nn.Module, step: int, name: str = "model", directory: str | None = None
+        self, write: Callable[[str, dict], None], model: torch.nn.Module, step: int, name: str = "model",
+        directory: str | None = None,
     ) -> None:
-        """Rank 0 writes a model folder with `write(tmp)`, whose files then replace those in `directory`
-        (--output-dir); refused for non-finite weights, removed again if the disk fills (OutputWriteError on
-        every process)."""
+        """Rank 0 writes a model folder with `write(tmp, weights)`, whose files then replace those in
+        `directory` (--output-dir). `weights` is the model's state dict with whole tensors (sharded weights are
+        gathered from every process first), and a sharded model is an instance of its own class while `write`
+        runs (see distributed.own_class). Refused for non-finite weights, removed again if the disk fills
+        (OutputWriteError on every process)."""
         self.guard.check()
         self.guard.check_weights(model, step)
+        weights = full_state_dict(model)
         error = None
         if self.fabric.is_global_zero:
             try:
-                write_folder_atomically(directory or self.output_dir, write, name)
+                with own_class(model):
+                    write_folder_atomically(directory or self.output_dir, lambda folder: write(folder, weights), name)
             except OutputWriteError as caught:
                 error = caught
         if _any_rank(self.fabric, error is not None):
@@ -153,13 +188,23 @@ def optimizer_step(
 def run_epochs(
     session: Session, model, optimizer, scheduler, loader, state: dict, total_steps: int, loss_of: Callable,
     clip_grad: float | None, log_every: int, on_step: Callable[[int, torch.Tensor], None] | None = None,
-    on_epoch_end: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None,
-) -> None:
+    on_epoch_end: Callable[[], str | None] | None = None, stop: Callable[[], bool] | None = None,
+    log_row: Callable[[dict], None] | None = None, progress_bar: bool = True,
+) -> Display:
     """The loop of the segmentation and SimMIM recipes: one batch per step (None batches, all of whose
     images were unreadable, are passed over), the non-finite check every `log_every` steps, a checkpoint
-    at every epoch end. `state["progress"]` holds step and epoch; `stop()` ends training early (every
-    process must return the same)."""
+    at every epoch end. `loader` is a DataLoader or a StreamLoader (an epoch is then its steps_per_epoch).
+
+    What the user sees is the same as in the classification recipe: one progress bar (process 0), and every
+    `log_every` steps a row {step, epoch, train_loss (mean over processes), lr, images/s in total and per
+    process} in state["progress"]["history"] and to `log_row`; at every epoch end a line with the epoch's
+    loss, the throughput and what `on_epoch_end()` returns (e.g. the evaluation). `state["progress"]` holds
+    step, epoch and history; `stop()` ends training early (every process must return the same). Returns
+    the Display (its `rates()` give the run's throughput)."""
     fabric, progress = session.fabric, state["progress"]
+    display = Display(fabric, total_steps, progress["step"], enabled=progress_bar)
+    epochs = math.ceil(total_steps / max(1, len(loader)))
+    running, epoch_losses = [], []
     model.train()
     while progress["step"] < total_steps:
         stopped = False
@@ -171,19 +216,44 @@ def run_epochs(
             progress["step"] += 1
             step = progress["step"]
             session.guard.record(step, lr, loss, norm)
+            running.append(loss)
+            epoch_losses.append(loss)
+            display.update(len(batch["pixel_values"]))
             if step % log_every == 0 or step == 1 or step == total_steps:
                 session.guard.check()
+                row = {"step": step, "epoch": progress["epoch"], "train_loss": mean_over_processes(fabric, running), "lr": lr}
+                per_process, total = display.rates()
+                row.update(images_per_s=total, images_per_s_per_process=per_process)
+                running = []
+                progress["history"].append(row)
+                if log_row is not None and fabric.is_global_zero:
+                    log_row(row)
+                if display.bar is not None:
+                    display.bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{total:.0f}", refresh=False)
+                else:
+                    display.line(f"step {step}/{total_steps}: loss {row['train_loss']:.4f}, lr {lr:.2e}")
             if on_step is not None:
                 on_step(step, loss)
             stopped = stop is not None and stop()
             if step >= total_steps or stopped:
                 break
         progress["epoch"] += 1
+        line = (f"epoch {progress['epoch']}/{epochs} (step {progress['step']}/{total_steps}): train loss "
+                f"{mean_over_processes(fabric, epoch_losses):.4f}, {display.rates_text()}")
+        epoch_losses = []
         session.save(state, progress["step"], model)
-        if on_epoch_end is not None:
-            on_epoch_end()
+        evaluated = on_epoch_end() if on_epoch_end is not None else None
+        display.line(line + (f"; {evaluated}" if evaluated else ""))
         if stopped:
             break
+    display.close()
+    return display
 
 
-__all__ = ["FREE_SETTINGS", "Session", "optimizer_step", "run_epochs"]
+def mean_over_processes(fabric, losses: list[torch.Tensor]) -> float:
+    """The mean of `losses` (this process's, on its device) averaged over the processes."""
+    mean = torch.stack(losses).float().mean() if losses else torch.tensor(float("nan"), device=fabric.device)
+    return float(fabric.all_reduce(mean, reduce_op="mean")) if fabric.world_size > 1 else float(mean)
+
+
+__all__ = ["FREE_SETTINGS", "Session", "mean_over_processes", "optimizer_step", "run_epochs"]
