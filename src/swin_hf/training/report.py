@@ -59,26 +59,29 @@ def confusion_matrix(references, predictions, num_classes: int) -> np.ndarray:
     return matrix
 
 
-def plot_curves(history: list[dict], path: str) -> None:
-    """Training loss per logged step, validation loss and accuracy per evaluation, learning rate."""
+def plot_curves(history: list[dict], path: str, scores=(("val_top1", "top-1"), ("val_top5", "top-5")),
+                score_title: str = "Validation accuracy") -> None:
+    """Training loss per logged step, validation loss (if logged) and the validation `scores` (history key,
+    legend) per evaluation as percentages, learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [h for h in history if "train_loss" in h]
-    evals = [h for h in history if "val_top1" in h]
+    evals = [h for h in history if scores[0][0] in h]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if train:
         axes[0].plot([h["step"] for h in train], [h["train_loss"] for h in train], label="train", alpha=0.8)
     if evals:
-        axes[0].plot([h["step"] for h in evals], [h["val_loss"] for h in evals], "o-", label="validation")
-        axes[1].plot([h["step"] for h in evals], [100 * h["val_top1"] for h in evals], "o-", label="top-1")
-        if "val_top5" in evals[0]:
-            axes[1].plot([h["step"] for h in evals], [100 * h["val_top5"] for h in evals], "s--", label="top-5")
+        if "val_loss" in evals[0]:
+            axes[0].plot([h["step"] for h in evals], [h["val_loss"] for h in evals], "o-", label="validation")
+        for (key, name), style in zip(scores, ("o-", "s--", "^:", "d-.")):
+            if key in evals[0]:
+                axes[1].plot([h["step"] for h in evals], [100 * h[key] for h in evals], style, label=name)
     if train:
         axes[2].plot([h["step"] for h in train], [h["lr"] for h in train])
-    for ax, title, ylabel in zip(axes, ("Loss", "Validation accuracy", "Learning rate"), ("loss", "%", "lr")):
+    for ax, title, ylabel in zip(axes, ("Loss", score_title, "Learning rate"), ("loss", "%", "lr")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
@@ -130,36 +133,44 @@ def model_card(
     hyperparameters: dict,
     metrics: dict,
     notes: list[str] = (),
+    task: str = "image-classification",
+    headline: tuple[str, str, str] = ("val_top1", "accuracy", "top-1 accuracy"),
+    description: str | None = None,
+    pictures: tuple[str, ...] | list[str] = ("training_curves.png", "confusion_matrix.png"),
 ) -> str:
-    """A Hub-format README.md (YAML metadata + text) for the trained model."""
-    top1 = metrics.get("val_top1")
-    lines = ["---", "library_name: transformers", "pipeline_tag: image-classification", "tags:", "- swin_hf", "- image-classification", "- vision"]
+    """A Hub-format README.md (YAML metadata + text) for the trained model. `task` is its pipeline tag;
+    `headline` = (metrics key, metric type, metric name) is the result in the model index; `description`
+    replaces the classifier's first sentence; `pictures` are the images shown at the end."""
+    headline_value = metrics.get(headline[0])
+    caller = {"image-classification": "classifier", "object-detection": "detector"}.get(task, "pipe")
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {task}", "tags:", "- swin_hf", f"- {task}", "- vision"]
     if base_model and os.path.sep not in base_model and not base_model.startswith("swin-") and "/" in base_model:
         lines.append(f"base_model: {base_model}")
     if dataset and "/" in dataset and not os.path.exists(dataset):
         lines += ["datasets:", f"- {dataset}"]
-    if top1 is not None:
+    if headline_value is not None:
         lines += [
             "model-index:",
             f"- name: {model_name}",
             "  results:",
             "  - task:",
-            "      type: image-classification",
-            "      name: Image Classification",
+            f"      type: {task}",
+            f"      name: {task.replace('-', ' ').title()}",
             "    dataset:",
             f"      name: {dataset}",
             f"      type: {dataset}",
             "    metrics:",
-            "    - type: accuracy",
-            f"      value: {top1:.4f}",
-            "      name: top-1 accuracy",
+            f"    - type: {headline[1]}",
+            f"      value: {headline_value:.4f}",
+            f"      name: {headline[2]}",
         ]
     lines.append("---")
     lines += [
         "",
         f"# {model_name}",
         "",
-        f"A Swin Transformer (Liu et al., ICCV 2021) image classifier trained with the swin_hf fine-tuning recipe "
+        description
+        or f"A Swin Transformer (Liu et al., ICCV 2021) image classifier trained with the swin_hf fine-tuning recipe "
         f"from `{base_model}` on `{dataset}` ({len(class_names)} classes).",
         "",
         "## Usage",
@@ -168,8 +179,8 @@ def model_card(
         "import swin_hf  # registers the model with transformers' Auto classes",
         "from transformers import pipeline",
         "",
-        f'classifier = pipeline("image-classification", model="{model_name}")',
-        'classifier("image.png")',
+        f'{caller} = pipeline("{task}", model="{model_name}")',
+        f'{caller}("image.png")',
         "```",
         "",
         "## Results (validation split)",
@@ -188,7 +199,9 @@ def model_card(
     lines += ["", "## Labels", "", ", ".join(f"{i}: {n}" for i, n in enumerate(class_names[:100])) + (" ..." if len(class_names) > 100 else "")]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "![training curves](training_curves.png)", "", "![confusion matrix](confusion_matrix.png)", ""]
+    for picture in pictures:
+        lines += ["", f"![{os.path.splitext(os.path.basename(picture))[0].replace('_', ' ')}]({picture})"]
+    lines.append("")
     return "\n".join(lines)
 
 
