@@ -27,7 +27,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -50,20 +49,16 @@ ALPHA_THRESHOLD = 128  # a pasted pixel belongs to its object's box when its alp
 
 
 def _sample_photos() -> dict[str, Image.Image]:
-    try:
-        import matplotlib
-        from sklearn.datasets import load_sample_images
-    except ImportError as error:  # pragma: no cover - both are in the `recipes` extra
-        raise ImportError(
-            "The built-in pasted-objects set needs scikit-learn and matplotlib (their sample images): "
-            "pip install 'swin_hf[recipes]'."
-        ) from error
-    sample = load_sample_images()
-    photos = {os.path.basename(f): Image.fromarray(img) for f, img in zip(sample.filenames, sample.images)}
-    data = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data")
-    photos["grace_hopper.jpg"] = Image.open(os.path.join(data, "grace_hopper.jpg")).convert("RGB")
-    photos["present.png"] = Image.open(os.path.join(data, "Minduka_Present_Blue_Pack.png")).convert("RGBA")
-    return photos
+    """The sample photos of scikit-learn and matplotlib (those of the segmentation set) and matplotlib's
+    gift-box picture (RGBA)."""
+    import matplotlib
+
+    from ..segmentation.data import texture_sources
+
+    china, flower, hopper = texture_sources()
+    present = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "Minduka_Present_Blue_Pack.png")
+    return {"china.jpg": china, "flower.jpg": flower, "grace_hopper.jpg": hopper,
+            "present.png": Image.open(present).convert("RGBA")}
 
 
 def _cut(photo: Image.Image, box: tuple[int, int, int, int], ellipse: tuple[int, int, int, int]) -> Image.Image:

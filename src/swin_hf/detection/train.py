@@ -23,15 +23,20 @@ every --checkpoint-every steps; a run killed with SIGKILL and resumed ends with 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from ..training.loop import (
+    MetricLoggers, accumulated_step, all_gather_objects, finish_epoch, new_progress, plan_steps, resumable_loaders,
+    save_checkpoint,
+)
 
 from . import DEFAULT_HEAD, HEADS, detector_config, detector_from_encoder, head_settings, image_processor_for, size_multiple
 from .data import BBOX_FORMATS, BUILTIN, BoxAugment, DetectionDataset, collate, load_detection_splits, prepare_detection, to_detr_labels
@@ -42,7 +47,7 @@ logger = logging.getLogger(__name__)
 # a small Swin for the built-in set: 128 px -> maps of 32, 16, 8, 4 with 4x4 windows (as segment.py's)
 BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
 # settings a resumed run can never change: the checkpoint's weights are for this architecture and these classes
-RUN_FIXED = ("model", "head", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers", "id2label")
+RUN_FIXED = ("model", "head", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers", "class_names")
 # options that only shape what is drawn at the end; not part of the run's recorded settings
 NOT_RECORDED = ("num_pictures", "picture_threshold")
 TARGET_MAP50, TARGET_MINUTES = 0.5, 10.0
@@ -64,10 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how bbox is written, in pixels: xywh = COCO [x_min, y_min, width, height] (the Hub's convention), xyxy = corners, cxcywh = centre and size")
     d.add_argument("--id2label", default=None, help="JSON file mapping class index -> name (default: the names of the category ClassLabel)")
     d.add_argument("--num-labels", type=cli.positive_int, default=None, help="number of classes, when the category column has no names")
-    d.add_argument("--validation-fraction", type=cli.fraction, default=0.1, help="split off for validation when the set has none")
-    d.add_argument("--max-train-samples", type=cli.positive_int, default=None, help="use only the first N training images")
-    d.add_argument("--max-eval-samples", type=cli.positive_int, default=None, help="use only the first N validation images")
-    d.add_argument("--num-workers", type=cli.nonnegative_int, default=0, help="DataLoader worker processes")
+    cli.add_subset_arguments(d)
 
     m = p.add_argument_group("model")
     m.add_argument("--model", default="builtin", help="'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf checkpoint whose encoder is loaded (classification, SimMIM, backbone, converted)")
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = cli.add_optimisation_arguments(
         p, epochs=12, batch_size=16, lr=5e-4, min_lr_ratio=0.05, weight_decay=1e-4, lr_note="; RT-DETR, pre-trained: 1e-4"
     )
+    o.add_argument("--grad-accum", type=cli.positive_int, default=1, help="batches per optimiser step")
     o.add_argument("--max-minutes", type=cli.positive_float, default=None, help="stop training after this many minutes (then evaluate and save)")
     o.add_argument("--layer-decay", type=cli.up_to_one, default=1.0, help="layer-wise lr decay over backbone blocks (1 = off)")
     o.add_argument("--ema-decay", type=cli.below_one, default=0.0, help="EMA of weights, evaluated and saved (0 = off)")
@@ -176,17 +179,6 @@ def build_model(args, id2label: dict[int, str]):
         raise ModelError(f"--model {args.model!r}: {' '.join(str(error).split())[:400]}") from error
 
 
-def _gather_objects(fabric, obj) -> list:
-    """`obj` of every process, in rank order."""
-    if fabric.world_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * fabric.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 @dataclass
 class Run:
     """What `fit`, `evaluate` and `finish` work on, built by `setup`. `state` is what a checkpoint holds."""
@@ -221,25 +213,14 @@ class Run:
         return self.state["progress"]
 
 
-def plan_steps(args, batches_per_epoch: int, progress: dict) -> int:
-    """The step the run ends at: the steps done plus the rest of this epoch and the remaining epochs,
-    capped by --max-steps."""
-    remaining = 0
-    if progress["epoch"] < args.epochs:
-        remaining = max(0, batches_per_epoch - progress["batch"]) + (args.epochs - progress["epoch"] - 1) * batches_per_epoch
-    total = progress["step"] + remaining
-    return min(total, args.max_steps) if args.max_steps else total
-
-
 def setup(args, fabric) -> Run:
     """Everything before the first step: the output folder, the model source and the data are checked
     before anything is built; with --resume the newest readable checkpoint whose settings match is restored."""
     from .. import PRESETS
     from ..model_source import check_model_source
     from ..training.checkpoint import set_rng_state
-    from ..training.data import ResumableSampler, SkipCounter
+    from ..training.data import SkipCounter
     from ..training.ema import EMA
-    from ..training.loop import MetricLoggers, new_progress
     from ..training.optim import build_optimizer, build_scheduler, set_schedule_position
     from ..training.session import Session
 
@@ -265,21 +246,10 @@ def setup(args, fabric) -> Run:
     columns = dict(image_column=data.image_column, objects_column=data.objects_column, bbox_format=data.bbox_format)
     train_set = DetectionDataset(data.train, args.image_size, **columns, skipped=skipped)
     eval_set = DetectionDataset(data.validation, args.image_size, **columns, skipped=skipped)
-    rank, world = fabric.global_rank, fabric.world_size
-    train_sampler = ResumableSampler(len(train_set), args.batch_size, True, args.seed, rank, world, drop_last=True)
-    if train_sampler.batches_per_epoch() == 0:
-        train_sampler.drop_last = False
-    eval_sampler = ResumableSampler(len(eval_set), args.batch_size, False, args.seed, rank, world)
-
-    def loader(dataset, sampler):
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, sampler=sampler, collate_fn=collate, num_workers=args.num_workers,
-            generator=torch.Generator().manual_seed(args.seed),  # creating iterators never draws from the global RNG
-        )
-
-    train_loader, eval_loader = fabric.setup_dataloaders(
-        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False, move_to_device=False
+    train_loader, eval_loader, train_sampler = resumable_loaders(
+        fabric, train_set, eval_set, args.batch_size, args.seed, args.num_workers, collate, move_to_device=False
     )
+    rank, world = fabric.global_rank, fabric.world_size
     batches_per_epoch = train_sampler.batches_per_epoch()
     progress = new_progress()
     total = plan_steps(args, batches_per_epoch, progress)
@@ -298,8 +268,8 @@ def setup(args, fabric) -> Run:
     run = Run(args, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment,
               train_loader, eval_loader, train_sampler, eval_set, MetricLoggers(fabric, args.output_dir), state,
               batches_per_epoch, total, started, skipped=set())
-    data_settings = {"id2label": data.id2label, "train_examples": len(data.train), "validation_examples": len(data.validation),
-                     "world_size": world}
+    data_settings = {"class_names": list(data.id2label.values()), "train_examples": len(data.train),
+                     "validation_examples": len(data.validation), "world_size": world}
     if session.begin(state, data_settings, optional=("ema",)):
         rngs = state["rng"]
         set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
@@ -320,54 +290,56 @@ def setup(args, fabric) -> Run:
 # --------------------------------------------------------------------------------------------------
 
 
-def detection_loss(run: Run, batch: dict) -> torch.Tensor:
+def detection_loss(run: Run, batch: dict, share: float = 1.0) -> torch.Tensor:
     """The head's own loss (Hungarian matching; classification, L1 and GIoU box terms; auxiliary and, for
-    RT-DETR, denoising losses) on the augmented batch. With several processes every parameter takes part
-    (a head may leave some unused in a step, e.g. RT-DETR's denoising on a batch without objects, which DDP
-    refuses): their sum, times zero, is added."""
+    RT-DETR, denoising losses) on the augmented batch, times `share` (the batch's part of an accumulated
+    step). With several processes every parameter takes part (a head may leave some unused in a step, e.g.
+    RT-DETR's denoising on a batch without objects, which DDP refuses): their sum, times zero, is added."""
     device = run.fabric.device
     images = batch["pixel_values"].to(device).float() / 255.0
     images, boxes, labels = run.augment(images, [b.to(device) for b in batch["boxes"]], [c.to(device) for c in batch["labels"]])
     height, width = images.shape[-2:]
     pixels = normalise(images, run.processor.image_mean, run.processor.image_std)
-    loss = run.model(pixel_values=pixels, labels=to_detr_labels(boxes, labels, height, width)).loss
+    loss = run.model(pixel_values=pixels, labels=to_detr_labels(boxes, labels, height, width)).loss * share
     if run.fabric.world_size > 1:
         loss = loss + 0.0 * sum(p.sum() for p in run.model.parameters() if p.requires_grad)
     return loss
 
 
 def fit(run: Run, stop=None) -> None:
-    """Train until `total_steps` (or until `stop()` says so on every process): checkpoints every
-    --checkpoint-every steps and at epoch ends; evaluation every --eval-every-epochs epochs and at the end."""
-    from ..training.session import optimizer_step
-
-    args, progress, fabric = run.args, run.progress, run.fabric
+    """Train until `total_steps` (or until `stop()` says so on every process); each step accumulates
+    --grad-accum batches. Checkpoints every --checkpoint-every steps and at epoch ends; evaluation every
+    --eval-every-epochs epochs and at the end."""
+    args, progress = run.args, run.progress
     run.clock = time.perf_counter()
     run.model.train()
     stopped = False
     while progress["step"] < run.total_steps and progress["epoch"] < args.epochs and not stopped:
         run.train_sampler.set_position(progress["epoch"], progress["batch"])
-        for batch in run.train_loader:
-            run.skipped.update(("train", name) for name in batch["skipped_files"])
-            progress["batch"] += 1
-            lr = run.optimizer.param_groups[-1]["lr"]
-            micro = [lambda: detection_loss(run, batch)] if batch["pixel_values"] is not None else []
-            loss, norm = optimizer_step(fabric, run.model, run.optimizer, run.scheduler, micro, args.clip_grad or None)
-            if run.ema is not None:
-                run.ema.update(run.raw_model)
-            progress["step"] += 1
-            step = progress["step"]
-            if loss is not None:
-                run.session.guard.record(step, lr, loss, norm)
-                run.running.append(loss)
-            if step % args.log_every == 0 or step == 1 or step == run.total_steps:
-                log_training(run, step, lr)
-            stopped = stop is not None and stop()
-            if step >= run.total_steps or stopped:
+        batches = iter(run.train_loader)
+        while progress["step"] < run.total_steps and not stopped:
+            group = [batch for _, batch in zip(range(args.grad_accum), batches)]
+            if not group:
                 break
-            if args.checkpoint_every and step % args.checkpoint_every == 0 and progress["batch"] < run.batches_per_epoch:
-                save_checkpoint(run)  # (at an epoch's last step, end_epoch writes it)
-        end_epoch(run, stopped)
+            train_step(run, group)
+            stopped = stop is not None and stop()
+            step, mid_epoch = progress["step"], progress["batch"] < run.batches_per_epoch
+            if args.checkpoint_every and step % args.checkpoint_every == 0 and step < run.total_steps and mid_epoch and not stopped:
+                save_checkpoint(run)  # (at an epoch's last step, finish_epoch writes it)
+        finish_epoch(run, args.eval_every_epochs, evaluate, stopped)
+
+
+def train_step(run: Run, group: list[dict]) -> None:
+    """One optimiser step over the batches of `group` (each weighted by its share of the images), then the
+    EMA, bookkeeping and logging."""
+    for batch in group:
+        run.skipped.update(("train", name) for name in batch["skipped_files"])
+    usable = [batch for batch in group if batch["pixel_values"] is not None]
+    images = sum(len(batch["pixel_values"]) for batch in usable)
+    micro = [functools.partial(detection_loss, run, batch, len(batch["pixel_values"]) / images) for batch in usable]
+    step, lr = accumulated_step(run, micro, run.args.clip_grad or None, len(group))
+    if step % run.args.log_every == 0 or step == 1 or step == run.total_steps:
+        log_training(run, step, lr)
 
 
 def log_training(run: Run, step: int, lr: float) -> None:
@@ -380,28 +352,6 @@ def log_training(run: Run, step: int, lr: float) -> None:
     logger.info("step %d/%d  loss %.4f  lr %.2e", step, run.total_steps, value, lr)
 
 
-def end_epoch(run: Run, stopped: bool = False) -> None:
-    """After an epoch's batches (or the last step): evaluate when due, checkpoint unless done."""
-    progress, args = run.progress, run.args
-    done = progress["step"] >= run.total_steps or stopped
-    if progress["batch"] >= run.batches_per_epoch or done:
-        progress["epoch"] += 1
-        progress["batch"] = 0
-        if progress["epoch"] % args.eval_every_epochs == 0 or done:
-            evaluate(run)
-        if not done:
-            save_checkpoint(run)
-
-
-def save_checkpoint(run: Run) -> None:
-    from ..training.checkpoint import rng_state
-
-    progress = run.progress
-    elapsed = progress["elapsed"] + time.perf_counter() - run.clock
-    state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": _gather_objects(run.fabric, rng_state())}
-    run.session.save(state, progress["step"], run.raw_model)
-
-
 def evaluate(run: Run) -> dict:
     """COCO mAP on the validation split (with the EMA weights, if any); logged, and the model is saved to
     --output-dir when its mAP is the best so far."""
@@ -411,7 +361,7 @@ def evaluate(run: Run) -> dict:
     run.session.guard.check()
     with swapped_weights(run.raw_model, run.ema):
         result = evaluate_detection(run.model, run.processor, run.eval_loader, run.data.id2label,
-                                    gather=lambda rows: _gather_objects(run.fabric, rows), skipped=run.skipped)
+                                    gather=lambda rows: all_gather_objects(run.fabric, rows), skipped=run.skipped)
     row = {"step": progress["step"], "epoch": progress["epoch"],
            **{f"val_{k}": v for k, v in result.items() if k not in ("per_class_ap", "images")}}
     progress["history"].append(row)
@@ -459,7 +409,7 @@ def finish(run: Run) -> dict:
 
     run.session.save_model(write_final, run.raw_model, progress["step"], "final weights", run.session.checkpoints)
     best = progress["best"] or {}
-    skipped = set().union(*_gather_objects(fabric, run.skipped))
+    skipped = set().union(*all_gather_objects(fabric, run.skipped))
     train_seconds = progress["elapsed"] + time.perf_counter() - run.clock
     summary = {
         "head": args.head,
@@ -585,6 +535,7 @@ __all__ = [
     "evaluate",
     "finish",
     "fit",
+    "train_step",
     "load_data",
     "main",
     "run",

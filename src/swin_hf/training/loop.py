@@ -211,7 +211,8 @@ class MetricLoggers:
                 experiment_logger.finalize(status)
 
 
-def _all_gather_objects(fabric, obj):
+def all_gather_objects(fabric, obj) -> list:
+    """`obj` of every process, in rank order."""
     if fabric.world_size == 1:
         return [obj]
     import torch.distributed as dist
@@ -257,7 +258,7 @@ def evaluate_model(fabric, model, loader, num_classes: int, accuracy_metric, ski
         for row in zip(batch["index"].tolist(), labels.tolist(), top1.tolist(), top5.tolist(), losses.tolist()):
             rows.append(row)
     gathered = {}
-    for part in _all_gather_objects(fabric, rows):
+    for part in all_gather_objects(fabric, rows):
         for row in part:
             gathered[row[0]] = row
     rows = [gathered[i] for i in sorted(gathered)]
@@ -358,22 +359,30 @@ def build_loaders(config: TrainConfig, fabric, data: PreparedData, processor, im
     columns = (data.image_column, data.label_column)
     train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
     eval_set = ImageClassificationDataset(data.validation, *columns, PreprocessCache(processor, config.cache_images), skipped)
+    return resumable_loaders(fabric, train_set, eval_set, config.batch_size, config.seed, config.num_workers, collate_skipping)
+
+
+def resumable_loaders(fabric, train_set, eval_set, batch_size: int, seed: int, num_workers: int, collate_fn,
+                      move_to_device: bool = True):
+    """(train loader, validation loader, train sampler), set up by Fabric: each process reads its own share
+    of the data through a `ResumableSampler` (training: shuffled per epoch, whole batches, its position
+    restorable; validation: in order), and creating an iterator never draws from the global RNG, so that
+    a resumed run sees the same batches and augmentations (the classification and detection recipes)."""
     rank, world = fabric.global_rank, fabric.world_size
-    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
+    train_sampler = ResumableSampler(len(train_set), batch_size, True, seed, rank, world, drop_last=True)
     if train_sampler.batches_per_epoch() == 0:
         train_sampler.drop_last = False
-    eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, rank, world)
+    eval_sampler = ResumableSampler(len(eval_set), batch_size, False, seed, rank, world)
 
     def loader(dataset, sampler):
         return torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_skipping,
-            num_workers=config.num_workers, persistent_workers=False,
-            # own generator: creating the iterator must not consume the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(config.seed),
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+            persistent_workers=False, generator=torch.Generator().manual_seed(seed),
         )
 
     train_loader, eval_loader = fabric.setup_dataloaders(
-        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False
+        loader(train_set, train_sampler), loader(eval_set, eval_sampler), use_distributed_sampler=False,
+        move_to_device=move_to_device,
     )
     return train_loader, eval_loader, train_sampler
 
@@ -491,7 +500,7 @@ def fit(run: Run) -> None:
 def train_step(run: Run, group: list[dict]) -> None:
     """One optimiser step over the micro-batches of `group` (each loss weighted by its share of the
     group's images, so the step is the mean over all of them), then EMA, bookkeeping and logging."""
-    fabric, progress = run.fabric, run.progress
+    fabric = run.fabric
     for batch in group:
         _note_skipped(run.skipped, "train", batch)
     usable = [batch for batch in group if batch["pixel_values"] is not None]
@@ -502,17 +511,8 @@ def train_step(run: Run, group: list[dict]) -> None:
         logits = run.model(pixel_values=images).logits
         return soft_cross_entropy(logits, targets) * batch["labels"].numel() / examples
 
-    lr = run.optimizer.param_groups[-1]["lr"]
     micro = [functools.partial(micro_loss, batch) for batch in usable]
-    loss, norm = optimizer_step(fabric, run.model, run.optimizer, run.scheduler, micro, run.config.clip_grad)
-    if run.ema is not None:
-        run.ema.update(run.raw_model)
-    progress["step"] += 1
-    progress["batch"] += len(group)
-    step = progress["step"]
-    if loss is not None:
-        run.session.guard.record(step, lr, loss, norm)
-        run.running.append(loss)
+    step, lr = accumulated_step(run, micro, run.config.clip_grad, len(group))
     if run.record is not None:
         run.record.extend(batch["index"].tolist() for batch in usable)
     count, since = run.seen
@@ -521,6 +521,23 @@ def train_step(run: Run, group: list[dict]) -> None:
         log_training(run, step, lr)
     if run.bar is not None:
         run.bar.update(1)
+
+
+def accumulated_step(run, micro_losses: list, clip_grad: float | None, batches: int) -> tuple[int, float]:
+    """`optimizer_step` over the micro-batch losses, then the EMA, the progress (one step, `batches` more
+    batches) and the non-finite guard; returns (the step done, the lr it used). `run` is any recipe's run
+    with model, optimizer, scheduler, ema, raw_model, session, progress and running losses."""
+    lr = run.optimizer.param_groups[-1]["lr"]
+    loss, norm = optimizer_step(run.fabric, run.model, run.optimizer, run.scheduler, micro_losses, clip_grad)
+    if run.ema is not None:
+        run.ema.update(run.raw_model)
+    progress = run.progress
+    progress["step"] += 1
+    progress["batch"] += batches
+    if loss is not None:
+        run.session.guard.record(progress["step"], lr, loss, norm)
+        run.running.append(loss)
+    return progress["step"], lr
 
 
 def log_training(run: Run, step: int, lr: float) -> None:
@@ -546,20 +563,29 @@ def end_epoch(run: Run) -> None:
             json.dump({"indices": run.record, "weights": [float(p.detach().double().sum()) for p in params],
                        "first": params[0].detach().flatten()[:8].tolist()}, f)
         run.record = []
-    done = progress["step"] >= run.total_steps
+    finish_epoch(run, config.eval_every_epochs, evaluate)
+
+
+def finish_epoch(run, eval_every_epochs: int, evaluate_run, stopped: bool = False) -> None:
+    """When an epoch's batches are done (or training is, or `stopped`): count the epoch, evaluate when due
+    (`evaluate_run(run)`), checkpoint unless done. `run` is any recipe's run with `progress`, `total_steps`,
+    `batches_per_epoch` and what `save_checkpoint` needs (the detection recipe's too)."""
+    progress = run.progress
+    done = progress["step"] >= run.total_steps or stopped
     if progress["batch"] >= run.batches_per_epoch or done:
         progress["epoch"] += 1
         progress["batch"] = 0
-        if progress["epoch"] % config.eval_every_epochs == 0 or done:
-            evaluate(run)
+        if progress["epoch"] % eval_every_epochs == 0 or done:
+            evaluate_run(run)
         if not done:
             save_checkpoint(run)
 
 
 def save_checkpoint(run: Run) -> None:
+    """A checkpoint of `run.state` with the progress, the training time so far and every process's RNG."""
     progress = run.progress
     elapsed = progress["elapsed"] + time.perf_counter() - run.clock
-    state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": _all_gather_objects(run.fabric, rng_state())}
+    state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": all_gather_objects(run.fabric, rng_state())}
     run.session.save(state, progress["step"], run.raw_model)
 
 
@@ -619,7 +645,7 @@ def finish(run: Run) -> dict:
 
     run.session.save_model(write_final, run.raw_model, progress["step"], "final weights", run.session.checkpoints)
     best = progress["best"] or {}
-    skipped = set().union(*_all_gather_objects(fabric, run.skipped))
+    skipped = set().union(*all_gather_objects(fabric, run.skipped))
     summary = {
         "best_val_top1": best.get("val_top1"),
         "best_val_top5": best.get("val_top5"),
@@ -725,13 +751,19 @@ __all__ = [
     "RECIPE_PRESETS",
     "Run",
     "TrainConfig",
+    "accumulated_step",
+    "all_gather_objects",
     "build_model",
     "evaluate",
     "evaluate_model",
     "finish",
+    "finish_epoch",
     "fit",
     "output_files",
+    "plan_steps",
+    "resumable_loaders",
     "run",
+    "save_checkpoint",
     "setup",
     "summary_lines",
 ]
