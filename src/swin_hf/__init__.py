@@ -39,6 +39,7 @@ from .modeling_simmim import (
 )
 from .resize import adapt_state_dict
 from .segmentation import find_swin_backbone, load_swin_encoder, upernet_from_encoder
+from .detection import detector_from_encoder
 
 __version__ = "0.1.0"
 
@@ -82,6 +83,7 @@ __all__ = [
     "adapt_state_dict",
     "convert_checkpoint",
     "convert_state_dict",
+    "detector_from_encoder",
     "export_onnx",
     "find_swin_backbone",
     "infer_config",

@@ -106,10 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-labels", type=cli.positive_int, default=None, help="number of classes (built-in: 3; needed for other sets unless --id2label)")
     d.add_argument("--id2label", default=None, help="JSON file mapping class index -> name")
     d.add_argument("--reduce-labels", action="store_true", help="label 0 is 'other' (ADE20K): ignore it, shift the rest down")
-    d.add_argument("--validation-fraction", type=cli.fraction, default=0.1, help="split off for validation when the set has none")
-    d.add_argument("--max-train-samples", type=cli.positive_int, default=None, help="use only the first N training examples")
-    d.add_argument("--max-eval-samples", type=cli.positive_int, default=None, help="use only the first N validation examples")
-    d.add_argument("--num-workers", type=cli.nonnegative_int, default=0, help="DataLoader worker processes")
+    cli.add_subset_arguments(d)
 
     m = p.add_argument_group("model")
     m.add_argument("--model", default="builtin", help="'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf checkpoint whose encoder is loaded (classification, SimMIM, backbone)")

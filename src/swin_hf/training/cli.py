@@ -159,6 +159,16 @@ def check_streaming(args: argparse.Namespace) -> None:
     args.epochs = math.ceil(args.max_steps / args.steps_per_epoch)
 
 
+def add_subset_arguments(group: argparse._ArgumentGroup) -> None:
+    """The options of the segmentation and detection recipes that take part of a set: the validation
+    fraction held out when there is no validation split, the first N examples of each split, loader
+    workers."""
+    group.add_argument("--validation-fraction", type=fraction, default=0.1, help="split off for validation when the set has none")
+    group.add_argument("--max-train-samples", type=positive_int, default=None, help="use only the first N training examples")
+    group.add_argument("--max-eval-samples", type=positive_int, default=None, help="use only the first N validation examples")
+    group.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
+
+
 def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The launcher options every recipe shares (Lightning Fabric's names); returns the group."""
     h = parser.add_argument_group("hardware (under `lightning run` / `fabric run`, the launcher's flags win)")
@@ -534,6 +544,7 @@ __all__ = [
     "add_hardware_arguments",
     "add_optimisation_arguments",
     "add_run_arguments",
+    "add_subset_arguments",
     "below_one",
     "build_parser",
     "check_streaming",

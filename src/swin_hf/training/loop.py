@@ -344,29 +344,33 @@ def build_loaders(config: TrainConfig, fabric, data: PreparedData, processor, im
     skipped = SkipCounter()
     columns = (data.image_column, data.label_column)
     eval_set = ImageClassificationDataset(data.validation, *columns, PreprocessCache(processor, config.cache_images), skipped)
-    rank, world = fabric.global_rank, fabric.world_size
-    eval_sampler = ResumableSampler(len(eval_set), config.batch_size, False, config.seed, rank, world)
-
-    def loader(dataset, sampler):
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_skipping,
-            num_workers=config.num_workers, persistent_workers=False,
-            # own generator: creating the iterator must not consume the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(config.seed),
-        )
-
-    eval_loader = fabric.setup_dataloaders(loader(eval_set, eval_sampler), use_distributed_sampler=False)
+    eval_loader, _ = resumable_loader(fabric, eval_set, config.batch_size, False, config.seed, config.num_workers, collate_skipping)
     if config.streaming:
         rows = ClassificationRows(*columns, PreprocessCache(train_processor, False), len(data.class_names))
         train_loader = StreamLoader(fabric, data.train, rows, config.batch_size, config.steps_per_epoch * config.grad_accum,
                                     config.seed, config.shuffle_block, config.num_workers)
         return train_loader, eval_loader, train_loader
     train_set = ImageClassificationDataset(data.train, *columns, PreprocessCache(train_processor, config.cache_images), skipped)
-    train_sampler = ResumableSampler(len(train_set), config.batch_size, True, config.seed, rank, world, drop_last=True)
-    if train_sampler.batches_per_epoch() == 0:
-        train_sampler.drop_last = False
-    train_loader = fabric.setup_dataloaders(loader(train_set, train_sampler), use_distributed_sampler=False)
+    train_loader, train_sampler = resumable_loader(fabric, train_set, config.batch_size, True, config.seed,
+                                                   config.num_workers, collate_skipping)
     return train_loader, eval_loader, train_sampler
+
+
+def resumable_loader(fabric, dataset, batch_size: int, train: bool, seed: int, num_workers: int, collate_fn,
+                     move_to_device: bool = True):
+    """(loader, its ResumableSampler), set up by Fabric: each process reads its own share of `dataset`
+    (training: shuffled per epoch, whole batches unless the share is smaller than one, the position
+    restorable; validation: in order). Creating an iterator never draws from the global RNG (the loader
+    has its own generator), so a resumed run sees the same batches and augmentations. Shared by the
+    classification and detection recipes."""
+    sampler = ResumableSampler(len(dataset), batch_size, train, seed, fabric.global_rank, fabric.world_size, drop_last=train)
+    if train and sampler.batches_per_epoch() == 0:
+        sampler.drop_last = False
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+    )
+    return fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=move_to_device), sampler
 
 
 def setup(config: TrainConfig, fabric=None) -> Run:
@@ -487,7 +491,7 @@ def fit(run: Run) -> None:
 def train_step(run: Run, group: list[dict]) -> None:
     """One optimiser step over the micro-batches of `group` (each loss weighted by its share of the
     group's images, so the step is the mean over all of them), then EMA, bookkeeping and logging."""
-    fabric, progress = run.fabric, run.progress
+    fabric = run.fabric
     for batch in group:
         _note_skipped(run.skipped, "train", batch)
     usable = [batch for batch in group if batch["pixel_values"] is not None]
@@ -498,23 +502,32 @@ def train_step(run: Run, group: list[dict]) -> None:
         logits = run.model(pixel_values=images).logits
         return soft_cross_entropy(logits, targets) * batch["labels"].numel() / examples
 
-    lr = run.optimizer.param_groups[-1]["lr"]
     micro = [functools.partial(micro_loss, batch) for batch in usable]
-    loss, norm = optimizer_step(fabric, run.model, run.optimizer, run.scheduler, micro, run.config.clip_grad)
-    if run.ema is not None:
-        run.ema.update(run.raw_model)
-    progress["step"] += 1
-    progress["batch"] += len(group)
-    step = progress["step"]
-    if loss is not None:
-        run.session.guard.record(step, lr, loss, norm)
-        run.running.append(loss)
-        run.epoch_losses.append(loss)
+    step, lr = accumulated_step(run, micro, run.config.clip_grad, len(group), examples)
     if run.record is not None:
         run.record.extend(batch["index"].tolist() for batch in usable)
-    run.display.update(examples)
     if step % run.config.log_every == 0 or step == run.total_steps:
         log_training(run, step, lr)
+
+
+def accumulated_step(run, micro_losses: list, clip_grad: float | None, batches: int, images: int) -> tuple[int, float]:
+    """`optimizer_step` over the micro-batch losses, then the EMA, the progress (one step, `batches` more
+    batches), the non-finite guard and the display (`images` more on this process); returns (the step
+    done, the lr it used). `run` is any recipe's run with model, optimizer, scheduler, ema, raw_model,
+    session, progress, display and the running and epoch losses."""
+    lr = run.optimizer.param_groups[-1]["lr"]
+    loss, norm = optimizer_step(run.fabric, run.model, run.optimizer, run.scheduler, micro_losses, clip_grad)
+    if run.ema is not None:
+        run.ema.update(run.raw_model)
+    progress = run.progress
+    progress["step"] += 1
+    progress["batch"] += batches
+    if loss is not None:
+        run.session.guard.record(progress["step"], lr, loss, norm)
+        run.running.append(loss)
+        run.epoch_losses.append(loss)
+    run.display.update(images)
+    return progress["step"], lr
 
 
 def log_training(run: Run, step: int, lr: float) -> None:
@@ -541,13 +554,22 @@ def end_epoch(run: Run) -> None:
             json.dump({"indices": run.record, "weights": [float(p.detach().double().sum()) for p in params],
                        "first": params[0].detach().flatten()[:8].tolist()}, f)
         run.record = []
-    done = progress["step"] >= run.total_steps
+    finish_epoch(run, config.eval_every_epochs, evaluate)
+
+
+def finish_epoch(run, eval_every_epochs: int, evaluate_run, stopped: bool = False) -> None:
+    """When an epoch's batches are done (or training is, or `stopped`): count the epoch, evaluate when due
+    (`evaluate_run(run)`), checkpoint unless done. `run` is any recipe's run with `progress`, `total_steps`,
+    `batches_per_epoch`, `epochs`, `display`, `epoch_losses` and what `save_checkpoint` needs (the
+    detection recipe's too); `evaluate_run` returns the evaluation's part of the epoch line."""
+    progress = run.progress
+    done = progress["step"] >= run.total_steps or stopped
     if progress["batch"] >= run.batches_per_epoch or done:
         progress["epoch"] += 1
         progress["batch"] = 0
         line = f"epoch {progress['epoch']}/{run.epochs} (step {progress['step']}/{run.total_steps}): " + epoch_summary(run)
-        if progress["epoch"] % config.eval_every_epochs == 0 or done:
-            line += "; " + evaluate(run)
+        if progress["epoch"] % eval_every_epochs == 0 or done:
+            line += "; " + evaluate_run(run)
         run.display.line(line)
         if not done:
             save_checkpoint(run)
@@ -560,6 +582,7 @@ def epoch_summary(run: Run) -> str:
 
 
 def save_checkpoint(run: Run) -> None:
+    """A checkpoint of `run.state` with the progress, the training time so far and every process's RNG."""
     progress = run.progress
     elapsed = progress["elapsed"] + time.perf_counter() - run.clock
     state = {**run.state, "progress": {**progress, "elapsed": elapsed}, "rng": gather_objects(run.fabric, rng_state())}
@@ -722,13 +745,19 @@ __all__ = [
     "RECIPE_PRESETS",
     "Run",
     "TrainConfig",
+    "accumulated_step",
+    "all_gather_objects",
     "build_model",
     "evaluate",
     "evaluate_model",
     "finish",
+    "finish_epoch",
     "fit",
     "output_files",
+    "plan_steps",
+    "resumable_loaders",
     "run",
+    "save_checkpoint",
     "setup",
     "summary_lines",
 ]

@@ -23,7 +23,7 @@ def layer_id(name: str, depths: list[int]) -> int:
     stage, so it shares the id of that stage's first block."""
     total = sum(depths)
     name = name.removeprefix("_orig_mod.").removeprefix("module.")
-    if "embeddings." in name:
+    if "swin.embeddings." in name:  # (a detector's own query/position embeddings are head parameters)
         return 0
     match = re.search(r"stages\.(\d+)\.blocks\.(\d+)\.", name)
     if match:

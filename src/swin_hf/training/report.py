@@ -148,6 +148,13 @@ CARD_TASKS = {
                'segmenter("image.png")  # a mask per class found'],
         figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "overlays/validation_000.png")],
     ),
+    "object-detection": dict(
+        pipeline="object-detection", title="Object Detection", metric=("map", "mAP", "box mAP (IoU 0.50:0.95)"),
+        what="backbone in a transformers DETR-family object detector, trained with the swin_hf detection recipe",
+        usage=['from transformers import pipeline', '', 'detector = pipeline("object-detection", model="{name}")',
+               'detector("image.png")  # boxes, labels and scores'],
+        figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "pictures/validation_000.png")],
+    ),
     "masked-image-modeling": dict(
         pipeline=None, title="Masked Image Modeling", metric=None,
         what="encoder pre-trained with SimMIM (masked image modeling) by the swin_hf pre-training recipe",
