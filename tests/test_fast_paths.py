@@ -60,6 +60,26 @@ def test_default_paths_follow_the_cpu_vendor(monkeypatch):
     assert FastPaths.for_this_cpu() == FastPaths.plain()
 
 
+def test_every_path_on_leaves_the_batch_dynamic_in_export_and_compile():
+    """The paths step aside while a graph is traced: a size comparison of theirs would fix the batch."""
+    model = with_paths(SwinForImageClassification(SwinConfig(**TINY, num_labels=3)).eval())
+
+    class Logits(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).logits
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        exported = torch.export.export(Logits(model), (images(2, 64, 64),), dynamic_shapes={"x": {0: batch}}).module()
+        for n in (1, 5):
+            x = images(n, 64, 64)
+            torch.testing.assert_close(exported(x), model(x).logits, atol=1e-5, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------------------------------
 # every path on: the numbers of transformers' Swin
 # --------------------------------------------------------------------------------------------------

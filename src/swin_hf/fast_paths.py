@@ -52,8 +52,8 @@ class FastPaths:
             return cls(
                 onednn_products=onednn, mlp_tile_tokens=4096, inference_group_size=1 << 20, skip_dropped_branches=True
             )
-        if vendor == "GenuineIntel":  # Xeon with AMX
-            return cls(skip_dropped_branches=True)
+        if vendor == "GenuineIntel":  # Xeon with AMX: tiles and groups pay in fp32 only (bf16 runs on AMX)
+            return cls(mlp_tile_tokens=4096, inference_group_size=1 << 20, tiles_in_bf16=False, skip_dropped_branches=True)
         return cls()
 
 
@@ -89,7 +89,9 @@ def auto_attention_implementation(q: torch.Tensor, bias_is_trained: bool) -> str
 
 
 def _on_cpu_eagerly(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    """On the CPU and neither compiled nor exported (torch.export's non-strict tracing runs the Python
+    eagerly, with is_compiling() False: a path that splits the batch would fix its size in the graph)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not _exporting()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,8 +226,11 @@ def _tiled(x: torch.Tensor, paths: FastPaths) -> bool:
 def in_token_tiles(branch, x: torch.Tensor, paths: FastPaths) -> torch.Tensor:
     """branch(x) for a per-token branch (the MLP with its LayerNorm), computed paths.mlp_tile_tokens tokens
     at a time so that the 4C-wide intermediates of a tile stay in cache from op to op: (..., C) -> (..., C)."""
-    tokens, tile = x.reshape(-1, x.shape[-1]), paths.mlp_tile_tokens  # (T, C)
-    if not tile or len(tokens) <= tile or not _tiled(x, paths):
+    tile = paths.mlp_tile_tokens
+    if not tile or not _tiled(x, paths):  # (first: a traced graph must not compare its symbolic sizes)
+        return branch(x)
+    tokens = x.reshape(-1, x.shape[-1])  # (T, C)
+    if len(tokens) <= tile:
         return branch(x)
     out = torch.cat([branch(tokens[i : i + tile]) for i in range(0, len(tokens), tile)])  # (T, C)
     return out.view(*x.shape[:-1], out.shape[-1])
