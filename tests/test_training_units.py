@@ -176,22 +176,37 @@ def test_atomic_checkpoint_and_latest(tmp_path):
 
 
 def test_launcher_detection():
-    from swin_hf.training.cli import build_parser, fabric_kwargs
+    from swin_hf.training.cli import build_parser, fabric_kwargs, resolve_precision
 
     args = build_parser().parse_args([])
+    auto = resolve_precision("auto", "auto")  # (what --precision auto, the default, is on this machine)
     torchrun = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "0"}
-    assert fabric_kwargs(args, torchrun) == dict(accelerator="auto", devices=2, strategy="ddp", num_nodes=2)
+    assert fabric_kwargs(args, torchrun) == dict(accelerator="auto", devices=2, strategy="ddp", num_nodes=2, precision=auto)
     accelerate = {"WORLD_SIZE": "1", "LOCAL_RANK": "0", "ACCELERATE_USE_CPU": "true", "ACCELERATE_MIXED_PRECISION": "bf16"}
     kwargs = fabric_kwargs(args, accelerate)
     assert kwargs["accelerator"] == "cpu" and kwargs["devices"] == 1 and kwargs["precision"] == "bf16-mixed"
-    assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_DEVICES": "2"}) == {}
+    assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_DEVICES": "2"}) == {"precision": auto}
+    assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_PRECISION": "32-true"}) == {}  # the launcher's flag wins
     # `lightning run --strategy fsdp`: swin_hf's FSDP2 strategy (start_fabric builds it; Lightning's refuses CPUs)
-    assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_STRATEGY": "fsdp"}) == {"strategy": "fsdp"}
-    own = build_parser().parse_args(["--strategy", "ddp"])  # the script's option, where the launcher set none
-    assert fabric_kwargs(own, {"LT_CLI_USED": "1"}) == {"strategy": "ddp"}
-    assert fabric_kwargs(own, {"LT_CLI_USED": "1", "LT_STRATEGY": "auto"}) == {}
+    assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_STRATEGY": "fsdp"}) == {"strategy": "fsdp", "precision": auto}
+    own = build_parser().parse_args(["--strategy", "ddp", "--precision", "32-true"])  # the script's options, where the launcher set none
+    assert fabric_kwargs(own, {"LT_CLI_USED": "1"}) == {"strategy": "ddp", "precision": "32-true"}
+    assert fabric_kwargs(own, {"LT_CLI_USED": "1", "LT_STRATEGY": "auto", "LT_PRECISION": "bf16-mixed"}) == {}
     plain = fabric_kwargs(build_parser().parse_args(["--devices", "3", "--strategy", "fsdp"]), {})
     assert plain["devices"] == 3 and plain["strategy"] == "fsdp"
+
+
+def test_precision_auto_is_bf16_exactly_where_the_device_multiplies_bf16_natively(monkeypatch):
+    import swin_hf.inference as inference
+    from swin_hf.training.cli import resolve_precision
+
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    assert resolve_precision("auto", "cpu") == resolve_precision(None, "cpu") == "bf16-mixed"
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # anything else is Fabric's own
 
 
 def test_help_lists_every_knob_with_defaults():

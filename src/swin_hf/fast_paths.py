@@ -52,8 +52,8 @@ class FastPaths:
             return cls(
                 onednn_products=onednn, mlp_tile_tokens=4096, inference_group_size=1 << 20, skip_dropped_branches=True
             )
-        if vendor == "GenuineIntel":  # Xeon with AMX: tiles and groups pay in fp32 only (bf16 runs on AMX)
-            return cls(mlp_tile_tokens=4096, inference_group_size=1 << 20, tiles_in_bf16=False, skip_dropped_branches=True)
+        if vendor == "GenuineIntel":  # Xeon with AMX: sample groups pay in fp32 inference only (bf16 runs on AMX)
+            return cls(inference_group_size=1 << 20, tiles_in_bf16=False, skip_dropped_branches=True)
         return cls()
 
 

@@ -176,7 +176,7 @@ def add_hardware_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     h.add_argument("--devices", default="auto", help="devices per node (under torchrun/accelerate: from the launcher)")
     h.add_argument("--strategy", default="auto", help="auto, ddp, fsdp (FSDP2: each Swin block sharded, CPU or GPU), or another of Lightning Fabric's")
     h.add_argument("--num-nodes", type=positive_int, default=1, help="nodes")
-    h.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: accelerate's mixed precision if set, else bf16-mixed on GPUs with bf16, else 32-true)")
+    h.add_argument("--precision", default="auto", help="auto, 32-true, bf16-mixed, 16-mixed, ... (auto: accelerate's mixed precision if set, else bf16-mixed where the device multiplies bf16 natively - GPUs with bf16, CPUs with AMX or AVX512-BF16 - else 32-true)")
     h.add_argument("--cpu-threads", type=_auto(nonnegative_int), default=AUTO, help="torch intra-op threads per process (0 = torch's default; auto: 1 for the built-in data's tiny model, else torch's default); OMP_NUM_THREADS set by you wins")
     return h
 
@@ -418,8 +418,8 @@ def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
     """
     if environ.get("LT_CLI_USED"):
         kwargs = {}
-        if args.precision and not environ.get("LT_PRECISION"):
-            kwargs["precision"] = args.precision
+        if not environ.get("LT_PRECISION"):
+            kwargs["precision"] = resolve_precision(args.precision, environ.get("LT_ACCELERATOR", "auto"))
         if environ.get("LT_STRATEGY") in SHARDED_STRATEGIES:  # Fabric's own "fsdp" would refuse CPUs: ours
             kwargs["strategy"] = environ["LT_STRATEGY"]
         elif args.strategy != "auto" and not environ.get("LT_STRATEGY"):
@@ -440,20 +440,25 @@ def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
     if environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         kwargs["accelerator"] = "cpu"
     accelerate_precision = environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if precision is None and accelerate_precision in ("fp16", "bf16"):
+    if precision in (None, "auto") and accelerate_precision in ("fp16", "bf16"):
         on_cpu = kwargs["accelerator"] == "cpu"
         precision = "bf16-mixed" if accelerate_precision == "bf16" or on_cpu else "16-mixed"
-    if precision is None and kwargs["accelerator"] in ("auto", "cuda", "gpu") and _cuda_bf16():
-        precision = "bf16-mixed"  # the sensible default on GPUs that have it
-    if precision:
-        kwargs["precision"] = precision
+    kwargs["precision"] = resolve_precision(precision, kwargs["accelerator"])
     return kwargs
 
 
-def _cuda_bf16() -> bool:
+def resolve_precision(precision: str | None, accelerator: str) -> str:
+    """What --precision auto (or unset) means on `accelerator`: bf16-mixed where the device multiplies bf16
+    matrices natively (CUDA GPUs with bf16; CPUs with AMX or AVX512-BF16, see inference.native_bf16), else
+    32-true. Any other value is Fabric's own."""
+    if precision not in (None, "auto"):
+        return precision
     import torch
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from ..inference import native_bf16
+
+    cuda = accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
+    return "bf16-mixed" if native_bf16(torch.device("cuda" if cuda else "cpu")) else "32-true"
 
 
 def start_fabric(args: argparse.Namespace, recipe: str = "recipe"):
@@ -548,6 +553,7 @@ __all__ = [
     "below_one",
     "build_parser",
     "check_streaming",
+    "resolve_precision",
     "checked",
     "fabric_kwargs",
     "fraction",
