@@ -85,6 +85,9 @@ def optimize_for_inference(
     if compile:
         options = {"freezing": True, "max_autotune": max_autotune} if backend == "inductor" else None
         compiled = torch.compile(call, backend=backend, options=options)
+        # Inductor cannot fold the int8 weights' prepacking into constants under inference_mode (it then
+        # traces the prepack ops, which have no fake kernels): the quantized graph runs outside it
+        mode = functools.partial(torch.inference_mode, False) if quantize else contextlib.nullcontext
 
         @functools.wraps(forward)
         def call(*args, **kwargs):
@@ -92,7 +95,8 @@ def optimize_for_inference(
                 torch._dynamo.maybe_mark_dynamic(args[0], 0)  # any batch size, one graph
             elif isinstance(kwargs.get("pixel_values"), torch.Tensor):
                 torch._dynamo.maybe_mark_dynamic(kwargs["pixel_values"], 0)
-            return compiled(*args, **kwargs)
+            with mode():
+                return compiled(*args, **kwargs)
 
     model.forward = call
     model.optimized_for_inference = {"dtype": str(dtype).removeprefix("torch."), "quantize": quantize, "compile": compile}

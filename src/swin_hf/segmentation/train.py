@@ -319,7 +319,7 @@ def run(args, fabric) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import launch, set_cpu_threads
+    from ..training.cli import launch, set_cpu_threads, set_precision
 
     def report(summary: dict) -> str:
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
@@ -331,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def prepare(args):
-        set_cpu_threads(args, 1 if args.dataset == BUILTIN and args.model == "builtin" else 0)
+        builtin = args.dataset == BUILTIN and args.model == "builtin"  # (the tiny built-in model)
+        set_cpu_threads(args, 1 if builtin else 0)
+        set_precision(args, "32-true" if builtin else "auto")
         return (lambda fabric: run(args, fabric)), report
 
     return launch(build_parser(), argv, prepare)

@@ -381,7 +381,7 @@ def save_reconstructions(examples: list[list[torch.Tensor]], path: str, min_heig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import launch, set_cpu_threads
+    from .cli import launch, set_cpu_threads, set_precision
 
     def report(summary: dict) -> str:
         return (
@@ -391,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def prepare(args):
-        set_cpu_threads(args, 1 if args.dataset == DEFAULT_DATASET and args.model == "swin-digits" and not args.train_dir else 0)
+        builtin = args.dataset == DEFAULT_DATASET and args.model == "swin-digits" and not args.train_dir
+        set_cpu_threads(args, 1 if builtin else 0)
+        set_precision(args, "32-true" if builtin else "auto")
         return (lambda fabric: run(args, fabric)), report
 
     return launch(build_parser(), argv, prepare)
