@@ -144,17 +144,18 @@ def test_recipe_script_runs_as_plain_python_with_help():
 
 @pytest.mark.slow
 def test_short_default_run_learns(tmp_path):
-    """The offline default (built-in set, small Swin, RT-DETR at 128 px) for 30 steps on 240 images: the
-    training loss falls and the validation mAP50 is above chance. The full run's target (mAP50 >= 0.5 in
-    10 minutes on 2 cores) is measured in README.md."""
+    """The offline default (built-in set, small Swin, RT-DETR at 128 px) for 150 of its 450 steps, on its
+    own 150-step schedule: the training loss falls and the validation mAP50 is far above chance (0.24 on
+    the Xeon of README.md in 2.9 minutes; a 60-step run is still at 0.003). The full run's target
+    (mAP50 >= 0.5 in 10 minutes on 2 cores) is measured in README.md."""
     out = tmp_path / "run"
-    code = detect_main(["--output-dir", str(out), "--max-steps", "30", "--max-train-samples", "240", "--max-eval-samples", "32",
-                        "--warmup-ratio", "0.1", "--log-every", "5", "--num-pictures", "0", *CPU])
+    code = detect_main(["--output-dir", str(out), "--max-steps", "150", "--log-every", "10", "--num-pictures", "0",
+                        "--no-progress", *CPU])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     losses = [row["train_loss"] for row in metrics["history"] if "train_loss" in row]
     assert losses[-1] < 0.8 * losses[0], losses
-    assert metrics["map_50"] > 0.02
+    assert metrics["map_50"] > 0.1, metrics["map_50"]
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--drop-path", type=cli.below_one, default=0.1, help="stochastic depth of the backbone")
 
     o = cli.add_optimisation_arguments(
-        p, epochs=7, batch_size=16, lr=5e-4, min_lr_ratio=0.05, weight_decay=1e-4, lr_note="; RT-DETR, pre-trained: 1e-4"
+        p, epochs=6, batch_size=16, lr=5e-4, min_lr_ratio=0.05, weight_decay=1e-4, lr_note="; RT-DETR, pre-trained: 1e-4"
     )
     o.add_argument("--grad-accum", type=cli.positive_int, default=1, help="batches per optimiser step")
     o.add_argument("--max-minutes", type=cli.positive_float, default=None, help="stop training after this many minutes (then evaluate and save)")
