@@ -83,8 +83,15 @@ def optimize_for_inference(
         forward = _int8_forward(model, device, calibration)
     call = _inference_call(forward, device.type, dtype)
     if compile:
-        options = {"freezing": True, "max_autotune": max_autotune} if backend == "inductor" else None
-        compiled = torch.compile(call, backend=backend, options=options)
+        compiled = torch.compile(call, backend=backend)
+        # Inductor freezes (weights become constants, products prepacked for oneDNN with their bias and
+        # activation fused) only when its config says so and autograd is off *around* the compiled call, at
+        # each compilation: torch.compile(options={"freezing": True}) alone does not freeze (torch 2.13)
+        settings = (
+            functools.partial(torch._inductor.config.patch, freezing=True, max_autotune=max_autotune)
+            if backend == "inductor"
+            else contextlib.nullcontext
+        )
         # Inductor cannot fold the int8 weights' prepacking into constants under inference_mode (it then
         # traces the prepack ops, which have no fake kernels): the quantized graph runs outside it
         mode = functools.partial(torch.inference_mode, False) if quantize else contextlib.nullcontext
@@ -95,7 +102,7 @@ def optimize_for_inference(
                 torch._dynamo.maybe_mark_dynamic(args[0], 0)  # any batch size, one graph
             elif isinstance(kwargs.get("pixel_values"), torch.Tensor):
                 torch._dynamo.maybe_mark_dynamic(kwargs["pixel_values"], 0)
-            with mode():
+            with mode(), torch.no_grad(), settings():
                 return compiled(*args, **kwargs)
 
     model.forward = call
