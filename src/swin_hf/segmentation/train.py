@@ -283,9 +283,7 @@ def run(args, fabric) -> dict:
 
     display = run_epochs(session, model, optimizer, scheduler, train_loader, state, total,
                          lambda batch: segmentation_loss(model, batch), args.clip_grad, args.log_every,
-                         on_epoch_end=on_epoch_end, stop=out_of_time,
-                         log_row=lambda row: logs.log({k: v for k, v in row.items() if k != "step"}, row["step"]),
-                         progress_bar=not args.no_progress)
+                         on_epoch_end=on_epoch_end, stop=out_of_time, metrics=logs, progress_bar=not args.no_progress)
     minutes = (time.time() - start) / 60
     result = evaluate()
     display.line(f"final {described(result)}")

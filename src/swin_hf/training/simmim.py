@@ -285,8 +285,7 @@ def run(args, fabric) -> dict:
 
     start = time.time()
     display = run_epochs(session, model, optimizer, scheduler, loader, state, total, masked_loss, args.clip_grad,
-                         args.log_every, on_step, log_row=lambda row: logs.log({k: v for k, v in row.items() if k != "step"}, row["step"]),
-                         progress_bar=not args.no_progress)
+                         args.log_every, on_step, metrics=logs, progress_bar=not args.no_progress)
     session.guard.check()
     minutes = (time.time() - start) / 60
     window = max(1, min(10, len(losses) // 5))
