@@ -504,11 +504,12 @@ def summary_line(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import launch, set_precision
+    from ..training.cli import builtin_run_defaults, launch
 
     def prepare(args):
-        set_precision(args, "32-true" if args.dataset == BUILTIN and args.model == "builtin" else "auto")  # (measured in fp32)
-        default_run = (args.dataset == BUILTIN and args.model == "builtin" and args.head == DEFAULT_HEAD
+        builtin = args.dataset == BUILTIN and args.model == "builtin"
+        builtin_run_defaults(args, builtin, one_thread=False)  # (its built-in run is measured in fp32 with torch's threads)
+        default_run = (builtin and args.head == DEFAULT_HEAD
                        and not (args.max_steps or args.max_train_samples or args.max_eval_samples or args.max_minutes))
 
         def report(summary: dict) -> str:
