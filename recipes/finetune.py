@@ -8,19 +8,10 @@
 See `python recipes/finetune.py --help` for every option and its default.
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
-import os
 import sys
 
-# `python recipes/finetune.py` from a checkout works without installing the package
-_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-if os.path.isdir(os.path.join(_SRC, "swin_hf")) and _SRC not in sys.path:
-    sys.path.insert(0, _SRC)
-
-from swin_hf.training.cli import main  # noqa: E402
+import _checkout  # noqa: F401  (from a checkout: swin_hf from its src/, not installed)
+from swin_hf.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,19 +7,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import swin_hf  # noqa: F401  (registers the backbone type)
 from swin_hf.detection.data import BUILTIN_CLASSES
 from swin_hf.detection.train import main as detect_main
+
+sys.path.insert(0, os.path.dirname(__file__))
+from recipe_resume import sigkill_and_resume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "detect.py"
@@ -174,31 +174,7 @@ def test_two_process_ddp_with_fabric_run(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
-    from safetensors.torch import load_file
-
     common = [sys.executable, str(SCRIPT), *TINY, "--max-train-samples", "24", "--epochs", "2", "--checkpoint-every", "2",
               "--eval-every-epochs", "1", "--num-pictures", "0", "--seed", "3", "--ema-decay", "0.9", *CPU]
-    _run(common + ["--output-dir", str(tmp_path / "full")])
-    interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(common + ["--output-dir", str(interrupted)], env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if list((interrupted / "checkpoints").glob("step-*.ckpt")):
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
-    assert not (interrupted / "metrics.json").exists()
-    result = _run(common + ["--output-dir", str(interrupted), "--resume"])
-    assert "Resumed from" in result.stdout + result.stderr
-    full = load_file(tmp_path / "full" / "checkpoints" / "final-weights.safetensors")
-    resumed = load_file(interrupted / "checkpoints" / "final-weights.safetensors")
-    assert full.keys() == resumed.keys()
-    for key in full:
-        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
-    maps = [json.loads((d / "metrics.json").read_text())["map"] for d in (tmp_path / "full", interrupted)]
-    assert maps[0] == maps[1]
+    full, resumed = sigkill_and_resume(common, tmp_path, _env(), timeout=900)
+    assert full["map"] == resumed["map"]

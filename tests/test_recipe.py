@@ -7,7 +7,6 @@ SIGKILL-and-resume equivalence.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,9 @@ import torch
 from PIL import Image
 
 from swin_hf.training.launcher import free_port
+
+sys.path.insert(0, os.path.dirname(__file__))
+from recipe_resume import sigkill_and_resume  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,37 +172,11 @@ def test_accelerate_launch_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
-    from safetensors.torch import load_file
-
     common = [sys.executable, str(SCRIPT), "--max-train-samples", "48", "--max-eval-samples", "16",
               "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "2", "--deterministic",
               "--no-progress", "--seed", "3", "--ema-decay", "0.9", "--grad-accum", "1"]
-    _run(common + ["--output-dir", str(tmp_path / "full")])
-
-    interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(common + ["--output-dir", str(interrupted)], env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if list((interrupted / "checkpoints").glob("step-*.ckpt")):
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
-    assert not (interrupted / "metrics.json").exists()
-    result = _run(common + ["--output-dir", str(interrupted), "--resume"])
-    assert "Resumed from" in result.stdout + result.stderr
-
-    full = load_file(tmp_path / "full" / "checkpoints" / "final-weights.safetensors")
-    resumed = load_file(interrupted / "checkpoints" / "final-weights.safetensors")
-    assert full.keys() == resumed.keys()
-    for key in full:
-        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
-    best = [json.loads((d / "metrics.json").read_text())["best_val_top1"] for d in (tmp_path / "full", interrupted)]
-    assert best[0] == best[1]
+    full, resumed = sigkill_and_resume(common, tmp_path, _env())
+    assert full["best_val_top1"] == resumed["best_val_top1"]
 
 
 def test_finetune_from_a_saved_model_reheads_for_the_dataset_labels(tmp_path):

@@ -10,12 +10,10 @@ import io
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
 
 import datasets
@@ -25,6 +23,9 @@ import torch
 from PIL import Image
 
 from swin_hf.training.streaming import StreamReader, start_position
+
+sys.path.insert(0, os.path.dirname(__file__))
+from recipe_resume import sigkill_and_resume  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "finetune.py"
@@ -194,36 +195,11 @@ def test_segmentation_and_simmim_stream_and_resume_at_their_position(tmp_path):
 
 @pytest.mark.slow
 def test_a_streamed_run_killed_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
-    from safetensors.torch import load_file
-
     source = [str(a) for a in _write("parquet", tmp_path / "data", train=120)]
     common = [sys.executable, str(SCRIPT), *source, "--streaming", "--max-steps", "9", "--steps-per-epoch", "3",
               "--checkpoint-every", "2", "--shuffle-block", "10", "--deterministic", "--seed", "5",
               "--model", "swin-digits", "--profile", "digits", "--ema-decay", "0.9", *TINY]
-
-    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([*common, "--output-dir", str(out), *extra], env=_env(), cwd=ROOT, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
-
-    run(tmp_path / "full")
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([*common, "--output-dir", str(killed)], env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not list((killed / "checkpoints").glob("step-*4.ckpt")):
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
-    assert "Resumed from" in run(killed, "--resume").stdout
-    full = load_file(tmp_path / "full" / "checkpoints" / "final-weights.safetensors")
-    resumed = load_file(killed / "checkpoints" / "final-weights.safetensors")
-    for key in full:
-        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
+    sigkill_and_resume(common, tmp_path, _env(), checkpoint="step-*4.ckpt")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..training.checkpoint import gather_objects
-from ..training.loop import accumulated_step, finish_epoch, new_progress, plan_steps, resumable_loader, save_checkpoint
+from ..training.loop import accumulated_step, finish_epoch, log_training, new_progress, plan_steps, resumable_loader, save_checkpoint
 from ..training.progress import Display
 from ..training.report import MetricLoggers
 
@@ -199,7 +199,7 @@ class Run:
     eval_loader: Any
     train_sampler: Any
     eval_set: DetectionDataset
-    logs: Any
+    metrics: Any  # report.MetricLoggers
     state: dict
     batches_per_epoch: int
     total_steps: int
@@ -356,19 +356,6 @@ def train_step(run: Run, group: list[dict]) -> None:
         log_training(run, step, lr)
 
 
-def log_training(run: Run, step: int, lr: float) -> None:
-    run.session.guard.check()  # never log (or go on) past a non-finite loss
-    losses, run.running = run.running, []
-    value = float(run.fabric.all_reduce(torch.stack(losses).mean(), reduce_op="mean")) if losses else float("nan")
-    per_process, total = run.display.rates()
-    row = {"step": step, "epoch": run.progress["epoch"], "train_loss": value, "lr": lr, "images_per_s": total,
-           "images_per_s_per_process": per_process}
-    run.progress["history"].append(row)
-    run.logs.log({k: v for k, v in row.items() if k != "step"}, step)
-    if run.display.bar is not None:
-        run.display.bar.set_postfix(epoch=row["epoch"], loss=f"{value:.3f}", lr=f"{lr:.2e}", img_s=f"{total:.0f}")
-
-
 def evaluate(run: Run) -> str:
     """COCO mAP on the validation split (with the EMA weights, if any); logged, and the model is saved to
     --output-dir when its mAP is the best so far. Returns the epoch line's part (the result is in
@@ -384,7 +371,7 @@ def evaluate(run: Run) -> str:
            **{f"val_{k}": v for k, v in result.items() if k not in ("per_class_ap", "images")}}
     progress["history"].append(row)
     run.last_eval = result
-    run.logs.log({k: v for k, v in row.items() if k != "step"}, progress["step"])
+    run.metrics.log({k: v for k, v in row.items() if k != "step"}, progress["step"])
     message = f"val mAP {result['map']:.4f}, mAP50 {result['map_50']:.4f}, mAP75 {result['map_75']:.4f}"
     best = progress["best"]
     if best is None or result["map"] > best["val_map"]:
@@ -417,7 +404,7 @@ def finish(run: Run) -> dict:
 
     fabric, args, progress = run.fabric, run.args, run.progress
     run.session.guard.check()
-    run.logs.finalize()
+    run.metrics.finalize()
     out = args.output_dir
 
     def write_final(folder: str, weights: dict) -> None:  # the last (not EMA, not best) weights, e.g. to compare runs
@@ -501,7 +488,7 @@ def run(args, fabric) -> dict:
         return finish(state)
     finally:
         try:
-            state.logs.finalize("failed")  # after a failure no log file stays open (no-op after finish)
+            state.metrics.finalize("failed")  # after a failure no log file stays open (no-op after finish)
         except OSError:
             pass
 
@@ -517,11 +504,12 @@ def summary_line(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import launch, set_precision
+    from ..training.cli import builtin_run_defaults, launch
 
     def prepare(args):
-        set_precision(args, "32-true" if args.dataset == BUILTIN and args.model == "builtin" else "auto")  # (measured in fp32)
-        default_run = (args.dataset == BUILTIN and args.model == "builtin" and args.head == DEFAULT_HEAD
+        builtin = args.dataset == BUILTIN and args.model == "builtin"
+        builtin_run_defaults(args, builtin, one_thread=False)  # (its built-in run is measured in fp32 with torch's threads)
+        default_run = (builtin and args.head == DEFAULT_HEAD
                        and not (args.max_steps or args.max_train_samples or args.max_eval_samples or args.max_minutes))
 
         def report(summary: dict) -> str:

@@ -283,9 +283,7 @@ def run(args, fabric) -> dict:
 
     display = run_epochs(session, model, optimizer, scheduler, train_loader, state, total,
                          lambda batch: segmentation_loss(model, batch), args.clip_grad, args.log_every,
-                         on_epoch_end=on_epoch_end, stop=out_of_time,
-                         log_row=lambda row: logs.log({k: v for k, v in row.items() if k != "step"}, row["step"]),
-                         progress_bar=not args.no_progress)
+                         on_epoch_end=on_epoch_end, stop=out_of_time, metrics=logs, progress_bar=not args.no_progress)
     minutes = (time.time() - start) / 60
     result = evaluate()
     display.line(f"final {described(result)}")
@@ -319,7 +317,7 @@ def run(args, fabric) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import launch, set_cpu_threads, set_precision
+    from ..training.cli import builtin_run_defaults, launch
 
     def report(summary: dict) -> str:
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
@@ -331,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def prepare(args):
-        builtin = args.dataset == BUILTIN and args.model == "builtin"  # (the tiny built-in model)
-        set_cpu_threads(args, 1 if builtin else 0)
-        set_precision(args, "32-true" if builtin else "auto")
+        builtin_run_defaults(args, args.dataset == BUILTIN and args.model == "builtin")  # (the tiny built-in model)
         return (lambda fabric: run(args, fabric)), report
 
     return launch(build_parser(), argv, prepare)

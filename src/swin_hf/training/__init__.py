@@ -38,7 +38,8 @@ pretrain_simmim.py are short examples):
 - with --streaming: `data.load_splits(..., streaming=True)`, `streaming.bounded(validation, n)`,
   `streaming.StreamLoader(fabric, train, decode_rows, batch_size, steps_per_epoch, seed, shuffle_block,
   num_workers)` and `session.track_stream(loader)` before `session.begin`
-- the loop: `session.run_epochs(..., log_row=..., progress_bar=...)`, or `progress.Display` in its own loop
+- the loop: `session.run_epochs(..., metrics=..., progress_bar=...)`, or `progress.Display` in its own loop
+  (with `loop.log_training` / `session.log_training_row` for its training rows)
 - saving: `session.save_model(lambda folder, weights: model.save_pretrained(folder, state_dict=weights), ...)`
   (`weights` are whole tensors under any strategy); pictures from a forward pass on every process, drawn by
   process 0

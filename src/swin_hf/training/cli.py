@@ -203,6 +203,16 @@ def set_precision(args: argparse.Namespace, auto: str) -> None:
         args.precision = auto
 
 
+def builtin_run_defaults(args: argparse.Namespace, builtin: bool, one_thread: bool = True) -> None:
+    """--cpu-threads and --precision left at auto, the same in every recipe: a built-in run (the recipe's tiny
+    model on its built-in data) takes the digits profile's (one thread, 32-true: see `set_cpu_threads` and
+    `set_precision`), any other run the finetune profile's (torch's threads; the launcher's or the device's
+    precision). `one_thread=False` keeps torch's threads for a built-in run too."""
+    profile = PROFILES["digits" if builtin else "finetune"]
+    set_cpu_threads(args, profile["cpu_threads"] if one_thread else 0)
+    set_precision(args, profile["precision"])
+
+
 def add_optimisation_arguments(
     parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float, min_lr_ratio: float,
     weight_decay: float, lr_note: str = "",
@@ -539,8 +549,7 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
 def main(argv: list[str] | None = None) -> int:
     def prepare(args):
         config = resolve(args)
-        set_cpu_threads(args, PROFILES[_profile_name(args)]["cpu_threads"])
-        set_precision(args, PROFILES[_profile_name(args)]["precision"])
+        builtin_run_defaults(args, _profile_name(args) == "digits")
 
         def report(summary: dict) -> str:
             lines = summary_lines(summary, config.target_accuracy, config.target_minutes)
@@ -563,6 +572,7 @@ __all__ = [
     "add_subset_arguments",
     "below_one",
     "build_parser",
+    "builtin_run_defaults",
     "check_streaming",
     "resolve_precision",
     "checked",

@@ -46,7 +46,7 @@ from .errors import ModelError
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from . import report
 from .progress import Display
-from .session import Session, mean_over_processes, optimizer_step
+from .session import Session, log_training_row, mean_over_processes, optimizer_step
 from .streaming import StreamLoader
 
 logger = logging.getLogger(__name__)
@@ -530,17 +530,12 @@ def accumulated_step(run, micro_losses: list, clip_grad: float | None, batches: 
     return progress["step"], lr
 
 
-def log_training(run: Run, step: int, lr: float) -> None:
-    run.session.guard.check()  # never log (or go on) past a non-finite loss
-    train_loss = float(torch.stack(run.running).mean()) if run.running else float("nan")
+def log_training(run, step: int, lr: float) -> None:
+    """The training row of `step` (session.log_training_row) from the losses since the last row. Called on
+    every process at the same steps. `run` is any recipe's run with session, display, progress, running
+    losses and metrics (the classification and detection recipes' both)."""
+    log_training_row(run.session, run.display, run.progress, step, lr, run.running, run.metrics)
     run.running = []
-    per_process, total = run.display.rates()
-    row = {"step": step, "epoch": run.progress["epoch"], "train_loss": train_loss, "lr": lr, "images_per_s": total,
-           "images_per_s_per_process": per_process}
-    run.progress["history"].append(row)
-    run.metrics.log({k: v for k, v in row.items() if k != "step"}, step)
-    if run.display.bar is not None:
-        run.display.bar.set_postfix(epoch=row["epoch"], loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{total:.0f}")
 
 
 def end_epoch(run: Run) -> None:
@@ -753,6 +748,7 @@ __all__ = [
     "finish",
     "finish_epoch",
     "fit",
+    "log_training",
     "output_files",
     "plan_steps",
     "resumable_loaders",

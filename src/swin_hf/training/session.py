@@ -189,15 +189,15 @@ def run_epochs(
     session: Session, model, optimizer, scheduler, loader, state: dict, total_steps: int, loss_of: Callable,
     clip_grad: float | None, log_every: int, on_step: Callable[[int, torch.Tensor], None] | None = None,
     on_epoch_end: Callable[[], str | None] | None = None, stop: Callable[[], bool] | None = None,
-    log_row: Callable[[dict], None] | None = None, progress_bar: bool = True,
+    metrics=None, progress_bar: bool = True,
 ) -> Display:
     """The loop of the segmentation and SimMIM recipes: one batch per step (None batches, all of whose
     images were unreadable, are passed over), the non-finite check every `log_every` steps, a checkpoint
     at every epoch end. `loader` is a DataLoader or a StreamLoader (an epoch is then its steps_per_epoch).
 
     What the user sees is the same as in the classification recipe: one progress bar (process 0), and every
-    `log_every` steps a row {step, epoch, train_loss (mean over processes), lr, images/s in total and per
-    process} in state["progress"]["history"] and to `log_row`; at every epoch end a line with the epoch's
+    `log_every` steps the row of `log_training_row` in state["progress"]["history"] and to `metrics` (a
+    report.MetricLoggers), and without a progress bar a line; at every epoch end a line with the epoch's
     loss, the throughput and what `on_epoch_end()` returns (e.g. the evaluation). `state["progress"]` holds
     step, epoch and history; `stop()` ends training early (every process must return the same). Returns
     the Display (its `rates()` give the run's throughput)."""
@@ -220,17 +220,9 @@ def run_epochs(
             epoch_losses.append(loss)
             display.update(len(batch["pixel_values"]))
             if step % log_every == 0 or step == 1 or step == total_steps:
-                session.guard.check()
-                row = {"step": step, "epoch": progress["epoch"], "train_loss": mean_over_processes(fabric, running), "lr": lr}
-                per_process, total = display.rates()
-                row.update(images_per_s=total, images_per_s_per_process=per_process)
+                row = log_training_row(session, display, progress, step, lr, running, metrics)
                 running = []
-                progress["history"].append(row)
-                if log_row is not None and fabric.is_global_zero:
-                    log_row(row)
-                if display.bar is not None:
-                    display.bar.set_postfix(loss=f"{row['train_loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{total:.0f}", refresh=False)
-                else:
+                if display.bar is None:
                     display.line(f"step {step}/{total_steps}: loss {row['train_loss']:.4f}, lr {lr:.2e}")
             if on_step is not None:
                 on_step(step, loss)
@@ -250,10 +242,31 @@ def run_epochs(
     return display
 
 
+def log_training_row(session: Session, display: Display, progress: dict, step: int, lr: float,
+                     losses: list[torch.Tensor], metrics=None) -> dict:
+    """The training row every recipe logs every --log-every steps: after the non-finite check (nothing is
+    logged past a non-finite loss), {step, epoch, train_loss (the mean of `losses`, this process's losses
+    since the last row, averaged over the processes, so every process logs the same number), lr, images/s
+    in total and per process} is appended to progress["history"], written to `metrics` (a
+    report.MetricLoggers: process 0 writes) and shown beside the progress bar. The check, the loss and the
+    throughput are reduced over the processes: every process calls this at the same steps. Returns the row."""
+    session.guard.check()
+    train_loss = mean_over_processes(session.fabric, losses)
+    per_process, total = display.rates()
+    row = {"step": step, "epoch": progress["epoch"], "train_loss": train_loss, "lr": lr, "images_per_s": total,
+           "images_per_s_per_process": per_process}
+    progress["history"].append(row)
+    if metrics is not None:
+        metrics.log({k: v for k, v in row.items() if k != "step"}, step)
+    if display.bar is not None:
+        display.bar.set_postfix(epoch=row["epoch"], loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{total:.0f}")
+    return row
+
+
 def mean_over_processes(fabric, losses: list[torch.Tensor]) -> float:
     """The mean of `losses` (this process's, on its device) averaged over the processes."""
     mean = torch.stack(losses).float().mean() if losses else torch.tensor(float("nan"), device=fabric.device)
     return float(fabric.all_reduce(mean, reduce_op="mean")) if fabric.world_size > 1 else float(mean)
 
 
-__all__ = ["FREE_SETTINGS", "Session", "mean_over_processes", "optimizer_step", "run_epochs"]
+__all__ = ["FREE_SETTINGS", "Session", "log_training_row", "mean_over_processes", "optimizer_step", "run_epochs"]

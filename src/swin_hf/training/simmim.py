@@ -285,8 +285,7 @@ def run(args, fabric) -> dict:
 
     start = time.time()
     display = run_epochs(session, model, optimizer, scheduler, loader, state, total, masked_loss, args.clip_grad,
-                         args.log_every, on_step, log_row=lambda row: logs.log({k: v for k, v in row.items() if k != "step"}, row["step"]),
-                         progress_bar=not args.no_progress)
+                         args.log_every, on_step, metrics=logs, progress_bar=not args.no_progress)
     session.guard.check()
     minutes = (time.time() - start) / 60
     window = max(1, min(10, len(losses) // 5))
@@ -381,7 +380,7 @@ def save_reconstructions(examples: list[list[torch.Tensor]], path: str, min_heig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import launch, set_cpu_threads, set_precision
+    from .cli import builtin_run_defaults, launch
 
     def report(summary: dict) -> str:
         return (
@@ -391,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def prepare(args):
-        builtin = args.dataset == DEFAULT_DATASET and args.model == "swin-digits" and not args.train_dir
-        set_cpu_threads(args, 1 if builtin else 0)
-        set_precision(args, "32-true" if builtin else "auto")
+        builtin_run_defaults(args, args.dataset == DEFAULT_DATASET and args.model == "swin-digits" and not args.train_dir)
         return (lambda fabric: run(args, fabric)), report
 
     return launch(build_parser(), argv, prepare)
