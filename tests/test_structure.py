@@ -61,6 +61,19 @@ def test_no_import_circles():
     assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_every_public_name_exists():
+    """What each module's __all__ promises is there: `from swin_hf.x import *` works for every module."""
+    import importlib
+
+    missing = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = importlib.import_module(_module_name(path))
+        absent = [name for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+        if absent:
+            missing[module.__name__] = absent
+    assert not missing, f"names in __all__ that the module does not define: {missing}"
+
+
 def test_the_model_file_is_the_paper():
     source = (PACKAGE / "modeling_swin.py").read_text()
     assert len(source.splitlines()) <= 800
