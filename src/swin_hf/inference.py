@@ -11,8 +11,9 @@ What it does (each choice measured on the machines in BENCHMARKS.md, "Serving"):
     as autocast inside the compiled graph, so that the weight casts are folded into constants once;
     fp32 elsewhere; outputs come back in fp32;
   - torch.compile with Inductor's freezing (weights and the derived attention biases become constants,
-    prepacked for oneDNN on CPU); the batch dimension is dynamic from the first call, and each new image
-    size compiles once;
+    products prepacked for oneDNN on CPU with their bias, GELU and residual add fused) and, on CPU, the
+    graph's calls written in C++ (cpp_wrapper); the batch dimension is dynamic from the first call, and each
+    new image size compiles once;
   - `quantize="int8"`: post-training quantization of the products (PT2E with the x86 Inductor quantizer,
     calibrated on `calibration` images), on x86 CPUs, where torchao is installed.
 
@@ -54,6 +55,7 @@ def optimize_for_inference(
     compile: bool = True,
     max_autotune: bool = False,
     backend: str = "inductor",
+    cpp_wrapper: bool = True,
 ) -> nn.Module:
     """Turn `model` (any swin_hf model) into its fastest inference form on its device; returns the same
     object, whose calls take the same inputs and give the same outputs (floating outputs in fp32).
@@ -65,7 +67,10 @@ def optimize_for_inference(
             dozen processed by the model's image processor).
         compile: torch.compile the forward (False: only the dtype choice, eagerly).
         max_autotune: let Inductor benchmark its own GEMM kernels against the libraries' (slower compile).
-        backend: the torch.compile backend; Inductor's options (freezing, max_autotune) apply to "inductor".
+        backend: the torch.compile backend; Inductor's options (freezing, max_autotune, cpp_wrapper) apply to
+            "inductor".
+        cpp_wrapper: on CPU, let Inductor write the compiled graph's calls in C++ rather than Python (less
+            overhead per call; compiling takes about twice as long). Not used with int8.
     """
     if getattr(model, "optimized_for_inference", None):
         raise ValueError("This model is already optimized for inference; optimize a freshly loaded model instead.")
@@ -87,11 +92,9 @@ def optimize_for_inference(
         # Inductor freezes (weights become constants, products prepacked for oneDNN with their bias and
         # activation fused) only when its config says so and autograd is off *around* the compiled call, at
         # each compilation: torch.compile(options={"freezing": True}) alone does not freeze (torch 2.13)
-        settings = (
-            functools.partial(torch._inductor.config.patch, freezing=True, max_autotune=max_autotune)
-            if backend == "inductor"
-            else contextlib.nullcontext
-        )
+        inductor = {"freezing": True, "max_autotune": max_autotune,
+                    "cpp_wrapper": cpp_wrapper and device.type == "cpu" and quantize is None}
+        settings = functools.partial(torch._inductor.config.patch, inductor) if backend == "inductor" else contextlib.nullcontext
         # Inductor cannot fold the int8 weights' prepacking into constants under inference_mode (it then
         # traces the prepack ops, which have no fake kernels): the quantized graph runs outside it
         mode = functools.partial(torch.inference_mode, False) if quantize else contextlib.nullcontext
