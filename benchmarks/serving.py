@@ -3,6 +3,7 @@
     python benchmarks/serving.py                                  # Swin-T 224², batches 1, 8 and 64
     python benchmarks/serving.py --batch-sizes 8 --variants freezing,no-freezing,max-autotune
     python benchmarks/serving.py --int8                           # also the int8 form (needs torchao)
+    python benchmarks/serving.py --batch-sizes 8 --profile        # and where the optimized form's time goes
 
 Columns, all with the same weights (checked: logits of every form against transformers' fp32):
   - "transformers fp32": transformers' SwinForImageClassification, eager, fp32 (the baseline);
@@ -12,6 +13,11 @@ Columns, all with the same weights (checked: logits of every form against transf
 Each form is compiled and warmed up first (compile time is printed), then timed in alternating rounds
 (median images/s). The roofline line: Swin-T's multiply-adds per image (swin_hf.measure_cost) times the
 best images/s, against the rate of the device's largest square bf16 (or fp32) product measured here.
+--profile (CPU): the optimized form compiled once more with Inductor's per-kernel profiling, its calls at
+the first batch size under torch.profiler, self time by kind (products, window attention, the generated
+kernels: LayerNorm, shift and window copies, GELU where not fused, residual adds; the compiled graph's own
+calls and guards), with the graph's calls made from Python (cpp_wrapper=False: the library kernels are
+recorded by name only then). The profiler's records cost time of their own: the untimed call is printed too.
 """
 
 from __future__ import annotations
@@ -74,6 +80,44 @@ def peak_product_rate(dtype: torch.dtype, device: str, size: int = 2048, repeats
     return 2 * size**3 / statistics.median(times)
 
 
+PROFILE_KINDS = (  # (kind, test on a profiler row's name), first match wins
+    ("products (oneDNN linear / conv, addmm, mm)", lambda n: any(k in n for k in ("mkldnn::", "aten::addmm", "aten::mm", "aten::convolution", "aten::mkldnn_convolution"))),
+    ("window attention (SDPA kernel)", lambda n: n.startswith("aten::_scaled_dot_product")),
+    ("generated kernels with LayerNorm", lambda n: n.startswith("graph_") and "layer_norm" in n),
+    ("generated kernels preparing attention (q/k/v, bias, mask)", lambda n: n.startswith("graph_") and "attention" in n),
+    ("other generated kernels (copies, casts, adds)", lambda n: n.startswith("graph_")),
+    ("compiled graph's own calls, guards", lambda n: "CompiledFxGraph" in n or "Dynamo" in n or "Compiled Region" in n),
+)
+
+
+def profile_optimized(model, x: torch.Tensor, calls: int = 5) -> None:
+    """Self time of the optimized form's calls by kind (PROFILE_KINDS), per batch."""
+    import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity, profile
+
+    inductor_config.cpp.enable_kernel_profile = True  # the generated kernels appear by name
+    # (the library calls appear by name only from Inductor's Python wrapper: the same kernels, called from Python)
+    form = optimize_for_inference(copy.deepcopy(model), cpp_wrapper=False)
+    form(x)
+    start = time.perf_counter()
+    for _ in range(calls):
+        form(x)
+    untimed = (time.perf_counter() - start) / calls
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            form(x)
+    inductor_config.cpp.enable_kernel_profile = False
+    kinds = dict.fromkeys([k for k, _ in PROFILE_KINDS] + ["other"], 0.0)
+    for row in prof.key_averages():
+        kind = next((k for k, test in PROFILE_KINDS if test(row.key)), "other")
+        kinds[kind] += row.self_cpu_time_total / 1e3 / calls  # ms per call
+    total = sum(kinds.values())
+    print(f"\nwhere ours optimized spends a batch of {len(x)} (torch.profiler self time, ms per call):")
+    for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<60}{ms:>8.1f}{ms / total:>7.0%}")
+    print(f"  {'sum under the profiler':<60}{total:>8.1f}\n  {'the same call untimed':<60}{untimed * 1e3:>8.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="swin-tiny-patch4-window7-224")
@@ -84,11 +128,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="a tiny model, one round (the test of this script)")
+    parser.add_argument("--profile", action="store_true", help="also where the optimized form's time goes (CPU)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny 5-block model, one round (the test of this script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = args.device
-    sizes = throughput.HOST_STAND_IN if args.smoke else None
+    sizes = {**throughput.HOST_STAND_IN, "depths": [2, 1, 1, 1]} if args.smoke else None  # (W-MSA and SW-MSA)
     if args.smoke:
         args.rounds, args.iters = 1, 1
     models = throughput.build_models(args.model, with_timm=False, sizes=sizes)
@@ -133,6 +178,8 @@ def main() -> None:
         top = max(t["median"] for t in timings.values())
         print(f"  roofline: {2 * macs * top / 1e12:.2f} of {peak / 1e12:.2f} TFLOP/s "
               f"({'bf16' if bf16 else 'fp32'} {2048}^3 product here): {2 * macs * top / peak:.0%} of the matrix peak")
+    if args.profile:
+        profile_optimized(ours, torch.randn(int(args.batch_sizes.split(",")[0]), 3, *image, device=device))
 
 
 if __name__ == "__main__":

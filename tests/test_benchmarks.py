@@ -114,3 +114,23 @@ def test_swinv2_runs_against_transformers_swinv2(tmp_path):
     report = _throughput(tmp_path, "--model", "swinv2-tiny-patch4-window8-256", "--mode", "train", "--host-stand-in")
     assert report["max_logits_diff"] < 1e-4
     assert set(report["timings"]) == {"ours", "transformers"}
+
+
+@pytest.mark.slow
+def test_serving_benchmark_checks_every_form_and_says_where_the_time_goes():
+    """benchmarks/serving.py at its smallest (a tiny model, one round): every form's logits are compared
+    with transformers' fp32, every row and the roofline line are printed, and --profile's table of kinds
+    covers the optimized form's time."""
+    script = THROUGHPUT.parent / "serving.py"
+    args = ["--smoke", "--batch-sizes", "2", "--variants", "freezing,no-compile", "--profile"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max |logits - transformers fp32|" in line]
+    assert len(diffs) == 4 and max(diffs) < 0.05, out  # fp32 eager, best (bf16 or fp32), ours x2
+    for row in ("transformers fp32", "transformers best", "ours optimized", "ours no-compile", "roofline"):
+        assert row in out.split("batch 2:")[1], row
+    table = out.split("where ours optimized spends")[1]
+    products = next(line for line in table.splitlines() if line.strip().startswith("products"))
+    assert float(products.split()[-2]) > 0  # the products were seen under the profiler
+    assert "the same call untimed" in table
