@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import throughput  # noqa: E402  (puts the checkout's src first on the path)
 
-from swin_hf.fast_paths import FastPaths, cpu_vendor  # noqa: E402
+from swin_hf.fast_paths import CpuFeatures, FastPaths  # noqa: E402
 
 # each path as the change to the plain settings that turns it on
 PATHS = {
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"{throughput.cpu_name()} ({cpu_vendor()}) | "
+        f"{throughput.cpu_name()} ({CpuFeatures.of_this_machine().isa}) | "
         f"torch {torch.__version__} | {args.threads} threads | commit {throughput.commit()} | {datetime.date.today()} | "
         f"{args.model} batch {args.batch_size}, {args.rounds} alternating rounds, medians"
     )

@@ -5,6 +5,7 @@ The test models are small, so their products fall under `onednn_min_macs` and th
 or group size; the `ALL_ON` settings lower every threshold so that each path really runs."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 import swin_hf.fast_paths as fast_paths
 from swin_hf import FastPaths, SwinConfig, SwinForImageClassification, convert_state_dict
-from swin_hf.fast_paths import TokenLinear, in_token_tiles, residual_on_kept_samples, sample_groups, token_linear
+from swin_hf.fast_paths import CpuFeatures, TokenLinear, in_token_tiles, residual_on_kept_samples, sample_groups, token_linear
 from swin_reference import TINY, images, reference_pair
 from test_parity import CASES, TOL, _gradients
 
@@ -48,17 +49,55 @@ def test_settings_reach_every_module_and_stay_per_model():
     assert copy.deepcopy(a).swin.stages[1].fast_paths.mlp_tile_tokens == 7
 
 
-def test_default_paths_follow_the_cpu_vendor(monkeypatch):
-    monkeypatch.setattr(fast_paths, "cpu_vendor", lambda: "AuthenticAMD")
-    amd = FastPaths.for_this_cpu()
-    assert amd.mlp_tile_tokens and amd.inference_group_size and amd.skip_dropped_branches
-    assert amd.onednn_products == ONEDNN
-    monkeypatch.setattr(fast_paths, "cpu_vendor", lambda: "GenuineIntel")
-    intel = FastPaths.for_this_cpu()  # (the Xeon with AMX measured: BENCHMARKS.md)
-    assert not (intel.onednn_products or intel.mlp_tile_tokens) and intel.skip_dropped_branches
-    assert intel.inference_group_size and not intel.tiles_in_bf16  # groups in fp32 inference only
-    monkeypatch.setattr(fast_paths, "cpu_vendor", lambda: "")
-    assert FastPaths.for_this_cpu() == FastPaths.plain()
+ZEN1 = CpuFeatures(x86_onednn=True, onednn_bf16=False, avx512_bf16=False, amx_bf16=False, isa="AVX2")
+ZEN4 = CpuFeatures(x86_onednn=True, onednn_bf16=True, avx512_bf16=True, amx_bf16=False, isa="AVX512")
+XEON_AMX = CpuFeatures(x86_onednn=True, onednn_bf16=True, avx512_bf16=True, amx_bf16=True, isa="AVX512")
+ARM = CpuFeatures(x86_onednn=False, onednn_bf16=False, avx512_bf16=False, amx_bf16=False, isa="DEFAULT")
+
+
+def test_default_paths_follow_what_the_cpu_can_run():
+    zen4 = FastPaths.for_cpu(ZEN4)  # AVX512-BF16 without AMX (Zen 4/5 measured: BENCHMARKS.md)
+    assert zen4.onednn_products and zen4.mlp_tile_tokens and zen4.inference_group_size and zen4.skip_dropped_branches
+    xeon = FastPaths.for_cpu(XEON_AMX)  # (the Xeon with AMX measured: BENCHMARKS.md)
+    assert not (xeon.onednn_products or xeon.mlp_tile_tokens) and xeon.skip_dropped_branches
+    assert xeon.inference_group_size and not xeon.tiles_in_bf16  # groups in fp32 inference only
+    assert FastPaths.for_cpu(ZEN1) == FastPaths.plain()  # AVX2 only: no path measured faster
+    assert FastPaths.for_cpu(ARM) == FastPaths.plain()
+    # oneDNN products need oneDNN's bf16 kernels (autocast hands them bf16): never chosen without them
+    no_bf16_kernels = dataclasses.replace(ZEN4, onednn_bf16=False)
+    assert not FastPaths.for_cpu(no_bf16_kernels).onednn_products
+    assert not FastPaths.for_cpu(dataclasses.replace(ZEN4, x86_onednn=False)).onednn_products
+    here = CpuFeatures.of_this_machine()
+    assert FastPaths.for_this_cpu() == FastPaths.for_cpu(here)
+    assert here.onednn_bf16 == (ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.skipif(not ONEDNN, reason="oneDNN products exist on x86 CPUs with oneDNN only")
+def test_onednn_products_step_aside_for_bf16_where_onednn_has_no_bf16_kernels(monkeypatch):
+    layer = TokenLinear(96, 384)
+    layer.fast_paths = FastPaths(onednn_products=True)
+    x = torch.randn(2, 32, 32, 96)
+    monkeypatch.setattr(CpuFeatures, "of_this_machine", lambda: ZEN1)
+    with torch.autocast("cpu", torch.bfloat16):
+        ops = _ops(lambda: layer(x))
+        out = layer(x)
+    assert "aten::mkldnn_convolution" not in ops and out.dtype == torch.bfloat16
+    assert "aten::mkldnn_convolution" in _ops(lambda: layer(x))  # fp32 products still take oneDNN
+
+
+def test_the_default_model_runs_bf16_autocast_inference_and_training_on_this_cpu():
+    """bf16 autocast with this CPU's default paths (an AVX2-only CPU once crashed here)."""
+    model = SwinForImageClassification(SwinConfig(**TINY, num_labels=3, drop_path_rate=0.2))
+    assert model.fast_paths == FastPaths.for_this_cpu()
+    x, labels = images(4, 64, 64), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        logits = model.eval()(x).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    model.train()
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = model(x, labels=labels).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_every_path_on_leaves_the_batch_dynamic_in_export_and_compile():

@@ -101,6 +101,23 @@ def test_dynamic_hw_export_is_exact_at_every_accepted_size_and_refuses_the_rest(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("paths", ["this-cpu", "all-on"])
+def test_dynamic_hw_export_with_speed_paths_on(tmp_path, paths):
+    """The graph is traced from the plain model whatever paths the model runs eagerly (this CPU's defaults,
+    or every path on with thresholds low enough to run): no path's size check fixes the batch or the size,
+    and the model keeps its own paths afterwards."""
+    torch.manual_seed(0)
+    model = SwinForImageClassification(SwinConfig(**TINY, num_labels=3)).eval()
+    chosen = FastPaths.for_this_cpu() if paths == "this-cpu" else FastPaths(
+        onednn_products=True, onednn_min_macs=0, mlp_tile_tokens=50, inference_group_size=4096, skip_dropped_branches=True
+    )
+    model.set_fast_paths(chosen)
+    path = export_onnx(model, tmp_path / "swin.onnx", dynamic_hw=True, batch_size=3)
+    assert model.fast_paths == chosen
+    _check(model, path, [(1, 3, 32, 32), (5, 3, 48, 64)])
+
+
+@pytest.mark.slow
 def test_dynamic_hw_backbone_and_fixed_size_exports(tmp_path):
     """A backbone graph with free height and width (feature maps at every accepted size); a fixed-size
     graph accepts its own size only."""

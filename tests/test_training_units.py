@@ -2,6 +2,7 @@
 launcher detection and the offline metric."""
 
 import io
+import logging
 import os
 
 import numpy as np
@@ -207,6 +208,22 @@ def test_precision_auto_is_bf16_exactly_where_the_device_multiplies_bf16_nativel
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # anything else is Fabric's own
+
+
+def test_bf16_asked_for_where_the_cpu_emulates_it_runs_with_one_warning(monkeypatch, caplog):
+    import swin_hf.inference as inference
+    from swin_hf.training.cli import _warn_bf16_emulated, resolve_precision
+
+    _warn_bf16_emulated.cache_clear()
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    with caplog.at_level(logging.WARNING, logger="swin_hf.training.cli"):
+        assert resolve_precision("bf16-mixed", "cpu") == resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    warnings = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == 1 and "--precision bf16-mixed" in warnings[0] and "auto picks 32-true" in warnings[0]
+    caplog.clear()
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    _warn_bf16_emulated.cache_clear()
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed" and not caplog.records
 
 
 def test_help_lists_every_knob_with_defaults():

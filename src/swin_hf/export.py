@@ -24,6 +24,8 @@ import os
 import torch
 from torch import nn
 
+from .fast_paths import FastPaths
+
 SIZE_KEY = "swin_hf.input_size"
 MAX_SIDE = 8192
 
@@ -169,28 +171,37 @@ def export_onnx(
     wrapper = _OnnxOutputs(model).eval()
     example = torch.randn(batch_size, config.num_channels, height, width)
 
-    with torch.no_grad():
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            path,
-            input_names=["pixel_values"],
-            output_names=wrapper.output_names,
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset_version,
-            dynamo=True,
-            external_data=False,
-        )
-        del program
-        _write_sizes(path, sizes)
-        if verify:
+    # the speed paths are for eager CPU runs: the graph is traced from the plain model, so that no path's
+    # size check can enter it (the outputs are the same; `verify` runs the model with its own paths)
+    paths = getattr(model, "fast_paths", None)
+    if paths is not None:
+        model.set_fast_paths(FastPaths.plain())
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                path,
+                input_names=["pixel_values"],
+                output_names=wrapper.output_names,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset_version,
+                dynamo=True,
+                external_data=False,
+            )
+    finally:
+        if paths is not None:
+            model.set_fast_paths(paths)
+    _write_sizes(path, sizes)
+    if verify:
+        with torch.no_grad():
             expected = wrapper(example)
-            expected = (expected,) if isinstance(expected, torch.Tensor) else expected
-            got = run_onnx(path, example)
-            for name, e, g in zip(wrapper.output_names, expected, got):
-                diff = float(abs(e.numpy() - g).max())
-                if diff > atol:
-                    raise RuntimeError(f"ONNX output {name!r} differs from PyTorch by {diff:.2e} (> {atol}).")
+        expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+        got = run_onnx(path, example)
+        for name, e, g in zip(wrapper.output_names, expected, got):
+            diff = float(abs(e.numpy() - g).max())
+            if diff > atol:
+                raise RuntimeError(f"ONNX output {name!r} differs from PyTorch by {diff:.2e} (> {atol}).")
     return path
 
 

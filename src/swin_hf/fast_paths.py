@@ -6,11 +6,11 @@ Every path calls the modules it stands in for (so PEFT adapters, accelerate's of
 hooks see each call), keeps no state, and steps aside under torch.compile / export where the compiler
 does better (or the path cannot be traced).
 
-The default (`FastPaths.for_this_cpu()`) turns a path on only on the CPUs where BENCHMARKS.md shows that
-it pays; `python benchmarks/fast_paths.py` measures each one against the plain code on the machine at
+The default (`FastPaths.for_this_cpu()`) turns a path on only where the CPU can run it and where
+BENCHMARKS.md shows that it pays on CPUs of the same instruction-set family; `python benchmarks/fast_paths.py` measures each one against the plain code on the machine at
 hand. On other devices (CUDA, MPS) no path runs: each checks that its tensors are on the CPU.
 
-  onednn_products        per-token products as oneDNN 1x1 convolutions (AMD: MKL's sgemm is slow there)
+  onednn_products        per-token products as oneDNN 1x1 convolutions (where MKL's sgemm is the slower)
   mlp_tile_tokens        the MLP branch over tiles of this many tokens, so intermediates stay in cache
   inference_group_size   CPU inference runs a large stage on groups of samples (same reason)
   tiles_in_bf16          the two above also in bf16 (False: fp32 only)
@@ -45,16 +45,50 @@ class FastPaths:
 
     @classmethod
     def for_this_cpu(cls) -> "FastPaths":
-        """The paths that measured faster than the plain code on this CPU's family (BENCHMARKS.md)."""
-        vendor = cpu_vendor()
-        onednn = torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
-        if vendor == "AuthenticAMD":  # Zen 4 and Zen 5
-            return cls(
-                onednn_products=onednn, mlp_tile_tokens=4096, inference_group_size=1 << 20, skip_dropped_branches=True
-            )
-        if vendor == "GenuineIntel":  # Xeon with AMX: sample groups pay in fp32 inference only (bf16 runs on AMX)
+        """The paths that measured faster than the plain code on CPUs like this one (BENCHMARKS.md)."""
+        return cls.for_cpu(CpuFeatures.of_this_machine())
+
+    @classmethod
+    def for_cpu(cls, cpu: "CpuFeatures") -> "FastPaths":
+        """The measured paths of the instruction-set family `cpu` belongs to; plain for a family not measured.
+
+        Chosen by what the CPU can run, never by its vendor: the products on oneDNN need its convolutions
+        (x86 with oneDNN) and, since autocast may hand them bf16, oneDNN's bf16 kernels (AVX-512 BW/VL/DQ or
+        AVX-NE-CONVERT); the other paths are plain PyTorch and run everywhere.
+        """
+        if not cpu.x86_onednn:
+            return cls()
+        if cpu.amx_bf16:  # bf16 products on AMX: sample groups pay in fp32 inference only
             return cls(inference_group_size=1 << 20, tiles_in_bf16=False, skip_dropped_branches=True)
-        return cls()
+        if cpu.avx512_bf16 and cpu.onednn_bf16:
+            return cls(
+                onednn_products=True, mlp_tile_tokens=4096, inference_group_size=1 << 20, skip_dropped_branches=True
+            )
+        return cls()  # AVX2 without native bf16: every path measured at or below the plain model
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuFeatures:
+    """What this CPU can run that the speed paths care about (a test builds one to stand for another CPU)."""
+
+    x86_onednn: bool  # an x86 CPU and a torch built with oneDNN: the oneDNN products can run
+    onednn_bf16: bool  # oneDNN has bf16 kernels here (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)
+    avx512_bf16: bool  # bf16 dot products in AVX-512
+    amx_bf16: bool  # bf16 tile products (AMX)
+    isa: str = ""  # torch.backends.cpu.get_cpu_capability(): "AVX2", "AVX512", ...
+
+    @classmethod
+    @functools.lru_cache(maxsize=None)
+    def of_this_machine(cls) -> "CpuFeatures":
+        flags = cpu_flags()
+        x86_onednn = torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+        return cls(
+            x86_onednn=x86_onednn,
+            onednn_bf16=x86_onednn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+            avx512_bf16="avx512_bf16" in flags,
+            amx_bf16="amx_bf16" in flags,
+            isa=torch.backends.cpu.get_cpu_capability(),
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,11 +102,6 @@ def _cpuinfo(field: str) -> str:
     except OSError:
         pass
     return ""
-
-
-def cpu_vendor() -> str:
-    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo; '' where it cannot be read."""
-    return _cpuinfo("vendor_id")
 
 
 def cpu_flags() -> set[str]:
@@ -98,7 +127,7 @@ def _on_cpu_eagerly(x: torch.Tensor) -> bool:
 # Per-token products on oneDNN
 # --------------------------------------------------------------------------------------------------
 # Every product of a Swin block maps channels-last tokens (..., K) -> (..., N). On CPU, F.linear goes to
-# MKL's sgemm, which on AMD Zen 5 runs at under half of oneDNN's rate (BENCHMARKS.md). A 1x1 convolution
+# MKL's sgemm, which on some CPUs runs well below oneDNN's rate (BENCHMARKS.md). A 1x1 convolution
 # over the same memory seen as a channels-last image is the same product on oneDNN.
 
 
@@ -110,7 +139,8 @@ class TokenLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         paths = self.fast_paths
-        if paths.onednn_products and x.device.type == "cpu" and _large(x, self.weight, paths.onednn_min_macs):
+        # (export traces F.linear: checking the size first would put a guard on the batch into its graph)
+        if paths.onednn_products and x.device.type == "cpu" and not _exporting() and _large(x, self.weight, paths.onednn_min_macs):
             return token_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -125,8 +155,11 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
 
 
 def _onednn_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the oneDNN product runs in; None where oneDNN has no kernel for it on this CPU."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+    if dtype == torch.bfloat16:
+        return dtype if CpuFeatures.of_this_machine().onednn_bf16 else None
+    return dtype if dtype == torch.float32 else None
 
 
 def token_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,7 +205,7 @@ def _register_token_linear():
     """swin_hf::token_linear (forward, shapes for tracing, gradient), once per process. A second copy of
     this file (a folder loaded with trust_remote_code beside an installed swin_hf) reuses the registered
     op; its schema never changes, since a copy saved by another version may be the one registering it."""
-    if not (torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")):
+    if not CpuFeatures.of_this_machine().x86_onednn:
         return None
     if hasattr(torch.ops.swin_hf, "token_linear"):
         return torch.ops.swin_hf.token_linear
@@ -275,4 +308,4 @@ def can_skip_dropped(x: torch.Tensor) -> bool:
     return _on_cpu_eagerly(x)
 
 
-__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "cpu_flags", "cpu_vendor", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]
+__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "CpuFeatures", "cpu_flags", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import logging
 import math
@@ -23,6 +24,8 @@ from .launcher import LAUNCHER_SET_THREADS
 from .errors import RecipeError, UsageError
 from .loop import RECIPE_PRESETS, TrainConfig, output_files, run, summary_lines
 from .progress import announce
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 
@@ -470,15 +473,27 @@ def fabric_kwargs(args: argparse.Namespace, environ=os.environ) -> dict:
 def resolve_precision(precision: str | None, accelerator: str) -> str:
     """What --precision auto (or unset) means on `accelerator`: bf16-mixed where the device multiplies bf16
     matrices natively (CUDA GPUs with bf16; CPUs with AMX or AVX512-BF16, see inference.native_bf16), else
-    32-true. Any other value is Fabric's own."""
-    if precision not in (None, "auto"):
-        return precision
+    32-true. Any other value is Fabric's own; bf16 asked for where the CPU only emulates it runs, with one
+    warning that it is slower there."""
     import torch
 
     from ..inference import native_bf16
 
     cuda = accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available()
-    return "bf16-mixed" if native_bf16(torch.device("cuda" if cuda else "cpu")) else "32-true"
+    device = torch.device("cuda" if cuda else "cpu")
+    if precision not in (None, "auto"):
+        if "bf16" in str(precision) and device.type == "cpu" and not native_bf16(device):
+            _warn_bf16_emulated(str(precision))
+        return precision
+    return "bf16-mixed" if native_bf16(device) else "32-true"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_bf16_emulated(precision: str) -> None:
+    logger.warning(
+        "--precision %s: this CPU has no bf16 matrix instructions (AMX or AVX512-BF16), so bf16 is emulated "
+        "and slower than 32-true here; --precision auto picks 32-true on such CPUs", precision,
+    )
 
 
 def start_fabric(args: argparse.Namespace, recipe: str = "recipe"):
