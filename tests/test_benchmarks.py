@@ -53,6 +53,7 @@ def test_bf16_report_without_fp32_baseline_or_agreement(tmp_path):
     assert report["transformers_fp32_images_per_s"] is None and report["bf16_top1_agreement"] is None
 
 
+@pytest.mark.slow
 def test_host_stand_in_report_with_a_plain_column(tmp_path):
     """The host stand-in (every model shrunk, batch 2, 1 thread) with ours once more with every speed path
     off; the shrunk models still share their weights."""
@@ -75,6 +76,7 @@ def test_plain_copy_has_every_path_off_and_leaves_the_model_alone():
     assert model.fast_paths.mlp_tile_tokens == 64 and model.swin.stages[0].blocks[0].fast_paths.mlp_tile_tokens == 64
 
 
+@pytest.mark.slow
 def test_fast_paths_benchmark_times_every_path_against_the_plain_model(tmp_path):
     """benchmarks/fast_paths.py at its smallest: one round of one step per variant, a tiny model."""
     script = THROUGHPUT.parent / "fast_paths.py"
@@ -92,6 +94,7 @@ def test_fast_paths_benchmark_times_every_path_against_the_plain_model(tmp_path)
     assert "inference_group_size" not in out.split("train-bf16")[1]
 
 
+@pytest.mark.slow
 def test_host_work_on_the_meta_device():
     """host_meta.py runs every model on the meta device (shapes only): one row per implementation, each
     with the operators one training step dispatches."""
@@ -109,6 +112,7 @@ def test_host_work_on_the_meta_device():
     assert rows["transformers"][2] == "1.00x"
 
 
+@pytest.mark.slow
 def test_swinv2_runs_against_transformers_swinv2(tmp_path):
     """--model swinv2-...: ours and transformers' Swinv2 with the same weights (stand-in sizes, one step)."""
     report = _throughput(tmp_path, "--model", "swinv2-tiny-patch4-window8-256", "--mode", "train", "--host-stand-in")

@@ -48,12 +48,11 @@ def official_checkpoint(tmp_path):
 # -------------------------------------------------------------------------------------------------
 
 
-def test_convert_official_subprocess(official_checkpoint, tmp_path):
+def test_convert_official(official_checkpoint, tmp_path, capsys):
     model, official, path = official_checkpoint
     out = tmp_path / "converted"
-    result = run_cli("convert", "--from", "official", str(path), str(out))
-    assert result.returncode == 0, result.stderr
-    assert "Wrote SwinForImageClassification" in result.stdout
+    assert main(["convert", "--from", "official", str(path), str(out)]) == 0
+    assert "Wrote SwinForImageClassification" in capsys.readouterr().out
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(os.listdir(out))
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]  # the staging folder is gone
     loaded = SwinForImageClassification.from_pretrained(out).eval()

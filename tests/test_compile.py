@@ -53,6 +53,7 @@ def _traced_calls(model, x) -> list[str]:
     return calls
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_compile_traces_the_products_as_one_opaque_op_and_export_as_linear():
     """With oneDNN products on, torch.compile keeps them on oneDNN through swin_hf::token_linear (as F.linear
@@ -72,6 +73,7 @@ def test_compile_traces_the_products_as_one_opaque_op_and_export_as_linear():
     assert calls.count(str(torch._C._nn.linear)) == products + 1 and not any("swin_hf" in c for c in calls)
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_fullgraph_capture_of_the_onednn_path():
     """Eager runs oneDNN directly and the traced graph swin_hf::token_linear: one graph through
@@ -131,6 +133,7 @@ def test_dynamic_shapes_do_not_recompile_every_call():
     assert graphs <= 2, f"{graphs} graphs captured for 3 calls"
 
 
+@pytest.mark.slow
 @needs_onednn
 def test_a_second_copy_of_the_speed_paths_reuses_the_registered_op(tmp_path):
     """save_pretrained copies modeling_swin.py and fast_paths.py next to the weights; loading that copy as
@@ -154,6 +157,7 @@ def test_a_second_copy_of_the_speed_paths_reuses_the_registered_op(tmp_path):
         torch.testing.assert_close(got, model(x).logits, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_shifted_windows_compile_with_inductor_for_dynamic_shapes():
     """SW-MSA's geometry (cyclic shift, partition, reverse, shift back) under Inductor with symbolic sizes,
     which every torch.compile(model, dynamic=True) on CPU goes through. (With torch.roll there and back,

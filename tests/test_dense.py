@@ -156,6 +156,7 @@ def test_upernet_save_load_round_trip(tmp_path):
             torch.testing.assert_close(loaded(pixels).logits, model(pixels).logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_upernet_few_steps_learn_and_miou():
     """A few optimisation steps on a fixed tiny batch drive the loss down and the mIoU up.
 

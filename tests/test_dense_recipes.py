@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -126,16 +125,6 @@ def test_segment_recipe_explains_missing_labels(tmp_path, capsys):
     ).save_to_disk(folder)
     assert segment_main(["--dataset", str(folder), "--output-dir", str(tmp_path / "o"), *CPU]) == 2
     assert "--num-labels" in capsys.readouterr().err
-
-
-def test_recipe_scripts_run_as_plain_python(tmp_path):
-    """`python recipes/<name>.py` from a checkout (the launch story shared with finetune.py)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for script in ("segment.py", "pretrain_simmim.py"):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", script), "--help"], env=env,
-                                capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "fabric run" in result.stdout
 
 
 @pytest.mark.slow

@@ -136,12 +136,6 @@ def test_bad_data_stops_with_one_line_naming_the_fix(tmp_path, capsys, problem, 
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_recipe_script_runs_as_plain_python_with_help():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], env=_env(), capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "fabric run" in result.stdout and "--bbox-format" in result.stdout and "rt_detr" in result.stdout
-
-
 @pytest.mark.slow
 def test_short_default_run_learns(tmp_path):
     """The offline default (built-in set, small Swin, RT-DETR at 128 px) for 150 of its 450 steps, on its

@@ -100,6 +100,7 @@ def test_the_default_model_runs_bf16_autocast_inference_and_training_on_this_cpu
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_every_path_on_leaves_the_batch_dynamic_in_export_and_compile():
     """The paths step aside while a graph is traced: a size comparison of theirs would fix the batch."""
     model = with_paths(SwinForImageClassification(SwinConfig(**TINY, num_labels=3)).eval())

@@ -75,6 +75,37 @@ def test_the_package_installs_a_lightning_command():
     assert done.returncode == 0 and "--main-port" in done.stdout and "SCRIPT" in done.stdout
 
 
+# each script run as `python recipes/NAME.py --help` would run it (its folder first on sys.path, run as
+# __main__), all in one interpreter: what is tested is the scripts' own start, not the imports they share
+_RUN_SCRIPTS = """
+import contextlib, io, json, os, runpy, sys
+results = {}
+for script in sys.argv[1:]:
+    sys.path[0], sys.argv, out = os.path.dirname(script), [script, "--help"], io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code or 0
+    results[os.path.basename(script)] = [code, out.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_every_recipe_script_runs_as_plain_python_from_a_checkout(tmp_path):
+    scripts = sorted(str(p) for p in (ROOT / "recipes").glob("*.py") if not p.name.startswith("_"))
+    assert {Path(s).name for s in scripts} == {"detect.py", "finetune.py", "pretrain_simmim.py", "segment.py"}
+    env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}  # the scripts find src/ themselves
+    done = subprocess.run([sys.executable, "-c", _RUN_SCRIPTS, *scripts], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (code, text) in results.items():
+        assert code == 0 and "fabric run" in text and "--output-dir" in text, (name, text[-500:])
+    assert "--bbox-format" in results["detect.py"][1] and "rt_detr" in results["detect.py"][1]
+
+
 def test_the_launchers_thread_count_does_not_override_the_recipes(tmp_path, monkeypatch):
     """Fabric's launcher sets OMP_NUM_THREADS to CPUs / processes when the user has not: the digits profile's
     one thread still applies. An OMP_NUM_THREADS of the user's wins."""

@@ -20,7 +20,7 @@ def _check(model, path, shapes, output=0, attr="logits"):
         assert abs(got - expected).max() < 1e-4, shape
 
 
-@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("onednn", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_export_classifier_dynamic_batch(tmp_path, onednn):
     torch.manual_seed(0)
     model = SwinForImageClassification(SwinConfig(**TINY, num_labels=5)).eval()
@@ -84,6 +84,7 @@ def _sweep(model, path, sizes, attr="logits"):
     return accepted
 
 
+@pytest.mark.slow
 def test_dynamic_hw_export_is_exact_at_every_accepted_size_and_refuses_the_rest(tmp_path):
     """Patch 2, two stages, window 4: every stage is whole shifted windows at multiples of 2*2*4 = 16 from 32.
     Before the sizes were constrained, 16x16 (one window in stage 2) and 24x40 (padding) ran and were wrong."""

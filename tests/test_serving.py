@@ -52,6 +52,7 @@ def test_an_optimized_model_refuses_training_and_a_second_optimization():
         optimize_for_inference(_model(), dtype="fp16")
 
 
+@pytest.mark.slow
 def test_compiled_once_for_every_batch_size():
     """The batch dimension is dynamic from the first call: batches of 2, 5 and 3 share one graph, and a batch
     of 1 (which torch.compile always specialises) adds one more (backend "eager": the capture is what is
@@ -72,6 +73,7 @@ def test_compiled_once_for_every_batch_size():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_inductor_freezes_the_weights_into_the_compiled_graph():
     """With Inductor the optimized form is a frozen snapshot: its weights are constants of the compiled code
     (what lets Inductor prepack the products and fuse their bias and activation), so an in-place edit of a

@@ -95,6 +95,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_v2_compiles_with_no_graph_breaks_in_inference_and_training(fresh_dynamo):
     """fullgraph=True raises at the first graph break; the eager backends make it quick to check."""
     model = _v2(**SMALL_V2, num_labels=3)
@@ -110,6 +111,7 @@ def test_v2_compiles_with_no_graph_breaks_in_inference_and_training(fresh_dynamo
         torch.testing.assert_close(compiled["_orig_mod." + name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_v2_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
     # maps 8 and 4 at 32 pixels: a shifted stage, then one unshifted window; pre-training windows 3
     model = _v2(**dict(SMALL_V2, patch_size=4, pretrained_window_sizes=[3, 3]), num_labels=4)

@@ -21,6 +21,9 @@ window M:  Omega(MSA) = 4hwC^2 + 2(hw)^2 C   (global attention, as in ViT)
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -143,15 +146,21 @@ def resolve_config(name_or_dir: str, num_labels: int | None = None) -> SwinConfi
 def measure_cost(config: SwinConfig, image_size: int | tuple[int, int] | None = None) -> ModelCost:
     """Parameters and FLOPs of SwinForImageClassification(config) (SwinModel when num_labels is 0) on one
     image of `image_size` (default: config.image_size). Nothing is allocated: the model lives on `meta`."""
+    size = to_pair(config.image_size if image_size is None else image_size)
+    # measured once per config and size in a process (the cards, `swin-hf info` and their tests ask again)
+    return copy.deepcopy(_measured(config.to_json_string(), size))
+
+
+@functools.lru_cache(maxsize=64)
+def _measured(config_json: str, size: tuple[int, int]) -> ModelCost:
     from .modeling_swin import SwinForImageClassification, window_geometry
 
-    size = to_pair(config.image_size if image_size is None else image_size)
+    config = SwinConfig.from_dict(json.loads(config_json))
     patch = to_pair(config.patch_size)
     if size[0] < patch[0] or size[1] < patch[1]:
         raise ValueError(
             f"Image size {size[0]}x{size[1]} is smaller than one {patch[0]}x{patch[1]} patch; use at least {max(patch)}."
         )
-    config = SwinConfig.from_dict(config.to_dict())  # a copy: the attention implementation is changed below
     config._attn_implementation = "eager"  # explicit Q K^T and A V products the counter can see
     with torch.device("meta"):
         model = SwinForImageClassification(config).eval()
