@@ -163,6 +163,7 @@ def test_output_dir_that_cannot_be_written(tmp_path, capsys):
         ("empty", "holds no image files"),
         ("flat", "image(s) outside class sub-folders"),
         ("one-class", "holds a single class ('cat'); a classifier needs at least 2 classes"),
+        ("nested", "holds 3 image(s) in the nested folder 'cat/indoor'; the class of an image is the folder directly under"),
     ],
 )
 def test_train_dir_problems_are_named(tmp_path, capsys, layout, fragment):
@@ -173,14 +174,30 @@ def test_train_dir_problems_are_named(tmp_path, capsys, layout, fragment):
         _images(train, flat=True)
     elif layout == "one-class":
         _images(train, classes=("cat",))
+    elif layout == "nested":
+        _images(train, classes=("dog",))
+        _images(train / "cat", classes=("indoor",))
     assert _finetune(["--train-dir", train, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
     line = _error(capsys)
     assert line.startswith("error: --train-dir") and fragment in line, line
     assert "No label column found" not in line
 
 
-def _saved_dataset(path: Path, train_labels, validation_labels, names=("a", "b", "c")):
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+def test_an_empty_class_folder_is_named_in_the_log(tmp_path, caplog):
+    """An empty class folder is not a class (imagefolder reads classes from the images); it used to vanish
+    without a word."""
+    from swin_hf.training.data import check_image_folder
+
+    _images(tmp_path / "train")
+    (tmp_path / "train" / "bird").mkdir()
+    with caplog.at_level("WARNING"):
+        assert check_image_folder(str(tmp_path / "train"), "--train-dir", min_classes=2) == {"cat": 3, "dog": 3}
+    assert "class folder(s) ['bird'] hold no images and are left out of the classes" in caplog.text
+
+
+def _saved_dataset(path: Path, train_labels, validation_labels, names=("a", "b", "c"), splits=("train", "validation")):
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(names)) if names else datasets.Value("int64")})
 
     def split(labels):
         return datasets.Dataset.from_dict(
@@ -188,8 +205,84 @@ def _saved_dataset(path: Path, train_labels, validation_labels, names=("a", "b",
             features=features,
         )
 
-    datasets.DatasetDict(train=split(train_labels), validation=split(validation_labels)).save_to_disk(path)
+    datasets.DatasetDict(dict(zip(splits, (split(train_labels), split(validation_labels))))).save_to_disk(path)
     return path
+
+
+def test_a_test_split_is_trained_on_only_when_named(tmp_path, capsys):
+    """A DatasetDict with only a `test` split used to be trained on (and validated on a part of it) silently."""
+    from swin_hf.training.data import DataError, choose_splits, prepare
+
+    data = _saved_dataset(tmp_path / "data", [0, 1] * 4, [0, 1] * 4, splits=("test", "validation"))
+    assert _finetune(["--dataset", data, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    line = _error(capsys)
+    assert "no training split, only ['test', 'validation']" in line and "--train-split test" in line, line
+    splits = datasets.load_from_disk(str(data))
+    prepared = prepare(splits, train_split="test")
+    assert len(prepared.train) == 8 and len(prepared.validation) == 8  # validation: the `validation` split
+    assert choose_splits({"test": 0}, "test") == ("test", None)  # held out from it, as for any lone split
+    assert choose_splits({"data": 0, "test": 0}) == ("data", "test")
+    with pytest.raises(DataError, match=r"--train-split 'tain' is not a split of the dataset \(splits: \['test'\]\)"):
+        choose_splits({"test": 0}, "tain")
+
+
+@pytest.mark.parametrize("recipe", ["segmentation", "detection"])
+def test_the_dense_recipes_refuse_a_lone_test_split_too(recipe, monkeypatch):
+    from swin_hf.training import data
+    from swin_hf.training.data import DataError
+
+    splits = datasets.DatasetDict(test=datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))]}))
+    with pytest.raises(DataError, match="no training split, only \\['test'\\]"):
+        if recipe == "segmentation":
+            from argparse import Namespace
+
+            from swin_hf.segmentation.train import load_data
+
+            monkeypatch.setattr(data, "load_splits", lambda **kwargs: splits)
+            load_data(Namespace(dataset="x", dataset_config=None, streaming=False, id2label=None, num_labels=2, train_split=None))
+        else:
+            from swin_hf.detection.data import prepare_detection
+
+            prepare_detection(splits, {0: "a"})
+
+
+def test_negative_integer_labels_are_refused(tmp_path, capsys):
+    """-1 (a common mark for 'unlabelled') used to become a class named '-1' and shift every other class id."""
+    data = _saved_dataset(tmp_path / "data", [0, 1, -1, 2] * 2, [0, 1, 2, 2], names=None)
+    assert _finetune(["--dataset", data, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    line = _error(capsys)
+    assert "Column 'label': 1 example(s) have the negative label -1" in line and "0 and up" in line, line
+
+
+def test_integer_labels_are_the_class_ids(tmp_path):
+    """Plain integer labels 0, 2, 5 are classes 0, 2 and 5 (not renumbered 0, 1, 2)."""
+    from swin_hf.training.data import prepare
+
+    data = _saved_dataset(tmp_path / "data", [0, 2, 5] * 3, [0, 2, 5], names=None)
+    prepared = prepare(datasets.load_from_disk(str(data)))
+    assert prepared.class_names == ["0", "1", "2", "3", "4", "5"]
+    assert prepared.train["label"] == [0, 2, 5] * 3 and prepared.validation["label"] == [0, 2, 5]
+
+
+@pytest.mark.parametrize("dataset", ["./no-such-data", "/no/such/data", "~/no-such-data", "a/b/c"])
+def test_a_missing_local_dataset_is_one_line(tmp_path, capsys, dataset):
+    """It used to be sent to the Hub as a dataset name and end in a ConnectionError traceback."""
+    started = time.perf_counter()
+    assert _finetune(["--dataset", dataset, "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    assert time.perf_counter() - started < 20
+    line = _error(capsys)
+    assert f"--dataset {dataset!r}: no such folder or file" in line, line
+
+
+def test_an_unreachable_hub_dataset_is_one_line(monkeypatch):
+    from swin_hf.training.data import DataError, load_splits
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/name' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(DataError, match="not a local folder or file, and the Hugging Face Hub could not be reached"):
+        load_splits("org/name")
 
 
 def test_a_one_class_dataset_is_refused(tmp_path, capsys):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..training.data import DataError, SkipCounter, decode_or_skip, file_name
+from ..training.data import DataError, SkipCounter, choose_splits, decode_or_skip, file_name
 
 logger = logging.getLogger(__name__)
 
@@ -550,18 +550,17 @@ def class_names_of(split, objects_column: str) -> list[str] | None:
 def prepare_detection(
     splits, id2label: dict[int, str] | None = None, image_column: str = "image", objects_column: str = "objects",
     bbox_format: str = "xywh", validation_fraction: float = 0.1, max_train_samples: int | None = None,
-    max_eval_samples: int | None = None, seed: int = 0,
+    max_eval_samples: int | None = None, seed: int = 0, train_split: str | None = None,
 ) -> DetectionData:
-    """Choose the train/validation splits, find the class names (the given `id2label`, else the
+    """Choose the train/validation splits (training.data.choose_splits), find the class names (the given `id2label`, else the
     `category` ClassLabel), check every row (`check_split`) and log what will be clipped or left out."""
     import datasets
 
     if isinstance(splits, datasets.Dataset):
         splits = datasets.DatasetDict(train=splits)
-    if "train" not in splits:
-        raise DataError(f"The dataset has splits {list(splits)} but no 'train' split.")
-    train = splits["train"]
-    validation = next((splits[name] for name in ("validation", "val", "valid", "test") if name in splits), None)
+    train_name, validation_name = choose_splits(splits, train_split)
+    train = splits[train_name]
+    validation = splits[validation_name] if validation_name else None
     notes = []
     if validation is None:
         try:
@@ -570,7 +569,7 @@ def prepare_detection(
             raise DataError(f"The dataset has no validation split and holding out {validation_fraction:.0%} of its "
                             f"{len(train)} training images fails ({error}); give a validation split.") from error
         train, validation = parts["train"], parts["test"]
-        notes.append(f"validation = {validation_fraction:.0%} of 'train' (seed {seed})")
+        notes.append(f"validation = {validation_fraction:.0%} of {train_name!r} (seed {seed})")
     if max_train_samples:
         train = train.select(range(min(max_train_samples, len(train))))
     if max_eval_samples:

@@ -133,7 +133,7 @@ def load_data(args):
         raise DataError(f"--num-labels {args.num_labels} but the class list has {len(id2label)} classes.")
     return prepare_detection(
         splits, id2label, args.image_column, args.objects_column, args.bbox_format, args.validation_fraction,
-        args.max_train_samples, args.max_eval_samples, args.seed,
+        args.max_train_samples, args.max_eval_samples, args.seed, args.train_split,
     )
 
 

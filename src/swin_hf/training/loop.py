@@ -68,6 +68,7 @@ class TrainConfig:
     # data
     dataset: str | None = DIGITS
     dataset_config: str | None = None
+    train_split: str | None = None  # None: 'train', else the first split not named like an evaluation split
     train_dir: str | None = None
     validation_dir: str | None = None
     image_column: str | None = None
@@ -399,10 +400,10 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     source = config.train_dir or config.dataset or DIGITS
     if config.streaming:
         data = prepare_stream(splits, config.image_column, config.label_column, config.label_names,
-                              config.max_train_samples, config.max_eval_samples or 1000, source)
+                              config.max_train_samples, config.max_eval_samples or 1000, source, config.train_split)
     else:
         data = prepare(splits, config.image_column, config.label_column, config.train_val_split, config.max_train_samples,
-                       config.max_eval_samples, config.seed, source)
+                       config.max_eval_samples, config.seed, source, config.train_split)
 
     model, processor, from_scratch = build_model(config, data.class_names)
     image_size = model.config.image_size

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SimMIM pre-training of a Swin encoder on unlabelled images (any `datasets` split). "
         "Launch with `python`, `lightning run` (or `fabric run`), `torchrun` or `accelerate launch`.",
     )
-    d = cli.add_data_arguments(p, DEFAULT_DATASET)
+    d = cli.add_data_arguments(p, DEFAULT_DATASET, train_split=False)  # (its --split names the one split it reads)
     d.add_argument("--train-dir", default=None, help="a folder of images (labels, if any, are ignored)")
     d.add_argument("--split", default="train", help="the split to pre-train on")
     d.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
