@@ -381,3 +381,121 @@ def test_segmentation_data_and_model_errors_are_one_line(tmp_path, capsys):
                  "--devices", "1"]) == 2
     assert "no such folder" in _error(capsys)
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Paths read from data files stay inside their dataset folder
+# ------------------------------------------------------------------------------------------------
+
+
+def _coco(root: Path, file_names) -> Path:
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "train").mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30)).save(root / "train" / "a.png")
+    images = [{"id": i, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(file_names)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 3, 10, 12], "iscrowd": 0} for i in range(len(images))]
+    (root / "annotations" / "train.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cat"}]}))
+    return root
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """An image outside every dataset folder of a test."""
+    (tmp_path / "secret").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "secret" / "x.png")
+    return tmp_path / "secret" / "x.png"
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "absolute", "symlink"])
+def test_coco_file_names_must_stay_inside_the_dataset_folder(tmp_path, outside, escape):
+    """A file_name of ../../secret/x.png, /abs/x.png or a symlink leading out used to be read as given."""
+    from swin_hf.detection.data import coco_folder_dataset
+    from swin_hf.training.data import DataError
+
+    root = tmp_path / "coco"
+    name = {"dotdot": "../../secret/x.png", "absolute": str(outside), "symlink": "link.png"}[escape]
+    _coco(root, ["a.png", name])
+    (root / "train" / "link.png").symlink_to(outside)
+    with pytest.raises(DataError) as caught:
+        coco_folder_dataset(str(root))
+    message = str(caught.value)
+    assert "\n" not in message and str(root / "annotations" / "train.json") in message, message
+    assert f"image 1 (file_name {name!r})" in message and "outside the dataset folder" in message, message
+
+
+def test_coco_symlinks_inside_the_dataset_folder_keep_working(tmp_path):
+    from swin_hf.detection.data import coco_folder_dataset
+
+    root = _coco(tmp_path / "coco", ["a.png", "b.png", "../train/a.png"])
+    (root / "elsewhere").mkdir()
+    Image.new("RGB", (40, 30)).save(root / "elsewhere" / "real.png")
+    (root / "train" / "b.png").symlink_to(root / "elsewhere" / "real.png")
+    splits, _ = coco_folder_dataset(str(root))
+    paths = [image["path"] for image in splits["train"].cast_column("image", datasets.Image(decode=False))["image"]]
+    assert len(paths) == 3 and all(Image.open(p).size == (40, 30) for p in paths)
+
+
+def _path_only_parquet(folder: Path, image_paths, column="image", other=None) -> Path:
+    """A parquet file whose images are stored as paths without their bytes (as datasets' to_parquet writes them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    features = {column: datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    rows = {column: [{"bytes": None, "path": str(p)} for p in image_paths], "label": [i % 2 for i in range(len(image_paths))]}
+    if other:
+        features[other] = datasets.Image()
+        rows[other] = [{"bytes": None, "path": str(image_paths[0])}] * len(image_paths)
+    datasets.Dataset.from_dict(rows, features=datasets.Features(features)).to_parquet(str(folder / "train.parquet"))
+    return folder
+
+
+def test_a_local_dataset_naming_images_outside_its_folder_is_one_line(tmp_path, outside, capsys):
+    """Parquet (or a saved DatasetDict) rows stored as paths are opened as given: outside --dataset they are refused."""
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "inside.png")
+    data = _path_only_parquet(tmp_path / "data", [outside] * 2 + [tmp_path / "data" / "inside.png"] * 6)
+    assert _finetune(["--dataset", data, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    line = _error(capsys)
+    assert f"--dataset {str(data)!r}, split 'train': column 'image', row 0 names {str(outside)!r}" in line, line
+    assert "outside the dataset folder" in line
+
+
+def test_segmentation_masks_outside_the_dataset_folder_are_refused(tmp_path, outside):
+    """The label-map column is checked like the images (here the images are inside, the masks are not)."""
+    from argparse import Namespace
+
+    from swin_hf.segmentation.train import load_data
+    from swin_hf.training.data import DataError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "inside.png")
+    _path_only_parquet(data, [data / "inside.png"] * 4, other="annotation")
+    table = datasets.load_dataset(str(data))["train"].to_dict()
+    table["annotation"] = [{"bytes": None, "path": str(outside)}] * 4
+    datasets.Dataset.from_dict(table, features=datasets.load_dataset(str(data))["train"].features).to_parquet(str(data / "train.parquet"))
+    args = Namespace(dataset=str(data), dataset_config=None, streaming=False, id2label=None, num_labels=2, train_split=None)
+    with pytest.raises(DataError, match=r"column 'annotation', row 0 names .*outside the dataset folder"):
+        load_data(args)
+
+
+def test_train_dir_symlinks_leading_out_are_refused_and_inside_ones_kept(tmp_path, outside):
+    from swin_hf.training.data import DataError, load_splits
+
+    train = _images(tmp_path / "train")
+    (train / "cat" / "inside.png").symlink_to(train / "dog" / "dog0.png")
+    assert len(load_splits(train_dir=str(train))["train"]) == 7
+    (train / "dog" / "out.png").symlink_to(outside)
+    with pytest.raises(DataError, match=r"--train-dir / --validation-dir, split 'train': column 'image', row \d+ names .*out\.png"):
+        load_splits(train_dir=str(train))
+
+
+def test_the_path_rule(tmp_path):
+    from swin_hf.training.data import DataError, path_inside
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    assert path_inside(str(tmp_path / "data" / "sub" / ".." / "x.png"), str(tmp_path / "data"), "f", "e") == str(
+        (tmp_path / "data" / "x.png").resolve())
+    assert path_inside(str(tmp_path / "cache" / "x.png"), [str(tmp_path / "data"), str(tmp_path / "cache")], "f", "e")
+    for escape in ("../x.png", "sub/../../x.png", "../data2/x.png"):  # (data2 shares the prefix "data")
+        with pytest.raises(DataError, match=r"^f: e names .* outside the dataset folder"):
+            path_inside(str(tmp_path / "data" / escape), str(tmp_path / "data"), "f", "e")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..training.data import DataError, SkipCounter, choose_splits, decode_or_skip, file_name
+from ..training.data import DataError, SkipCounter, choose_splits, decode_or_skip, file_name, path_inside
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,8 @@ def coco_folder_dataset(root: str):
     detection convention, and its id2label. COCO's category ids (any integers, with gaps) become the indices
     0..K-1 in id order, named by the categories' `name`; every split must list the same categories. Crowd
     annotations (``iscrowd: 1``, regions of many objects) are left out, as DETR's training does, and counted
-    in the log; images without annotations are kept (objects: none).
+    in the log; images without annotations are kept (objects: none). Every `file_name` must lead inside
+    `root` (training.data.path_inside: no '..', absolute paths or symlinks out of it).
 
     Example:
         >>> import json, os, tempfile
@@ -303,8 +304,10 @@ def coco_folder_dataset(root: str):
             raise DataError(f"{path} lists no images.")
         folder = _image_folder(root, stem, images[0]["file_name"])
         names = [c[1] for c in found]
+        files = [path_inside(os.path.join(folder, str(image["file_name"])), root, path,
+                             f"image {image.get('id')} (file_name {image['file_name']!r})") for image in images]
         splits[_split_name(stem)] = datasets.Dataset.from_dict(
-            {"image": [os.path.join(folder, image["file_name"]) for image in images],
+            {"image": files,
              "objects": [per_image[int(image["id"])] for image in images]},
             features=detection_features(names),
         )

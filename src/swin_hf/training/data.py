@@ -70,14 +70,72 @@ def load_splits(
     (a saved DatasetDict and the built-in digits are cut into shards, see `streaming.to_stream`)."""
     loaded = _load(dataset, train_dir, validation_dir, dataset_config, streaming)
     if not streaming:
+        if train_dir:
+            check_data_paths(loaded, {"train": train_dir, "validation": validation_dir}, "--train-dir / --validation-dir")
+        elif not _builtin(dataset):
+            if not os.path.exists(dataset):
+                folder = _hub_caches()
+            else:
+                folder = dataset if os.path.isdir(dataset) else os.path.dirname(os.path.abspath(dataset))
+            check_data_paths(loaded, folder, f"--dataset {dataset!r}")
         return loaded
     from .streaming import stream_splits
 
     return stream_splits(loaded)
 
 
+def _builtin(dataset: str | None) -> bool:
+    return dataset in (None, "", DIGITS)
+
+
+def _hub_caches() -> list[str]:
+    """Where the files of a dataset read from the Hub lie: datasets' cache (downloaded, extracted) and the Hub's."""
+    import datasets
+    from huggingface_hub import constants
+
+    return [str(datasets.config.HF_DATASETS_CACHE), str(constants.HF_HUB_CACHE)]
+
+
+def path_inside(path: str, folders, source: str, entry: str) -> str:
+    """`path` as it will be opened (relative to the working directory unless absolute), resolved; raises
+    DataError unless it lies inside one of `folders` (a folder or a list). Symlinks are followed: one inside
+    the folder that leads out of it is refused like a '..' or an absolute path. `source` names the data file
+    or option and `entry` the row or entry that held the path (both appear in the message)."""
+    folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    resolved = os.path.realpath(path)
+    for folder in folders:
+        root = os.path.realpath(folder)
+        if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
+            return resolved
+    raise DataError(
+        f"{source}: {entry} names {path!r}, which is outside the dataset folder {str(folders[0])!r}; a path read from "
+        "a data file must lead inside its dataset folder (no '..', absolute paths elsewhere or symlinks out of it). "
+        "Fix the entry or move the file into the folder."
+    )
+
+
+def check_data_paths(splits, folders, source: str) -> None:
+    """`path_inside` for every image of `splits` (a DatasetDict) that is stored as a path without its bytes;
+    `folders` is the dataset folder (or a list of folders) of every split, or {split name: folder}."""
+    import datasets
+    import pyarrow.compute as pc
+
+    for name, split in splits.items():
+        where = folders.get(name) if isinstance(folders, dict) else folders
+        for column, feature in split.features.items():
+            if not isinstance(feature, datasets.Image) or where is None:
+                continue
+            offset = 0
+            for chunk in split.data.column(column).chunks:
+                paths = pc.struct_field(chunk, "path")
+                only_path = pc.and_(pc.is_null(pc.struct_field(chunk, "bytes")), pc.is_valid(paths))
+                for row in np.flatnonzero(only_path.to_numpy(zero_copy_only=False)):
+                    path_inside(paths[int(row)].as_py(), where, f"{source}, split {name!r}", f"column {column!r}, row {offset + int(row)}")
+                offset += len(chunk)
+
+
 def _saved_or_builtin(dataset: str | None) -> bool:
-    return dataset in (None, "", DIGITS) or (os.path.isdir(dataset) and (
+    return _builtin(dataset) or (os.path.isdir(dataset) and (
         os.path.exists(os.path.join(dataset, "dataset_dict.json")) or os.path.exists(os.path.join(dataset, "dataset_info.json"))))
 
 
@@ -95,7 +153,7 @@ def _load(dataset, train_dir, validation_dir, dataset_config, streaming: bool):
         if validation_dir:
             files["validation"] = os.path.join(validation_dir, "**")
         return datasets.load_dataset("imagefolder", data_files=files, streaming=streaming)
-    if dataset in (None, "", DIGITS):
+    if _builtin(dataset):
         return digits_dataset_dict()
     if _saved_or_builtin(dataset):
         loaded = datasets.load_from_disk(dataset)
@@ -608,6 +666,7 @@ __all__ = [
     "check_classes",
     "check_dataset_source",
     "check_image_folder",
+    "check_data_paths",
     "check_labels",
     "choose_splits",
     "ClassificationRows",
@@ -622,6 +681,7 @@ __all__ = [
     "detect_columns",
     "digits_dataset_dict",
     "load_splits",
+    "path_inside",
     "prepare",
     "prepare_stream",
     "to_rgb",
