@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 
@@ -180,6 +181,52 @@ def test_kill_during_a_checkpoint_write_then_resume(tmp_path):
     full = load_file(tmp_path / "full" / "checkpoints" / "final-weights.safetensors")
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Two runs into one output folder
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_busy_output_dir_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, capsys, caplog):
+    """Two runs into one --output-dir used to overwrite each other's checkpoints and model. The second is
+    refused (exit 1, one line naming the first run's process and the folder) even with --overwrite; once the
+    first is killed (SIGKILL: it cannot release anything), the next run takes its lock over and says so."""
+    from swin_hf.training.checkpoint import OWNER_FILE
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, str(SCRIPT), "--output-dir", str(out), "--max-steps", "100000", *SMALL],
+                             env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (out / OWNER_FILE).exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second could start"
+        assert _main(["--output-dir", out, "--overwrite", "--max-steps", 2, *SMALL]) == 1
+        line = _one_line_error(capsys)
+        assert line.startswith(f"error: --output-dir {str(out)!r} is in use by another run (process {first.pid} on "), line
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert json.loads((out / OWNER_FILE).read_text())["pid"] == first.pid  # left behind by the killed run
+    with caplog.at_level("WARNING"):
+        assert _main(["--output-dir", out, "--overwrite", "--max-steps", 2, *SMALL]) == 0
+    assert f"taking over the lock of process {first.pid}" in caplog.text
+    assert not (out / OWNER_FILE).exists() and (out / "model.safetensors").exists()
+
+
+def test_only_process_zero_takes_the_output_dir_lock(tmp_path):
+    """Under DDP process 0 holds the lock for the run (it was taken once, not by every process)."""
+    from types import SimpleNamespace
+
+    from swin_hf.training.checkpoint import LOCK_FILE, check_output_dir, release_output_dirs
+
+    check_output_dir(SimpleNamespace(is_global_zero=False, world_size=1), str(tmp_path / "a"), False, False)
+    assert not (tmp_path / "a").exists()
+    check_output_dir(SimpleNamespace(is_global_zero=True, world_size=1), str(tmp_path / "b"), False, False)
+    assert (tmp_path / "b" / LOCK_FILE).exists()
+    check_output_dir(SimpleNamespace(is_global_zero=True, world_size=1), str(tmp_path / "b"), False, False)  # (its own)
+    release_output_dirs()
 
 
 # ------------------------------------------------------------------------------------------------

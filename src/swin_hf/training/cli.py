@@ -547,6 +547,10 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
             print(f"error: could not write the outputs ({one_line(error)}); free space or choose another --output-dir, "
                   "then run again (--resume continues from the last checkpoint).", file=sys.stderr)
         return 1
+    finally:
+        from .checkpoint import release_output_dirs
+
+        release_output_dirs()  # the --output-dir lock, taken by process 0 when the run checked its folder
     if fabric.is_global_zero:
         print(report(summary))
     return 0
