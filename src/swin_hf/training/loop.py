@@ -689,7 +689,7 @@ def push_to_hub(run: Run) -> None:
     out = run.config.output_dir
     repo = run.config.hub_model_id or os.path.basename(os.path.abspath(out))
     create_repo(repo, exist_ok=True)
-    upload_folder(repo_id=repo, folder_path=out, ignore_patterns=["checkpoints/*", ".tmp-*"])
+    upload_folder(repo_id=repo, folder_path=out, ignore_patterns=["checkpoints/*", ".tmp-*", ".swin_hf.lock*"])
     run.fabric.print(f"Pushed {out} to https://huggingface.co/{repo}")
 
 
