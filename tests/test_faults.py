@@ -346,6 +346,28 @@ def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, cap
     assert _checkpoints(out) == ["step-00000004.ckpt"]  # refused before anything changed
 
 
+def test_resume_keeps_the_earlier_log_rows(finished_run, tmp_path, capsys):
+    """--resume used to delete logs/metrics.csv (Lightning's CSV logger starts it afresh) and leave the
+    TensorBoard steps after the checkpoint twice. Resumed from step 4 of an 8-step run: both logs hold every
+    step once, the first four as the first run logged them."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = _copy(finished_run, tmp_path)
+    (out / "checkpoints" / "final-weights.safetensors").unlink()
+    before = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    assert _main(["--output-dir", out, "--epochs", 3, "--max-steps", 8, "--resume", *SMALL]) == 0, capsys.readouterr().err
+    after = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    train = [row for row in after if row.get("train_loss")]
+    assert [int(row["step"]) for row in train] == list(range(1, 9))
+    assert [float(r["train_loss"]) for r in train[:4]] == [float(r["train_loss"]) for r in before if r.get("train_loss")][:4]
+    assert any(row.get("val_top1") and int(row["step"]) == 4 for row in after)  # the evaluation before the kill
+    board = EventAccumulator(str(out / "logs" / "tensorboard"))
+    board.Reload()
+    assert [event.step for event in board.Scalars("train_loss")] == list(range(1, 9))
+
+
 def test_allowed_changes_take_effect(finished_run, tmp_path, capsys):
     """--lr 0.1 with --allow-changed-config lr is used from the resumed step on (it used to be ignored:
     bit-identical weights); a larger batch size completes the planned epochs at the new size."""

@@ -252,7 +252,7 @@ def run(args, fabric) -> dict:
     if session.begin(state, {"class_names": list(id2label.values())}):
         logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
     progress = state["progress"]
-    logs = MetricLoggers(fabric, out)
+    logs = MetricLoggers(fabric, out, resume=args.resume)
     train_size = "a stream of" if args.streaming else f"{len(train_split)}"
     logger.info("UperNet + Swin: %d classes, %s train / %d validation images at %d px, %d steps",
                 num_labels, train_size, len(val_split), S, total)

@@ -431,7 +431,7 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     if ema is not None:
         state["ema"] = ema
     run = Run(config, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment, train_loader,
-              eval_loader, train_order, report.MetricLoggers(fabric, config.output_dir), load_accuracy(), state,
+              eval_loader, train_order, report.MetricLoggers(fabric, config.output_dir, resume=config.resume), load_accuracy(), state,
               batches_per_epoch, total_steps, warmup, from_scratch, image_size, started)
     # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
     data_settings = {"class_names": data.class_names, "validation_examples": len(data.validation)}

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -261,17 +262,50 @@ def write_report(out: str, summary: dict, history: list[dict], card: str, scores
 
 class MetricLoggers:
     """The CSV and TensorBoard logs in output_dir/logs (metrics.csv, tensorboard/), written by process 0
-    through Lightning's logger objects (owned here, not attached to Fabric)."""
+    through Lightning's logger objects (owned here, not attached to Fabric). They open at the first row
+    logged: with `resume`, the rows an earlier run logged before that step are kept (Lightning's CSV logger
+    would delete them) and TensorBoard hides the earlier events from that step on (they are logged again),
+    so the logs of a resumed run hold the whole run once."""
 
-    def __init__(self, fabric, out: str):
-        self.loggers = []
+    def __init__(self, fabric, out: str, resume: bool = False):
+        self.out, self.resume = out, resume
+        self.loggers: list | None = None if fabric.is_global_zero else []
         self.closed = False
-        if fabric.is_global_zero:
-            from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
-            self.loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tensorboard")]
+    def _open(self, step: int) -> list:
+        from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+        earlier = self._rows_before(step) if self.resume else []
+        table = CSVLogger(self.out, name="logs", version="")
+        with warnings.catch_warnings():  # (its warning that metrics.csv will be deleted: its rows were read above)
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            table.experiment
+        for row in earlier:
+            table.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
+        board = TensorBoardLogger(self.out, name="logs", version="tensorboard", **({"purge_step": step} if self.resume else {}))
+        return [table, board]
+
+    def _rows_before(self, step: int) -> list[dict]:
+        """The rows of logs/metrics.csv logged before `step`, as numbers (empty cells left out)."""
+        path = os.path.join(self.out, "logs", "metrics.csv")
+        if not os.path.exists(path):
+            return []
+        rows = []
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                except ValueError:
+                    continue
+                if "step" in values and values["step"] < step:
+                    rows.append({**values, "step": int(values["step"])})
+        if rows:
+            logger.info("--resume: the logs keep the %d row(s) logged before step %d", len(rows), step)
+        return rows
 
     def log(self, row: dict, step: int) -> None:
+        if self.loggers is None:
+            self.loggers = self._open(step)
         for experiment_logger in self.loggers:
             experiment_logger.log_metrics(row, step)
 
@@ -279,7 +313,7 @@ class MetricLoggers:
         """Write out and close the logs (once; a failed run closes them with status "failed")."""
         if not self.closed:
             self.closed = True
-            for experiment_logger in self.loggers:
+            for experiment_logger in self.loggers or []:
                 experiment_logger.finalize(status)
 
 

@@ -273,7 +273,7 @@ def run(args, fabric) -> dict:
     if session.begin(state):
         logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
     losses = state["progress"]["losses"]
-    logs = MetricLoggers(fabric, out)
+    logs = MetricLoggers(fabric, out, resume=args.resume)
     logger.info("SimMIM on %s images of %d px, mask blocks %d px at ratio %.2f, %d steps",
                 "a stream of" if args.streaming else len(split), size, mask_patch, args.mask_ratio, total)
 
