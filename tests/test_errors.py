@@ -6,6 +6,7 @@ folder must change (argparse's status for bad arguments); the swin-hf command: `
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -499,3 +500,17 @@ def test_the_path_rule(tmp_path):
     for escape in ("../x.png", "sub/../../x.png", "../data2/x.png"):  # (data2 shares the prefix "data")
         with pytest.raises(DataError, match=r"^f: e names .* outside the dataset folder"):
             path_inside(str(tmp_path / "data" / escape), str(tmp_path / "data"), "f", "e")
+
+
+def test_streamed_rows_naming_images_outside_the_dataset_folder_are_refused(tmp_path, outside):
+    """With --streaming the rows are checked as they are read (a stream cannot be read through first)."""
+    from swin_hf.training.data import DataError, load_splits
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "inside.png")
+    _path_only_parquet(data, [data / "inside.png"] * 3 + [outside])
+    rows = iter(load_splits(str(data), streaming=True)["train"])
+    assert [row["image"]["path"] for row in itertools.islice(rows, 3)] == [str(data / "inside.png")] * 3
+    with pytest.raises(DataError, match=r"split 'train': column 'image', a streamed row names .*outside the dataset folder"):
+        next(rows)

@@ -69,19 +69,52 @@ def load_splits(
     or (nothing given) the built-in digits. `streaming`: {split: IterableDataset} read as it is used
     (a saved DatasetDict and the built-in digits are cut into shards, see `streaming.to_stream`)."""
     loaded = _load(dataset, train_dir, validation_dir, dataset_config, streaming)
+    if train_dir:
+        folders, source = {"train": train_dir, "validation": validation_dir}, "--train-dir / --validation-dir"
+    elif not _builtin(dataset):
+        if not os.path.exists(dataset):
+            folders = _hub_caches()
+        else:
+            folders = dataset if os.path.isdir(dataset) else os.path.dirname(os.path.abspath(dataset))
+        source = f"--dataset {dataset!r}"
+    else:
+        folders = source = None  # the built-in data holds images, not paths
     if not streaming:
-        if train_dir:
-            check_data_paths(loaded, {"train": train_dir, "validation": validation_dir}, "--train-dir / --validation-dir")
-        elif not _builtin(dataset):
-            if not os.path.exists(dataset):
-                folder = _hub_caches()
-            else:
-                folder = dataset if os.path.isdir(dataset) else os.path.dirname(os.path.abspath(dataset))
-            check_data_paths(loaded, folder, f"--dataset {dataset!r}")
+        if folders is not None:
+            check_data_paths(loaded, folders, source)
         return loaded
     from .streaming import stream_splits
 
-    return stream_splits(loaded)
+    streams = stream_splits(loaded)
+    if folders is not None:
+        streams = {name: _checked_stream(split, folders.get(name) if isinstance(folders, dict) else folders, f"{source}, split {name!r}")
+                   for name, split in streams.items()}
+    return streams
+
+
+def _checked_stream(split, folder, source: str):
+    """A streamed split whose rows are checked as they are read: an image stored as a path without its
+    bytes must lie inside `folder` (`path_inside`). Its Image columns are left undecoded (the recipes decode
+    them in their loaders' workers)."""
+    import datasets
+
+    from .streaming import undecoded
+
+    if split.features is None:  # (some formats say their columns only once read)
+        split = split._resolve_features()
+    columns = [name for name, feature in split.features.items() if isinstance(feature, datasets.Image)]
+    if not columns or folder is None:
+        return split
+    split = undecoded(split, columns)
+
+    def check(row):
+        for column in columns:
+            value = row[column]
+            if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
+                path_inside(value["path"], folder, source, f"column {column!r}, a streamed row")
+        return row
+
+    return split.map(check, features=split.features)
 
 
 def _builtin(dataset: str | None) -> bool:
