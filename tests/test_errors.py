@@ -514,3 +514,25 @@ def test_streamed_rows_naming_images_outside_the_dataset_folder_are_refused(tmp_
     assert [row["image"]["path"] for row in itertools.islice(rows, 3)] == [str(data / "inside.png")] * 3
     with pytest.raises(DataError, match=r"split 'train': column 'image', a streamed row names .*outside the dataset folder"):
         next(rows)
+
+
+def test_a_weight_index_naming_shards_outside_the_model_folder_is_refused(tmp_path):
+    """model.safetensors.index.json names its shards; one outside the model folder used to be read."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers.utils import cached_file
+
+    from swin_hf.convert import _read_weights
+    from swin_hf.training.data import DataError
+
+    save_file({"w": torch.zeros(1)}, tmp_path / "outside.safetensors")
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"v": torch.ones(1)}, model / "shard.safetensors")
+    for shard, refused in (("shard.safetensors", False), ("../outside.safetensors", True)):
+        (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
+        if refused:
+            with pytest.raises(DataError, match=r"model\.safetensors\.index\.json: weight_map entry '\.\./outside\.safetensors' names"):
+                _read_weights(str(model), {}, cached_file)
+        else:
+            assert set(_read_weights(str(model), {}, cached_file)) == {"v"}
