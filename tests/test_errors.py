@@ -256,13 +256,17 @@ def test_negative_integer_labels_are_refused(tmp_path, capsys):
 
 
 def test_integer_labels_are_the_class_ids(tmp_path):
-    """Plain integer labels 0, 2, 5 are classes 0, 2 and 5 (not renumbered 0, 1, 2)."""
-    from swin_hf.training.data import prepare
+    """Plain integer labels 0, 2, 5 are classes 0, 2 and 5 (not renumbered 0, 1, 2); labels that would make
+    a model of mostly empty classes (years as labels) are refused with what to do."""
+    from swin_hf.training.data import DataError, prepare
 
     data = _saved_dataset(tmp_path / "data", [0, 2, 5] * 3, [0, 2, 5], names=None)
     prepared = prepare(datasets.load_from_disk(str(data)))
     assert prepared.class_names == ["0", "1", "2", "3", "4", "5"]
     assert prepared.train["label"] == [0, 2, 5] * 3 and prepared.validation["label"] == [0, 2, 5]
+    sparse = _saved_dataset(tmp_path / "years", [2015, 2016] * 3, [2015, 2016], names=None)
+    with pytest.raises(DataError, match="2 distinct integer labels up to 2016; class ids are the label values"):
+        prepare(datasets.load_from_disk(str(sparse)))
 
 
 @pytest.mark.parametrize("dataset", ["./no-such-data", "/no/such/data", "~/no-such-data", "a/b/c"])

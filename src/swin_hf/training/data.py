@@ -415,6 +415,12 @@ def prepare(
     elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         # plain integers are the class ids themselves: classes 0..max, named by their number
         check_labels(values, values[-1] + 1, f"Column {label_column!r}", "")
+        if values[-1] >= 1000 and values[-1] + 1 > 10 * len(values):
+            raise DataError(
+                f"Column {label_column!r} holds {len(values)} distinct integer labels up to {values[-1]}; class ids are "
+                f"the label values, so the model would have {values[-1] + 1} outputs. Cast the column to a ClassLabel "
+                "(or to strings) to number the classes 0..K-1."
+            )
         class_names = [str(i) for i in range(values[-1] + 1)]
     else:  # strings (or other values): the sorted distinct values make the class list
         class_names = [str(v) for v in values]
