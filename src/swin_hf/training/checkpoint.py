@@ -2,8 +2,9 @@
 
 - The output folder is locked by process 0 for the whole run (`lock_output_dir`: a second run into it is
   refused, a lock left by a killed run is taken over), then checked (a folder, writable, not another run's
-  unless --resume / --overwrite) before anything is loaded, and an old run's checkpoints are removed (--overwrite) only once the arguments, the
-  data and the model have been validated (`check_output_dir`, then `claim_output_dir`).
+  unless --resume / --overwrite) before anything is loaded, and an old run's checkpoints are removed
+  (--overwrite) only once the arguments, the data and the model have been validated (`check_output_dir`,
+  then `claim_output_dir`).
 - Checkpoints are written to a temporary name and renamed (`save_atomic`); a failed write removes its
   partial file and raises `OutputWriteError`, leaving the earlier checkpoints as they were.
 - They hold tensors and plain Python values only, and are read with ``weights_only=True``: a checkpoint

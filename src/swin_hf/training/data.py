@@ -87,8 +87,8 @@ def load_splits(
 
     streams = stream_splits(loaded)
     if folders is not None:
-        streams = {name: _checked_stream(split, folders.get(name) if isinstance(folders, dict) else folders, f"{source}, split {name!r}")
-                   for name, split in streams.items()}
+        streams = {name: _checked_stream(split, folders.get(name) if isinstance(folders, dict) else folders,
+                                         f"{source}, split {name!r}") for name, split in streams.items()}
     return streams
 
 
@@ -163,7 +163,8 @@ def check_data_paths(splits, folders, source: str) -> None:
                 paths = pc.struct_field(chunk, "path")
                 only_path = pc.and_(pc.is_null(pc.struct_field(chunk, "bytes")), pc.is_valid(paths))
                 for row in np.flatnonzero(only_path.to_numpy(zero_copy_only=False)):
-                    path_inside(paths[int(row)].as_py(), where, f"{source}, split {name!r}", f"column {column!r}, row {offset + int(row)}")
+                    path_inside(paths[int(row)].as_py(), where, f"{source}, split {name!r}",
+                                f"column {column!r}, row {offset + int(row)}")
                 offset += len(chunk)
 
 
