@@ -366,6 +366,8 @@ def test_resume_keeps_the_earlier_log_rows(finished_run, tmp_path, capsys):
     board = EventAccumulator(str(out / "logs" / "tensorboard"))
     board.Reload()
     assert [event.step for event in board.Scalars("train_loss")] == list(range(1, 9))
+    history = json.loads((out / "metrics.json").read_text())["history"]  # what training_curves.png draws
+    assert [row["step"] for row in history if "train_loss" in row] == list(range(1, 9))
 
 
 def test_allowed_changes_take_effect(finished_run, tmp_path, capsys):
