@@ -501,9 +501,12 @@ def test_the_path_rule(tmp_path):
     assert path_inside(str(tmp_path / "data" / "sub" / ".." / "x.png"), str(tmp_path / "data"), "f", "e") == str(
         (tmp_path / "data" / "x.png").resolve())
     assert path_inside(str(tmp_path / "cache" / "x.png"), [str(tmp_path / "data"), str(tmp_path / "cache")], "f", "e")
-    for escape in ("../x.png", "sub/../../x.png", "../data2/x.png"):  # (data2 shares the prefix "data")
-        with pytest.raises(DataError, match=r"^f: e names .* outside the dataset folder"):
-            path_inside(str(tmp_path / "data" / escape), str(tmp_path / "data"), "f", "e")
+    (tmp_path / "data" / "sub" / "link.png").symlink_to(tmp_path / "x.png")
+    for folders_seen in (None, {}):  # (the same answers with the cache used for many files)
+        assert path_inside(str(tmp_path / "data" / "sub" / "y.png"), str(tmp_path / "data"), "f", "e", folders_seen)
+        for escape in ("../x.png", "sub/../../x.png", "../data2/x.png", "sub/link.png", "sub/../.."):  # (data2 shares "data")
+            with pytest.raises(DataError, match=r"^f: e names .* outside the dataset folder"):
+                path_inside(str(tmp_path / "data" / escape), str(tmp_path / "data"), "f", "e", folders_seen)
 
 
 def test_streamed_rows_naming_images_outside_the_dataset_folder_are_refused(tmp_path, outside):

@@ -106,12 +106,13 @@ def _checked_stream(split, folder, source: str):
     if not columns or folder is None:
         return split
     split = undecoded(split, columns)
+    folders_seen: dict = {}
 
     def check(row):
         for column in columns:
             value = row[column]
             if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
-                path_inside(value["path"], folder, source, f"column {column!r}, a streamed row")
+                path_inside(value["path"], folder, source, f"column {column!r}, a streamed row", folders_seen)
         return row
 
     return split.map(check, features=split.features)
@@ -129,15 +130,30 @@ def _hub_caches() -> list[str]:
     return [str(datasets.config.HF_DATASETS_CACHE), str(constants.HF_HUB_CACHE)]
 
 
-def path_inside(path: str, folders, source: str, entry: str) -> str:
+def _resolved(path: str, folders_seen: dict | None) -> str:
+    """os.path.realpath(path); with `folders_seen` (a cache of resolved folders), one realpath per folder and
+    one lstat per file (a symlinked file is resolved in full), for the many files of a dataset."""
+    if folders_seen is None:
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in folders_seen:
+        folders_seen[folder] = os.path.realpath(folder or ".")
+    if not name:
+        return folders_seen[folder]
+    full = os.path.join(folders_seen[folder], name)
+    return os.path.realpath(full) if name in (".", "..") or os.path.islink(full) else full
+
+
+def path_inside(path: str, folders, source: str, entry: str, folders_seen: dict | None = None) -> str:
     """`path` as it will be opened (relative to the working directory unless absolute), resolved; raises
     DataError unless it lies inside one of `folders` (a folder or a list). Symlinks are followed: one inside
     the folder that leads out of it is refused like a '..' or an absolute path. `source` names the data file
-    or option and `entry` the row or entry that held the path (both appear in the message)."""
+    or option and `entry` the row or entry that held the path (both appear in the message); `folders_seen`
+    (a dict kept between calls) makes checking many files of the same folders fast."""
     folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
-    resolved = os.path.realpath(path)
+    resolved = _resolved(path, folders_seen)
     for folder in folders:
-        root = os.path.realpath(folder)
+        root = _resolved(os.path.join(folder, ""), folders_seen)  # (a folder's own path: resolved once)
         if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
             return resolved
     raise DataError(
@@ -155,6 +171,7 @@ def check_data_paths(splits, folders, source: str) -> None:
 
     for name, split in splits.items():
         where = folders.get(name) if isinstance(folders, dict) else folders
+        folders_seen: dict = {}
         for column, feature in split.features.items():
             if not isinstance(feature, datasets.Image) or where is None:
                 continue
@@ -164,7 +181,7 @@ def check_data_paths(splits, folders, source: str) -> None:
                 only_path = pc.and_(pc.is_null(pc.struct_field(chunk, "bytes")), pc.is_valid(paths))
                 for row in np.flatnonzero(only_path.to_numpy(zero_copy_only=False)):
                     path_inside(paths[int(row)].as_py(), where, f"{source}, split {name!r}",
-                                f"column {column!r}, row {offset + int(row)}")
+                                f"column {column!r}, row {offset + int(row)}", folders_seen)
                 offset += len(chunk)
 
 
