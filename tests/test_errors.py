@@ -6,6 +6,7 @@ folder must change (argparse's status for bad arguments); the swin-hf command: `
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -166,6 +167,7 @@ def test_output_dir_that_cannot_be_written(tmp_path, capsys):
         ("empty", "holds no image files"),
         ("flat", "image(s) outside class sub-folders"),
         ("one-class", "holds a single class ('cat'); a classifier needs at least 2 classes"),
+        ("nested", "holds 3 image(s) in the nested folder 'cat/indoor'; the class of an image is the folder directly under"),
     ],
 )
 def test_train_dir_problems_are_named(tmp_path, capsys, layout, fragment):
@@ -176,14 +178,30 @@ def test_train_dir_problems_are_named(tmp_path, capsys, layout, fragment):
         _images(train, flat=True)
     elif layout == "one-class":
         _images(train, classes=("cat",))
+    elif layout == "nested":
+        _images(train, classes=("dog",))
+        _images(train / "cat", classes=("indoor",))
     assert _finetune(["--train-dir", train, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
     line = _error(capsys)
     assert line.startswith("error: --train-dir") and fragment in line, line
     assert "No label column found" not in line
 
 
-def _saved_dataset(path: Path, train_labels, validation_labels, names=("a", "b", "c")):
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(names))})
+def test_an_empty_class_folder_is_named_in_the_log(tmp_path, caplog):
+    """An empty class folder is not a class (imagefolder reads classes from the images); it used to vanish
+    without a word."""
+    from swin_hf.training.data import check_image_folder
+
+    _images(tmp_path / "train")
+    (tmp_path / "train" / "bird").mkdir()
+    with caplog.at_level("WARNING"):
+        assert check_image_folder(str(tmp_path / "train"), "--train-dir", min_classes=2) == {"cat": 3, "dog": 3}
+    assert "class folder(s) ['bird'] hold no images and are left out of the classes" in caplog.text
+
+
+def _saved_dataset(path: Path, train_labels, validation_labels, names=("a", "b", "c"), splits=("train", "validation")):
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=list(names)) if names else datasets.Value("int64")})
 
     def split(labels):
         return datasets.Dataset.from_dict(
@@ -191,8 +209,88 @@ def _saved_dataset(path: Path, train_labels, validation_labels, names=("a", "b",
             features=features,
         )
 
-    datasets.DatasetDict(train=split(train_labels), validation=split(validation_labels)).save_to_disk(path)
+    datasets.DatasetDict(dict(zip(splits, (split(train_labels), split(validation_labels))))).save_to_disk(path)
     return path
+
+
+def test_a_test_split_is_trained_on_only_when_named(tmp_path, capsys):
+    """A DatasetDict with only a `test` split used to be trained on (and validated on a part of it) silently."""
+    from swin_hf.training.data import DataError, choose_splits, prepare
+
+    data = _saved_dataset(tmp_path / "data", [0, 1] * 4, [0, 1] * 4, splits=("test", "validation"))
+    assert _finetune(["--dataset", data, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    line = _error(capsys)
+    assert "no training split, only ['test', 'validation']" in line and "--train-split test" in line, line
+    splits = datasets.load_from_disk(str(data))
+    prepared = prepare(splits, train_split="test")
+    assert len(prepared.train) == 8 and len(prepared.validation) == 8  # validation: the `validation` split
+    assert choose_splits({"test": 0}, "test") == ("test", None)  # held out from it, as for any lone split
+    assert choose_splits({"data": 0, "test": 0}) == ("data", "test")
+    with pytest.raises(DataError, match=r"--train-split 'tain' is not a split of the dataset \(splits: \['test'\]\)"):
+        choose_splits({"test": 0}, "tain")
+
+
+@pytest.mark.parametrize("recipe", ["segmentation", "detection"])
+def test_the_dense_recipes_refuse_a_lone_test_split_too(recipe, monkeypatch):
+    from swin_hf.training import data
+    from swin_hf.training.data import DataError
+
+    splits = datasets.DatasetDict(test=datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))]}))
+    with pytest.raises(DataError, match="no training split, only \\['test'\\]"):
+        if recipe == "segmentation":
+            from argparse import Namespace
+
+            from swin_hf.segmentation.train import load_data
+
+            monkeypatch.setattr(data, "load_splits", lambda **kwargs: splits)
+            load_data(Namespace(dataset="x", dataset_config=None, streaming=False, id2label=None, num_labels=2, train_split=None))
+        else:
+            from swin_hf.detection.data import prepare_detection
+
+            prepare_detection(splits, {0: "a"})
+
+
+def test_negative_integer_labels_are_refused(tmp_path, capsys):
+    """-1 (a common mark for 'unlabelled') used to become a class named '-1' and shift every other class id."""
+    data = _saved_dataset(tmp_path / "data", [0, 1, -1, 2] * 2, [0, 1, 2, 2], names=None)
+    assert _finetune(["--dataset", data, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    line = _error(capsys)
+    assert "Column 'label': 1 example(s) have the negative label -1" in line and "0 and up" in line, line
+
+
+def test_integer_labels_are_the_class_ids(tmp_path):
+    """Plain integer labels 0, 2, 5 are classes 0, 2 and 5 (not renumbered 0, 1, 2); labels that would make
+    a model of mostly empty classes (years as labels) are refused with what to do."""
+    from swin_hf.training.data import DataError, prepare
+
+    data = _saved_dataset(tmp_path / "data", [0, 2, 5] * 3, [0, 2, 5], names=None)
+    prepared = prepare(datasets.load_from_disk(str(data)))
+    assert prepared.class_names == ["0", "1", "2", "3", "4", "5"]
+    assert prepared.train["label"] == [0, 2, 5] * 3 and prepared.validation["label"] == [0, 2, 5]
+    sparse = _saved_dataset(tmp_path / "years", [2015, 2016] * 3, [2015, 2016], names=None)
+    with pytest.raises(DataError, match="2 distinct integer labels up to 2016; class ids are the label values"):
+        prepare(datasets.load_from_disk(str(sparse)))
+
+
+@pytest.mark.parametrize("dataset", ["./no-such-data", "/no/such/data", "~/no-such-data", "a/b/c"])
+def test_a_missing_local_dataset_is_one_line(tmp_path, capsys, dataset):
+    """It used to be sent to the Hub as a dataset name and end in a ConnectionError traceback."""
+    started = time.perf_counter()
+    assert _finetune(["--dataset", dataset, "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    assert time.perf_counter() - started < 20
+    line = _error(capsys)
+    assert f"--dataset {dataset!r}: no such folder or file" in line, line
+
+
+def test_an_unreachable_hub_dataset_is_one_line(monkeypatch):
+    from swin_hf.training.data import DataError, load_splits
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/name' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(DataError, match="not a local folder or file, and the Hugging Face Hub could not be reached"):
+        load_splits("org/name")
 
 
 def test_a_one_class_dataset_is_refused(tmp_path, capsys):
@@ -291,3 +389,160 @@ def test_segmentation_data_and_model_errors_are_one_line(tmp_path, capsys):
                  "--devices", "1"]) == 2
     assert "no such folder" in _error(capsys)
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Paths read from data files stay inside their dataset folder
+# ------------------------------------------------------------------------------------------------
+
+
+def _coco(root: Path, file_names) -> Path:
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "train").mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30)).save(root / "train" / "a.png")
+    images = [{"id": i, "file_name": name, "width": 40, "height": 30} for i, name in enumerate(file_names)]
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 3, 10, 12], "iscrowd": 0} for i in range(len(images))]
+    (root / "annotations" / "train.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cat"}]}))
+    return root
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """An image outside every dataset folder of a test."""
+    (tmp_path / "secret").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "secret" / "x.png")
+    return tmp_path / "secret" / "x.png"
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "absolute", "symlink"])
+def test_coco_file_names_must_stay_inside_the_dataset_folder(tmp_path, outside, escape):
+    """A file_name of ../../secret/x.png, /abs/x.png or a symlink leading out used to be read as given."""
+    from swin_hf.detection.data import coco_folder_dataset
+    from swin_hf.training.data import DataError
+
+    root = tmp_path / "coco"
+    name = {"dotdot": "../../secret/x.png", "absolute": str(outside), "symlink": "link.png"}[escape]
+    _coco(root, ["a.png", name])
+    (root / "train" / "link.png").symlink_to(outside)
+    with pytest.raises(DataError) as caught:
+        coco_folder_dataset(str(root))
+    message = str(caught.value)
+    assert "\n" not in message and str(root / "annotations" / "train.json") in message, message
+    assert f"image 1 (file_name {name!r})" in message and "outside the dataset folder" in message, message
+
+
+def test_coco_symlinks_inside_the_dataset_folder_keep_working(tmp_path):
+    from swin_hf.detection.data import coco_folder_dataset
+
+    root = _coco(tmp_path / "coco", ["a.png", "b.png", "../train/a.png"])
+    (root / "elsewhere").mkdir()
+    Image.new("RGB", (40, 30)).save(root / "elsewhere" / "real.png")
+    (root / "train" / "b.png").symlink_to(root / "elsewhere" / "real.png")
+    splits, _ = coco_folder_dataset(str(root))
+    paths = [image["path"] for image in splits["train"].cast_column("image", datasets.Image(decode=False))["image"]]
+    assert len(paths) == 3 and all(Image.open(p).size == (40, 30) for p in paths)
+
+
+def _path_only_parquet(folder: Path, image_paths, column="image", other=None) -> Path:
+    """A parquet file whose images are stored as paths without their bytes (as datasets' to_parquet writes them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    features = {column: datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    rows = {column: [{"bytes": None, "path": str(p)} for p in image_paths], "label": [i % 2 for i in range(len(image_paths))]}
+    if other:
+        features[other] = datasets.Image()
+        rows[other] = [{"bytes": None, "path": str(image_paths[0])}] * len(image_paths)
+    datasets.Dataset.from_dict(rows, features=datasets.Features(features)).to_parquet(str(folder / "train.parquet"))
+    return folder
+
+
+def test_a_local_dataset_naming_images_outside_its_folder_is_one_line(tmp_path, outside, capsys):
+    """Parquet (or a saved DatasetDict) rows stored as paths are opened as given: outside --dataset they are refused."""
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "inside.png")
+    data = _path_only_parquet(tmp_path / "data", [outside] * 2 + [tmp_path / "data" / "inside.png"] * 6)
+    assert _finetune(["--dataset", data, "--model", "swin-digits", "--output-dir", tmp_path / "run", "--no-progress"]) == 2
+    line = _error(capsys)
+    assert f"--dataset {str(data)!r}, split 'train': column 'image', row 0 names {str(outside)!r}" in line, line
+    assert "outside the dataset folder" in line
+
+
+def test_segmentation_masks_outside_the_dataset_folder_are_refused(tmp_path, outside):
+    """The label-map column is checked like the images (here the images are inside, the masks are not)."""
+    from argparse import Namespace
+
+    from swin_hf.segmentation.train import load_data
+    from swin_hf.training.data import DataError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "inside.png")
+    _path_only_parquet(data, [data / "inside.png"] * 4, other="annotation")
+    table = datasets.load_dataset(str(data))["train"].to_dict()
+    table["annotation"] = [{"bytes": None, "path": str(outside)}] * 4
+    datasets.Dataset.from_dict(table, features=datasets.load_dataset(str(data))["train"].features).to_parquet(str(data / "train.parquet"))
+    args = Namespace(dataset=str(data), dataset_config=None, streaming=False, id2label=None, num_labels=2, train_split=None)
+    with pytest.raises(DataError, match=r"column 'annotation', row 0 names .*outside the dataset folder"):
+        load_data(args)
+
+
+def test_train_dir_symlinks_leading_out_are_refused_and_inside_ones_kept(tmp_path, outside):
+    from swin_hf.training.data import DataError, load_splits
+
+    train = _images(tmp_path / "train")
+    (train / "cat" / "inside.png").symlink_to(train / "dog" / "dog0.png")
+    assert len(load_splits(train_dir=str(train))["train"]) == 7
+    (train / "dog" / "out.png").symlink_to(outside)
+    with pytest.raises(DataError, match=r"--train-dir / --validation-dir, split 'train': column 'image', row \d+ names .*out\.png"):
+        load_splits(train_dir=str(train))
+
+
+def test_the_path_rule(tmp_path):
+    from swin_hf.training.data import DataError, path_inside
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    assert path_inside(str(tmp_path / "data" / "sub" / ".." / "x.png"), str(tmp_path / "data"), "f", "e") == str(
+        (tmp_path / "data" / "x.png").resolve())
+    assert path_inside(str(tmp_path / "cache" / "x.png"), [str(tmp_path / "data"), str(tmp_path / "cache")], "f", "e")
+    (tmp_path / "data" / "sub" / "link.png").symlink_to(tmp_path / "x.png")
+    for folders_seen in (None, {}):  # (the same answers with the cache used for many files)
+        assert path_inside(str(tmp_path / "data" / "sub" / "y.png"), str(tmp_path / "data"), "f", "e", folders_seen)
+        for escape in ("../x.png", "sub/../../x.png", "../data2/x.png", "sub/link.png", "sub/../.."):  # (data2 shares "data")
+            with pytest.raises(DataError, match=r"^f: e names .* outside the dataset folder"):
+                path_inside(str(tmp_path / "data" / escape), str(tmp_path / "data"), "f", "e", folders_seen)
+
+
+def test_streamed_rows_naming_images_outside_the_dataset_folder_are_refused(tmp_path, outside):
+    """With --streaming the rows are checked as they are read (a stream cannot be read through first)."""
+    from swin_hf.training.data import DataError, load_splits
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(data / "inside.png")
+    _path_only_parquet(data, [data / "inside.png"] * 3 + [outside])
+    rows = iter(load_splits(str(data), streaming=True)["train"])
+    assert [row["image"]["path"] for row in itertools.islice(rows, 3)] == [str(data / "inside.png")] * 3
+    with pytest.raises(DataError, match=r"split 'train': column 'image', a streamed row names .*outside the dataset folder"):
+        next(rows)
+
+
+def test_a_weight_index_naming_shards_outside_the_model_folder_is_refused(tmp_path):
+    """model.safetensors.index.json names its shards; one outside the model folder used to be read."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers.utils import cached_file
+
+    from swin_hf.convert import _read_weights
+    from swin_hf.training.data import DataError
+
+    save_file({"w": torch.zeros(1)}, tmp_path / "outside.safetensors")
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"v": torch.ones(1)}, model / "shard.safetensors")
+    for shard, refused in (("shard.safetensors", False), ("../outside.safetensors", True)):
+        (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
+        if refused:
+            with pytest.raises(DataError, match=r"model\.safetensors\.index\.json: weight_map entry '\.\./outside\.safetensors' names"):
+                _read_weights(str(model), {}, cached_file)
+        else:
+            assert set(_read_weights(str(model), {}, cached_file)) == {"v"}

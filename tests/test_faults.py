@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 
@@ -183,6 +184,52 @@ def test_kill_during_a_checkpoint_write_then_resume(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# Two runs into one output folder
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_busy_output_dir_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, capsys, caplog):
+    """Two runs into one --output-dir used to overwrite each other's checkpoints and model. The second is
+    refused (exit 1, one line naming the first run's process and the folder) even with --overwrite; once the
+    first is killed (SIGKILL: it cannot release anything), the next run takes its lock over and says so."""
+    from swin_hf.training.checkpoint import OWNER_FILE
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, str(SCRIPT), "--output-dir", str(out), "--max-steps", "100000", *SMALL],
+                             env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (out / OWNER_FILE).exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second could start"
+        assert _main(["--output-dir", out, "--overwrite", "--max-steps", 2, *SMALL]) == 1
+        line = _one_line_error(capsys)
+        assert line.startswith(f"error: --output-dir {str(out)!r} is in use by another run (process {first.pid} on "), line
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert json.loads((out / OWNER_FILE).read_text())["pid"] == first.pid  # left behind by the killed run
+    with caplog.at_level("WARNING"):
+        assert _main(["--output-dir", out, "--overwrite", "--max-steps", 2, *SMALL]) == 0
+    assert f"taking over the lock of process {first.pid}" in caplog.text
+    assert not (out / OWNER_FILE).exists() and (out / "model.safetensors").exists()
+
+
+def test_only_process_zero_takes_the_output_dir_lock(tmp_path):
+    """Under DDP process 0 holds the lock for the run (it was taken once, not by every process)."""
+    from types import SimpleNamespace
+
+    from swin_hf.training.checkpoint import LOCK_FILE, check_output_dir, release_output_dirs
+
+    check_output_dir(SimpleNamespace(is_global_zero=False, world_size=1), str(tmp_path / "a"), False, False)
+    assert not (tmp_path / "a").exists()
+    check_output_dir(SimpleNamespace(is_global_zero=True, world_size=1), str(tmp_path / "b"), False, False)
+    assert (tmp_path / "b" / LOCK_FILE).exists()
+    check_output_dir(SimpleNamespace(is_global_zero=True, world_size=1), str(tmp_path / "b"), False, False)  # (its own)
+    release_output_dirs()
+
+
+# ------------------------------------------------------------------------------------------------
 # A full disk
 # ------------------------------------------------------------------------------------------------
 
@@ -297,6 +344,30 @@ def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, cap
     assert _main([*base, "--train-val-split", 0.3, "--dataset", "sklearn-digits", "--mixup", 0.5]) == 2
     assert "--mixup was 0.0, now 0.5" in _one_line_error(capsys)
     assert _checkpoints(out) == ["step-00000004.ckpt"]  # refused before anything changed
+
+
+def test_resume_keeps_the_earlier_log_rows(finished_run, tmp_path, capsys):
+    """--resume used to delete logs/metrics.csv (Lightning's CSV logger starts it afresh) and leave the
+    TensorBoard steps after the checkpoint twice. Resumed from step 4 of an 8-step run: both logs hold every
+    step once, the first four as the first run logged them."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = _copy(finished_run, tmp_path)
+    (out / "checkpoints" / "final-weights.safetensors").unlink()
+    before = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    assert _main(["--output-dir", out, "--epochs", 3, "--max-steps", 8, "--resume", *SMALL]) == 0, capsys.readouterr().err
+    after = list(csv.DictReader((out / "logs" / "metrics.csv").open()))
+    train = [row for row in after if row.get("train_loss")]
+    assert [int(row["step"]) for row in train] == list(range(1, 9))
+    assert [float(r["train_loss"]) for r in train[:4]] == [float(r["train_loss"]) for r in before if r.get("train_loss")][:4]
+    assert any(row.get("val_top1") and int(row["step"]) == 4 for row in after)  # the evaluation before the kill
+    board = EventAccumulator(str(out / "logs" / "tensorboard"))
+    board.Reload()
+    assert [event.step for event in board.Scalars("train_loss")] == list(range(1, 9))
+    history = json.loads((out / "metrics.json").read_text())["history"]  # what training_curves.png draws
+    assert [row["step"] for row in history if "train_loss" in row] == list(range(1, 9))
 
 
 def test_allowed_changes_take_effect(finished_run, tmp_path, capsys):

@@ -110,3 +110,58 @@ def test_v2_releases_are_found_by_file_name_and_architecture():
     assert timm_architecture(ft.preset) == "swinv2_base_window12to16_192to256"
     assert timm_architecture("swinv2-large-patch4-window12-192-22k") == "swinv2_large_window12_192"
     assert timm_architecture("swin-tiny-patch4-window7-224") == "swin_tiny_patch4_window7_224"
+
+
+HOSTILE = ["</script><script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a | b", "two\nlines", "`tick`", "[link](http://x)"]
+
+
+def _rendered_html(markdown_text: str) -> str:
+    """The HTML a CommonMark + GFM-tables renderer (as the Hub's) makes of a card body."""
+    markdown = pytest.importorskip("markdown_it")
+    return markdown.MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+
+def test_training_cards_escape_user_text():
+    """Class names, the dataset, the model name and hyperparameter values used to go into README.md raw:
+    HTML ran on the Hub page, | and newlines broke the tables, a newline in a name could add YAML keys."""
+    import yaml
+
+    from swin_hf.training.report import model_card
+
+    card = model_card("evil\nname: x", "org/base", "data\n- injected", HOSTILE, {"train_dir": HOSTILE[0], "note": "a | b\nc"},
+                      {"val_top1": 0.5, "weird": "x | <b>"}, notes=HOSTILE)
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    meta = yaml.safe_load(front)
+    assert meta["model-index"][0]["name"] == "evil\nname: x" and "datasets" not in meta and "name" not in meta
+    for line in body.splitlines():
+        if line.startswith("|"):  # every table row keeps its two cells
+            assert len(re.split(r"(?<!\\)\|", line)) == 4, line
+    html = _rendered_html(body)
+    assert "<script" not in html and "<img src=x" not in html and "<a href" not in html  # (its own figures are <img src=...png)
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "0: &lt;/script&gt;" in html and "2: a | b, 3: two lines" in html  # labels shown as written, on one line
+    usage = body.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'model="evil\\nname: x")' in usage  # a Python string literal, the newline escaped
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_escape_markdown_shows_text_literally(text):
+    from swin_hf.model_card import escape_markdown
+
+    for code in (False, True):
+        html = _rendered_html(f"| a | b |\n|---|---|\n| x | {escape_markdown(text, code=code)} |\n")
+        assert "<script" not in html and "<img" not in html and "<a " not in html and html.count("<td>") == 2
+        cell = html.split("<td>")[2].split("</td>")[0]
+        assert cell.replace("<code>", "").replace("</code>", "") in (" ".join(text.split()).replace("&", "&amp;")
+                                                                         .replace("<", "&lt;").replace(">", "&gt;"),)
+
+
+def test_converted_card_escapes_the_title_and_the_output_folder():
+    """`swin-hf convert` names the card after the output folder: a hostile name stays text in code."""
+    from swin_hf.model_card import render_card
+
+    card = render_card(SwinConfig(image_size=32, embed_dim=8, depths=[1], num_heads=[1], window_size=4, num_labels=2),
+                       title="<b>t</b>", folder="./x`\n```\n<script>alert(1)</script>", source_note="n")
+    html = _rendered_html(card.split("---\n", 2)[2])
+    assert "<script" not in html and "<b>" not in html and "# &lt;b&gt;t&lt;/b&gt;" in card
+    assert html.count("<pre>") == card.count("```") // 2  # no block was closed early or opened by the folder name

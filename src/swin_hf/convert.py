@@ -715,6 +715,11 @@ def _read_weights(path, hub_kwargs, cached_file) -> dict[str, torch.Tensor]:
     if (index := find("model.safetensors.index.json")) is not None:
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
+        if os.path.isdir(path):  # shard names come from a file: they must lead inside the model folder
+            from .training.data import path_inside
+
+            for shard in shards:
+                path_inside(os.path.join(path, shard), path, index, f"weight_map entry {shard!r}")
         state_dict = {}
         for shard in shards:
             state_dict.update(load_file(find(shard)))

@@ -32,7 +32,7 @@ from .convert import (
     convert_state_dict,
     infer_config,
 )
-from .model_card import find_spec, render_card, timm_architecture
+from .model_card import escape_markdown, find_spec, render_card, timm_architecture
 from .preprocessing import preprocessing_summary, processor_for_source
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -218,7 +218,7 @@ def convert_checkpoint(
     spec = find_spec(config, None if source == "transformers" else str(resolved.weights))
     if spec is not None and (spec.num_labels != config.num_labels or resized):
         spec = None
-    note = f"`{Path(src).name if Path(src).exists() else src}` ({source} format)"
+    note = f"{escape_markdown(Path(src).name if Path(src).exists() else src, code=True)} ({source} format)"
     card = render_card(
         config,
         title=spec.title if spec else f"Swin Transformer{' V2' if config.version == 2 else ''} converted from {source} weights",

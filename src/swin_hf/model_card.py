@@ -9,6 +9,9 @@ models only).
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +184,30 @@ def timm_architecture(preset: str) -> str:
     return name.removesuffix("-22kto1k-ft").removesuffix("-22k").replace("-", "_")
 
 
+PLAIN_NAME = re.compile(r"[\w.-]+")  # a name that YAML reads as it is, without quotes
+
+
+def escape_markdown(value, code: bool = False) -> str:
+    """User text (a class name, a dataset name, a path) for a model card, shown literally: on one line
+    (newlines become spaces), without HTML (< > & become entities) and without anything that formats text or
+    ends a table cell (\\ ` * [ ] | are escaped). `code`: an inline code span instead, whose delimiter is
+    longer than any run of backticks inside (HTML is never read in a code span; | is escaped for tables)."""
+    text = " ".join(str(value).split())
+    if code:
+        text = text.replace("|", "\\|")
+        fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+        pad = " " if text.startswith("`") or text.endswith("`") else ""
+        return f"{fence}{pad}{text}{pad}{fence}"
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*\[\]|])", r"\\\1", text)
+
+
+def quoted(value) -> str:
+    """User text as a double-quoted string that is valid Python and YAML alike, on one line and without a
+    backtick (written as \\u0060), so it can neither end a code block or span nor add a YAML key."""
+    return json.dumps(str(value)).replace("`", "\\u0060")
+
+
 def _norm(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -224,7 +251,7 @@ def render_card(
     if paper_top1 is not None:
         front += [
             "model-index:",
-            f"- name: {folder.strip('./')}",
+            f"- name: {name if PLAIN_NAME.fullmatch(name := folder.strip('./')) else quoted(name)}",
             "  results:",
             "  - task:",
             "      type: image-classification",
@@ -243,7 +270,7 @@ def render_card(
     front.append("---")
 
     body = [
-        f"# {title}",
+        f"# {escape_markdown(title)}",
         "",
         f"The Swin Transformer{' V2' if v2 else ''} of *{paper.title}* ({paper.venue}, [{paper.url}]({paper.url})) "
         "for image classification, packaged for the Hugging Face ecosystem by swin_hf.",
@@ -268,7 +295,7 @@ def render_card(
     if pretraining:
         body.append(f"| Pre-training data | {pretraining} |")
     if source_note:
-        body.append(f"| Converted from | {source_note} |")
+        body.append(f"| Converted from | {source_note} |")  # (Markdown made by the caller with escape_markdown)
     body += [
         "",
         f"Parameters and FLOPs are measured by `swin-hf info` at {height}x{width}: FLOPs are multiply-accumulates "
@@ -295,7 +322,7 @@ def render_card(
             f"Download `{official_file}` from the official model zoo ({OFFICIAL_REPO}) and convert it:",
             "",
             "```bash",
-            f"swin-hf convert --from official {official_file} {folder}",
+            f"swin-hf convert --from official {official_file} {shlex.quote(' '.join(folder.split()))}",
             "```",
             "",
             (
@@ -324,7 +351,7 @@ def render_card(
         "import swin_hf  # noqa: F401",
         "from transformers import pipeline",
         "",
-        f'classifier = pipeline("image-classification", model="{folder}")',
+        f'classifier = pipeline("image-classification", model={quoted(folder)})',
         'print(classifier("cat.jpg"))',
         "```",
         "",
@@ -337,8 +364,8 @@ def render_card(
         "",
         "import swin_hf  # noqa: F401",
         "",
-        f'processor = AutoImageProcessor.from_pretrained("{folder}")',
-        f'model = AutoModelForImageClassification.from_pretrained("{folder}").eval()',
+        f'processor = AutoImageProcessor.from_pretrained({quoted(folder)})',
+        f'model = AutoModelForImageClassification.from_pretrained({quoted(folder)}).eval()',
         'inputs = processor(Image.open("cat.jpg"), return_tensors="pt")',
         "with torch.no_grad():",
         "    logits = model(**inputs).logits",
@@ -378,7 +405,7 @@ def render_card(
 def _fine_tuning(config: SwinConfig, folder: str, to_384: bool) -> str:
     """How to fine-tune on new classes (at 384x384 for a smaller model): V1 resizes its bias tables, V2 takes
     the larger window as it is, its coordinates normalised by the windows the weights were trained with."""
-    call = f'`AutoModelForImageClassification.from_pretrained("{folder}", '
+    call = f'`AutoModelForImageClassification.from_pretrained({quoted(folder)}, '
     if not to_384:
         return f"Fine-tune on new classes: {call}num_labels=10, ignore_mismatched_sizes=True)` re-initialises the head, logging what it changed."
     if config.version == 1:
@@ -426,6 +453,6 @@ def write_model_cards(directory: str | Path) -> list[Path]:
 
 
 __all__ = [
-    "CARD_SPECS", "PAPERS", "CardSpec", "card_for_spec", "find_spec", "render_card", "stage_windows", "timm_architecture",
+    "CARD_SPECS", "PAPERS", "CardSpec", "card_for_spec", "escape_markdown", "find_spec", "quoted", "render_card", "stage_windows", "timm_architecture",
     "write_model_cards",
 ]  # fmt: skip

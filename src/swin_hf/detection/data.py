@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..training.data import DataError, SkipCounter, decode_or_skip, file_name
+from ..training.data import DataError, SkipCounter, choose_splits, decode_or_skip, file_name, path_inside
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,8 @@ def coco_folder_dataset(root: str):
     detection convention, and its id2label. COCO's category ids (any integers, with gaps) become the indices
     0..K-1 in id order, named by the categories' `name`; every split must list the same categories. Crowd
     annotations (``iscrowd: 1``, regions of many objects) are left out, as DETR's training does, and counted
-    in the log; images without annotations are kept (objects: none).
+    in the log; images without annotations are kept (objects: none). Every `file_name` must lead inside
+    `root` (training.data.path_inside: no '..', absolute paths or symlinks out of it).
 
     Example:
         >>> import json, os, tempfile
@@ -303,8 +304,10 @@ def coco_folder_dataset(root: str):
             raise DataError(f"{path} lists no images.")
         folder = _image_folder(root, stem, images[0]["file_name"])
         names = [c[1] for c in found]
+        files = [path_inside(os.path.join(folder, str(image["file_name"])), root, path,
+                             f"image {image.get('id')} (file_name {image['file_name']!r})") for image in images]
         splits[_split_name(stem)] = datasets.Dataset.from_dict(
-            {"image": [os.path.join(folder, image["file_name"]) for image in images],
+            {"image": files,
              "objects": [per_image[int(image["id"])] for image in images]},
             features=detection_features(names),
         )
@@ -550,18 +553,17 @@ def class_names_of(split, objects_column: str) -> list[str] | None:
 def prepare_detection(
     splits, id2label: dict[int, str] | None = None, image_column: str = "image", objects_column: str = "objects",
     bbox_format: str = "xywh", validation_fraction: float = 0.1, max_train_samples: int | None = None,
-    max_eval_samples: int | None = None, seed: int = 0,
+    max_eval_samples: int | None = None, seed: int = 0, train_split: str | None = None,
 ) -> DetectionData:
-    """Choose the train/validation splits, find the class names (the given `id2label`, else the
+    """Choose the train/validation splits (training.data.choose_splits), find the class names (the given `id2label`, else the
     `category` ClassLabel), check every row (`check_split`) and log what will be clipped or left out."""
     import datasets
 
     if isinstance(splits, datasets.Dataset):
         splits = datasets.DatasetDict(train=splits)
-    if "train" not in splits:
-        raise DataError(f"The dataset has splits {list(splits)} but no 'train' split.")
-    train = splits["train"]
-    validation = next((splits[name] for name in ("validation", "val", "valid", "test") if name in splits), None)
+    train_name, validation_name = choose_splits(splits, train_split)
+    train = splits[train_name]
+    validation = splits[validation_name] if validation_name else None
     notes = []
     if validation is None:
         try:
@@ -570,7 +572,7 @@ def prepare_detection(
             raise DataError(f"The dataset has no validation split and holding out {validation_fraction:.0%} of its "
                             f"{len(train)} training images fails ({error}); give a validation split.") from error
         train, validation = parts["train"], parts["test"]
-        notes.append(f"validation = {validation_fraction:.0%} of 'train' (seed {seed})")
+        notes.append(f"validation = {validation_fraction:.0%} of {train_name!r} (seed {seed})")
     if max_train_samples:
         train = train.select(range(min(max_train_samples, len(train))))
     if max_eval_samples:

@@ -133,7 +133,7 @@ def load_data(args):
         raise DataError(f"--num-labels {args.num_labels} but the class list has {len(id2label)} classes.")
     return prepare_detection(
         splits, id2label, args.image_column, args.objects_column, args.bbox_format, args.validation_fraction,
-        args.max_train_samples, args.max_eval_samples, args.seed,
+        args.max_train_samples, args.max_eval_samples, args.seed, args.train_split,
     )
 
 
@@ -278,7 +278,7 @@ def setup(args, fabric) -> Run:
     if ema is not None:
         state["ema"] = ema
     run = Run(args, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment,
-              train_loader, eval_loader, train_sampler, eval_set, MetricLoggers(fabric, args.output_dir), state,
+              train_loader, eval_loader, train_sampler, eval_set, MetricLoggers(fabric, args.output_dir, resume=args.resume), state,
               batches_per_epoch, total, started, skipped=set())
     data_settings = {"class_names": list(data.id2label.values()), "train_examples": len(data.train),
                      "validation_examples": len(data.validation), "world_size": world}

@@ -135,7 +135,7 @@ def load_data(args):
     rows of its split."""
     import json
 
-    from ..training.data import DataError, load_splits
+    from ..training.data import DataError, choose_splits, load_splits
     from ..training.streaming import bounded, stream_splits, undecoded
 
     if args.dataset == BUILTIN:
@@ -152,8 +152,9 @@ def load_data(args):
             raise DataError("Give --num-labels or --id2label for a dataset other than the built-in one.")
     if args.num_labels and args.num_labels != len(id2label):
         raise DataError(f"--num-labels {args.num_labels} but id2label has {len(id2label)} classes.")
-    train = splits["train"]
-    validation = next((splits[name] for name in ("validation", "val", "test") if name in splits), None)
+    train_name, validation_name = choose_splits(splits, args.train_split)
+    train = splits[train_name]
+    validation = splits[validation_name] if validation_name else None
     columns = [args.image_column, args.label_column]
     if args.streaming:
         if validation is None:
@@ -251,7 +252,7 @@ def run(args, fabric) -> dict:
     if session.begin(state, {"class_names": list(id2label.values())}):
         logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
     progress = state["progress"]
-    logs = MetricLoggers(fabric, out)
+    logs = MetricLoggers(fabric, out, resume=args.resume)
     train_size = "a stream of" if args.streaming else f"{len(train_split)}"
     logger.info("UperNet + Swin: %d classes, %s train / %d validation images at %d px, %d steps",
                 num_labels, train_size, len(val_split), S, total)

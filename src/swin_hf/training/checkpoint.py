@@ -1,8 +1,10 @@
 """Checkpoints and the output folder, the same for every recipe.
 
-- The output folder is checked (a folder, writable, not another run's unless --resume / --overwrite) before
-  anything is loaded, and an old run's checkpoints are removed (--overwrite) only once the arguments, the
-  data and the model have been validated (`check_output_dir`, then `claim_output_dir`).
+- The output folder is locked by process 0 for the whole run (`lock_output_dir`: a second run into it is
+  refused, a lock left by a killed run is taken over), then checked (a folder, writable, not another run's
+  unless --resume / --overwrite) before anything is loaded, and an old run's checkpoints are removed
+  (--overwrite) only once the arguments, the data and the model have been validated (`check_output_dir`,
+  then `claim_output_dir`).
 - Checkpoints are written to a temporary name and renamed (`save_atomic`); a failed write removes its
   partial file and raises `OutputWriteError`, leaving the earlier checkpoints as they were.
 - They hold tensors and plain Python values only, and are read with ``weights_only=True``: a checkpoint
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import logging
@@ -22,12 +25,14 @@ import os
 import random
 import re
 import shutil
+import socket
 import tempfile
+import time
 
 import numpy as np
 import torch
 
-from .errors import ConfigChangedError, OutputDirError, OutputDirInUseError, OutputWriteError, ResumeError
+from .errors import ConfigChangedError, OutputDirError, OutputDirInUseError, OutputDirLockedError, OutputWriteError, ResumeError
 
 logger = logging.getLogger(__name__)
 
@@ -376,20 +381,85 @@ def restore(
 # --------------------------------------------------------------------------------------------------
 
 
+LOCK_FILE = ".swin_hf.lock"  # locked (filelock: an OS lock, released when its process ends) for a whole run
+OWNER_FILE = ".swin_hf.lock.owner"  # {pid, host, started} of the run holding the lock; removed when it ends
+_held_locks: dict = {}  # real path of an output folder -> the FileLock this process holds on it
+
+
+def _lock_owner(out: str) -> dict:
+    try:
+        with open(os.path.join(out, OWNER_FILE)) as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_output_dir(out: str) -> None:
+    """Take the lock of the output folder `out` (created if missing) for this process until it ends or
+    `release_output_dirs` runs; raises OutputDirLockedError naming the process that holds it. A lock whose
+    run was killed is free again (the OS drops it with the process): it is taken over with a log line
+    naming that run. Taking a lock this process already holds does nothing."""
+    from filelock import FileLock, Timeout
+
+    key = os.path.realpath(out)
+    if key in _held_locks:
+        return
+    os.makedirs(out, exist_ok=True)
+    lock = FileLock(os.path.join(out, LOCK_FILE), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = _lock_owner(out)
+        who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')}, started {owner.get('started', '?')}"
+        raise OutputDirLockedError(
+            f"--output-dir {out!r} is in use by another run ({who}); wait for it to end, or choose another --output-dir."
+        ) from None
+    previous = _lock_owner(out)
+    if previous:
+        logger.warning("--output-dir %r: taking over the lock of process %s on %s (started %s), which ended without "
+                       "releasing it.", out, previous.get("pid", "?"), previous.get("host", "?"), previous.get("started", "?"))
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    with open(os.path.join(out, OWNER_FILE), "w") as f:
+        json.dump(owner, f)
+    if not _held_locks:
+        atexit.register(release_output_dirs)
+    _held_locks[key] = (out, lock)
+
+
+def release_output_dirs() -> None:
+    """Release every output folder lock this process holds (every recipe's end; also at exit)."""
+    while _held_locks:
+        _, (out, lock) = _held_locks.popitem()
+        try:
+            os.remove(os.path.join(out, OWNER_FILE))
+        except OSError:
+            pass
+        lock.release()
+
+
+def _run_files(out: str) -> list[str]:
+    """The entries of `out` other than its lock files."""
+    return [name for name in os.listdir(out) if name not in (LOCK_FILE, OWNER_FILE)]
+
+
 def _output_dir_problem(out: str, overwrite: bool, resume: bool) -> tuple[type, str] | None:
-    """(error class, message) if `out` cannot take this run; creates the folder if it is missing."""
+    """(error class, message) if `out` cannot take this run; creates the folder if it is missing and takes
+    its lock (`lock_output_dir`) before anything else is written."""
     if os.path.exists(out) and not os.path.isdir(out):
         return OutputDirError, f"--output-dir {out!r} is a file, not a folder; choose a folder path."
     try:
-        os.makedirs(out, exist_ok=True)
+        lock_output_dir(out)
         fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "write-test-", dir=out)
         os.close(fd)
         os.remove(probe)
+    except OutputDirLockedError as error:
+        return OutputDirLockedError, str(error)
     except OSError as error:
         return OutputDirError, (
             f"--output-dir {out!r} cannot be written to ({_disk_message(error)}); choose a folder you can write to."
         )
-    if os.listdir(out) and not (resume or overwrite):
+    if _run_files(out) and not (resume or overwrite):
         hint = " Pass --resume to continue it," if latest_checkpoint(os.path.join(out, "checkpoints")) else ""
         return OutputDirInUseError, (
             f"--output-dir {out!r} is not empty.{hint} pass --overwrite to train into it anyway, or choose another directory."
@@ -398,8 +468,9 @@ def _output_dir_problem(out: str, overwrite: bool, resume: bool) -> tuple[type, 
 
 
 def check_output_dir(fabric, out: str, overwrite: bool, resume: bool) -> None:
-    """Every recipe's first check of its --output-dir, before anything is loaded or deleted: rank 0 looks,
-    every process raises the same error (OutputDirError, OutputDirInUseError) if the folder cannot be used."""
+    """Every recipe's first check of its --output-dir, before anything is loaded or deleted: rank 0 takes the
+    folder's lock (held until the run ends) and looks, every process raises the same error (OutputDirError,
+    OutputDirInUseError, OutputDirLockedError) if the folder cannot be used."""
     problem = _output_dir_problem(out, overwrite, resume) if fabric.is_global_zero else None
     if getattr(fabric, "world_size", 1) > 1:
         problem = fabric.broadcast(problem, src=0)
@@ -441,10 +512,12 @@ __all__ = [
     "flag_name",
     "gather_objects",
     "latest_checkpoint",
+    "lock_output_dir",
     "parse_allowed",
     "precheck_resume",
     "prepare_output_dir",
     "read_run_info",
+    "release_output_dirs",
     "remove_temp_files",
     "restore",
     "rng_state",

@@ -18,7 +18,7 @@ import sys
 from ..cli import OneLineArgumentParser
 from ..model_source import ModelSourceError
 from .augment import AugmentConfig
-from .data import DIGITS
+from .data import DIGITS, check_dataset_source
 from .distributed import SHARDED_STRATEGIES, sharded_strategy
 from .launcher import LAUNCHER_SET_THREADS
 from .errors import RecipeError, UsageError
@@ -138,12 +138,14 @@ def _profiles_help() -> str:
     return "\n".join(lines)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, builtin: str) -> argparse._ArgumentGroup:
+def add_data_arguments(parser: argparse.ArgumentParser, builtin: str, train_split: bool = True) -> argparse._ArgumentGroup:
     """The data source every recipe takes (--dataset, default: its built-in offline set `builtin`;
-    --dataset-config); returns the group for the recipe's own."""
+    --dataset-config; with `train_split`, --train-split); returns the group for the recipe's own."""
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", default=builtin, help=f"anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset .tar/image files, saved DatasetDict dir); '{builtin}' = built-in, offline")
     d.add_argument("--dataset-config", default=None, help="dataset configuration name")
+    if train_split:
+        d.add_argument("--train-split", default=None, help="the split to train on (default: 'train', else the first split not named validation/valid/val/test; an evaluation split is used only when named here)")
     d.add_argument("--streaming", action="store_true", help="read the data as it is used (datasets streaming; each process reads its own shards); needs --max-steps")
     d.add_argument("--shuffle-block", type=positive_int, default=1000, help="with --streaming: examples shuffled together in memory (the shard order is also reshuffled every pass)")
     d.add_argument("--steps-per-epoch", type=positive_int, default=None, help="with --streaming: optimiser steps between evaluations and checkpoints (default: a tenth of --max-steps)")
@@ -375,6 +377,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig(
         dataset=args.dataset,
         dataset_config=args.dataset_config,
+        train_split=args.train_split,
         train_dir=args.train_dir,
         validation_dir=args.validation_dir,
         image_column=args.image_column,
@@ -528,7 +531,8 @@ DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> int:
     """Every recipe's main. The options are parsed (a bad one: `error: ...` on one line, exit 2), then
-    `prepare(args)` returns (run(fabric) -> summary, report(summary) -> str) or raises UsageError; Fabric
+    `prepare(args)` returns (run(fabric) -> summary, report(summary) -> str) or raises UsageError (a
+    --dataset naming a local path that does not exist is refused before that); Fabric
     starts for the launcher in use and rank 0 prints `report(summary)`. What the user can fix (RecipeError:
     bad data, an output folder in use, a changed config on resume, a non-finite loss, a full disk; a
     --model that names nothing loadable) is one line on stderr, `error: ...`, with the error's exit status
@@ -536,6 +540,8 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
     try:
         args = parser.parse_args(argv)
         check_streaming(args)
+        if getattr(args, "dataset", None):  # a mistyped local path is named before any model or Hub request
+            check_dataset_source(args.dataset)
         run_recipe, report = prepare(args)
     except SystemExit as exit:  # --help, or an option argparse refused (it printed the line)
         return exit.code if isinstance(exit.code, int) else 0
@@ -556,6 +562,10 @@ def launch(parser: argparse.ArgumentParser, argv: list[str] | None, prepare) -> 
             print(f"error: could not write the outputs ({one_line(error)}); free space or choose another --output-dir, "
                   "then run again (--resume continues from the last checkpoint).", file=sys.stderr)
         return 1
+    finally:
+        from .checkpoint import release_output_dirs
+
+        release_output_dirs()  # the --output-dir lock, taken by process 0 when the run checked its folder
     if fabric.is_global_zero:
         print(report(summary))
     return 0

@@ -69,15 +69,124 @@ def load_splits(
     or (nothing given) the built-in digits. `streaming`: {split: IterableDataset} read as it is used
     (a saved DatasetDict and the built-in digits are cut into shards, see `streaming.to_stream`)."""
     loaded = _load(dataset, train_dir, validation_dir, dataset_config, streaming)
+    if train_dir:
+        folders, source = {"train": train_dir, "validation": validation_dir}, "--train-dir / --validation-dir"
+    elif not _builtin(dataset):
+        if not os.path.exists(dataset):
+            folders = _hub_caches()
+        else:
+            folders = dataset if os.path.isdir(dataset) else os.path.dirname(os.path.abspath(dataset))
+        source = f"--dataset {dataset!r}"
+    else:
+        folders = source = None  # the built-in data holds images, not paths
     if not streaming:
+        if folders is not None:
+            check_data_paths(loaded, folders, source)
         return loaded
     from .streaming import stream_splits
 
-    return stream_splits(loaded)
+    streams = stream_splits(loaded)
+    if folders is not None:
+        streams = {name: _checked_stream(split, folders.get(name) if isinstance(folders, dict) else folders,
+                                         f"{source}, split {name!r}") for name, split in streams.items()}
+    return streams
+
+
+def _checked_stream(split, folder, source: str):
+    """A streamed split whose rows are checked as they are read: an image stored as a path without its
+    bytes must lie inside `folder` (`path_inside`). Its Image columns are left undecoded (the recipes decode
+    them in their loaders' workers)."""
+    import datasets
+
+    from .streaming import undecoded
+
+    if split.features is None:  # (some formats say their columns only once read)
+        split = split._resolve_features()
+    columns = [name for name, feature in split.features.items() if isinstance(feature, datasets.Image)]
+    if not columns or folder is None:
+        return split
+    split = undecoded(split, columns)
+    folders_seen: dict = {}
+
+    def check(row):
+        for column in columns:
+            value = row[column]
+            if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
+                path_inside(value["path"], folder, source, f"column {column!r}, a streamed row", folders_seen)
+        return row
+
+    return split.map(check, features=split.features)
+
+
+def _builtin(dataset: str | None) -> bool:
+    return dataset in (None, "", DIGITS)
+
+
+def _hub_caches() -> list[str]:
+    """Where the files of a dataset read from the Hub lie: datasets' cache (downloaded, extracted) and the Hub's."""
+    import datasets
+    from huggingface_hub import constants
+
+    return [str(datasets.config.HF_DATASETS_CACHE), str(constants.HF_HUB_CACHE)]
+
+
+def _resolved(path: str, folders_seen: dict | None) -> str:
+    """os.path.realpath(path); with `folders_seen` (a cache of resolved folders), one realpath per folder and
+    one lstat per file (a symlinked file is resolved in full), for the many files of a dataset."""
+    if folders_seen is None:
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in folders_seen:
+        folders_seen[folder] = os.path.realpath(folder or ".")
+    if not name:
+        return folders_seen[folder]
+    full = os.path.join(folders_seen[folder], name)
+    return os.path.realpath(full) if name in (".", "..") or os.path.islink(full) else full
+
+
+def path_inside(path: str, folders, source: str, entry: str, folders_seen: dict | None = None) -> str:
+    """`path` as it will be opened (relative to the working directory unless absolute), resolved; raises
+    DataError unless it lies inside one of `folders` (a folder or a list). Symlinks are followed: one inside
+    the folder that leads out of it is refused like a '..' or an absolute path. `source` names the data file
+    or option and `entry` the row or entry that held the path (both appear in the message); `folders_seen`
+    (a dict kept between calls) makes checking many files of the same folders fast."""
+    folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    resolved = _resolved(path, folders_seen)
+    for folder in folders:
+        root = _resolved(os.path.join(folder, ""), folders_seen)  # (a folder's own path: resolved once)
+        if resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep):
+            return resolved
+    raise DataError(
+        f"{source}: {entry} names {path!r}, which is outside the dataset folder {str(folders[0])!r}; a path read from "
+        "a data file must lead inside its dataset folder (no '..', absolute paths elsewhere or symlinks out of it). "
+        "Fix the entry or move the file into the folder."
+    )
+
+
+def check_data_paths(splits, folders, source: str) -> None:
+    """`path_inside` for every image of `splits` (a DatasetDict) that is stored as a path without its bytes;
+    `folders` is the dataset folder (or a list of folders) of every split, or {split name: folder}."""
+    import datasets
+    import pyarrow.compute as pc
+
+    for name, split in splits.items():
+        where = folders.get(name) if isinstance(folders, dict) else folders
+        folders_seen: dict = {}
+        for column, feature in split.features.items():
+            if not isinstance(feature, datasets.Image) or where is None:
+                continue
+            offset = 0
+            for chunk in split.data.column(column).chunks:
+                paths = pc.struct_field(chunk, "path")
+                only_path = pc.and_(pc.is_null(pc.struct_field(chunk, "bytes")), pc.is_valid(paths))
+                for row in np.flatnonzero(only_path.to_numpy(zero_copy_only=False)):
+                    path_inside(paths[int(row)].as_py(), where, f"{source}, split {name!r}",
+                                f"column {column!r}, row {offset + int(row)}", folders_seen)
+                offset += len(chunk)
 
 
 def _saved_or_builtin(dataset: str | None) -> bool:
-    return dataset in (None, "", DIGITS) or (os.path.isdir(dataset) and (
+    return _builtin(dataset) or (os.path.isdir(dataset) and (
         os.path.exists(os.path.join(dataset, "dataset_dict.json")) or os.path.exists(os.path.join(dataset, "dataset_info.json"))))
 
 
@@ -95,14 +204,35 @@ def _load(dataset, train_dir, validation_dir, dataset_config, streaming: bool):
         if validation_dir:
             files["validation"] = os.path.join(validation_dir, "**")
         return datasets.load_dataset("imagefolder", data_files=files, streaming=streaming)
-    if dataset in (None, "", DIGITS):
+    if _builtin(dataset):
         return digits_dataset_dict()
     if _saved_or_builtin(dataset):
         loaded = datasets.load_from_disk(dataset)
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict(train=loaded)
         return loaded
-    return datasets.load_dataset(dataset, dataset_config, streaming=streaming)
+    check_dataset_source(dataset)
+    try:
+        return datasets.load_dataset(dataset, dataset_config, streaming=streaming)
+    except ConnectionError as error:
+        raise DataError(
+            f"--dataset {dataset!r} is not a local folder or file, and the Hugging Face Hub could not be reached to "
+            f"fetch it ({' '.join(str(error).split())[:200]}). Give an existing local folder, or connect and retry."
+        ) from error
+
+
+def check_dataset_source(dataset: str) -> None:
+    """Raises DataError when --dataset names a local path (absolute, starting with . or ~, or not shaped like
+    a Hub id) that does not exist, so that it is not sent to the Hub as a dataset name."""
+    from ..model_source import HUB_ID
+
+    if os.path.exists(os.path.expanduser(dataset)):
+        return
+    if os.path.isabs(dataset) or dataset.startswith((".", "~")) or not HUB_ID.fullmatch(dataset):
+        raise DataError(
+            f"--dataset {dataset!r}: no such folder or file. Give an existing folder (a saved DatasetDict, "
+            "parquet/arrow/image files) or a Hub dataset id (org/name)."
+        )
 
 
 def check_image_folder(path: str, option: str, min_classes: int) -> dict[str, int]:
@@ -117,15 +247,29 @@ def check_image_folder(path: str, option: str, min_classes: int) -> dict[str, in
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     per_class: dict[str, int] = {}
     loose = 0
-    for root, _, files in os.walk(path):
+    for root, folders, files in os.walk(path):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))  # hidden folders (.ipynb_checkpoints) are not classes
         images = sum(os.path.splitext(f)[1].lower() in extensions for f in files)
+        depth = len(os.path.relpath(root, path).split(os.sep)) if not os.path.samefile(root, path) else 0
+        if depth == 1:
+            per_class.setdefault(os.path.basename(root), 0)
         if not images:
             continue
-        if os.path.samefile(root, path):
+        if depth == 0:
             loose += images
+        elif depth == 1:
+            per_class[os.path.basename(root)] += images
         else:
-            name = os.path.basename(root)
-            per_class[name] = per_class.get(name, 0) + images
+            nested = os.path.relpath(root, path)
+            raise DataError(
+                f"{option} {path!r} holds {images} image(s) in the nested folder {nested!r}; the class of an image is "
+                f"the folder directly under {path!r} and nested folders are not supported: move the images up into "
+                f"{os.path.join(path, nested.split(os.sep)[0])!r} ({layout})."
+            )
+    empty = sorted(name for name, count in per_class.items() if not count)
+    if empty:
+        logger.warning("%s %r: class folder(s) %s hold no images and are left out of the classes.", option, path, empty[:10])
+        per_class = {name: count for name, count in per_class.items() if count}
     if not loose and not per_class:
         raise DataError(f"{option} {path!r} holds no image files; give a folder with {layout}.")
     if loose:
@@ -191,11 +335,53 @@ class PreparedData:
         return dict(enumerate(self.class_names))
 
 
-def _pick(splits, candidates):
-    for name in candidates:
-        if name in splits:
-            return name
-    return None
+EVALUATION_SPLITS = ("validation", "valid", "val", "test")
+
+
+def choose_splits(splits, train_split: str | None = None) -> tuple[str, str | None]:
+    """(training split, validation split or None) of a DatasetDict: `train_split` (--train-split) if given,
+    else 'train', else the first split not named like an evaluation split (EVALUATION_SPLITS); a set with
+    only evaluation splits is refused, since training on a 'test' split must be asked for. The validation
+    split is the first of EVALUATION_SPLITS other than the training split."""
+    names = list(splits)
+    if not names:
+        raise DataError("The dataset has no splits at all.")
+    if train_split is not None:
+        if train_split not in splits:
+            raise DataError(f"--train-split {train_split!r} is not a split of the dataset (splits: {names}).")
+        train = train_split
+    elif "train" in splits:
+        train = "train"
+    else:
+        others = [name for name in names if name.lower() not in EVALUATION_SPLITS]
+        if not others:
+            raise DataError(
+                f"The dataset has no training split, only {names}; to train on one of them anyway, name it with "
+                f"--train-split (e.g. --train-split {names[0]})."
+            )
+        train = others[0]
+        logger.info("The dataset has no 'train' split: training on %r (splits: %s)", train, names)
+    validation = next((name for name in EVALUATION_SPLITS if name in splits and name != train), None)
+    return train, validation
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str, fix: str, class_names=None) -> None:
+    """Raises DataError for labels outside 0..num_classes-1: a negative one (often a mark for 'unlabelled')
+    is named as such, since class ids are the dataset's own label values; `fix` says what to change for a
+    label past the last class."""
+    labels = np.asarray(labels)
+    negative = labels[labels < 0]
+    if negative.size:
+        raise DataError(
+            f"{where}: {negative.size} example(s) have the negative label {int(negative[0])} (often a mark for "
+            "'unlabelled'); class ids are the label values, 0 and up. Leave those rows out (e.g. "
+            "dataset.filter(lambda row: row['label'] >= 0)) and run again."
+        )
+    past = labels[labels >= num_classes]
+    if past.size:
+        shown = f" {class_names[:10]}{'...' if len(class_names) > 10 else ''}" if class_names else ""
+        raise DataError(f"{where}: label {int(past[0])} is outside the {num_classes} classes{shown} ({past.size} "
+                        f"example(s)). {fix}")
 
 
 def prepare(
@@ -207,20 +393,19 @@ def prepare(
     max_eval_samples: int | None = None,
     seed: int = 0,
     source: str = "",
+    train_split: str | None = None,
 ) -> PreparedData:
-    """Choose train/validation splits and columns, and check them before any training starts."""
+    """Choose train/validation splits (`choose_splits`) and columns, and check them before any training starts.
+    Plain integer labels are the class ids (a negative one is refused); strings become classes in sorted order."""
     import datasets
 
     if isinstance(splits, datasets.Dataset):
         splits = datasets.DatasetDict(train=splits)
-    train_name = _pick(splits, ("train",)) or (list(splits)[0] if splits else None)
-    if train_name is None:
-        raise DataError("The dataset has no splits at all.")
+    train_name, val_name = choose_splits(splits, train_split)
     train = splits[train_name]
     image_column, label_column = detect_columns(train.features, image_column, label_column)
     notes = []
-    val_name = _pick(splits, ("validation", "valid", "val", "test"))
-    if val_name is None or val_name == train_name:
+    if val_name is None:
         if not 0.0 < train_val_split < 1.0:
             raise DataError(
                 f"The dataset has no validation split and --train-val-split={train_val_split} is not in (0, 1)."
@@ -242,23 +427,27 @@ def prepare(
             raise DataError(f"The {name} split is empty; it needs at least one example.")
 
     feature = train.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
+    values = None if isinstance(feature, datasets.ClassLabel) else sorted(set(train[label_column]) | set(validation[label_column]))
+    if values is None:
         class_names = list(feature.names)
-    else:  # plain ints or strings: the sorted distinct values make the class list
-        values = sorted(set(train[label_column]) | set(validation[label_column]))
+    elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        # plain integers are the class ids themselves: classes 0..max, named by their number
+        check_labels(values, values[-1] + 1, f"Column {label_column!r}", "")
+        if values[-1] >= 1000 and values[-1] + 1 > 10 * len(values):
+            raise DataError(
+                f"Column {label_column!r} holds {len(values)} distinct integer labels up to {values[-1]}; class ids are "
+                f"the label values, so the model would have {values[-1] + 1} outputs. Cast the column to a ClassLabel "
+                "(or to strings) to number the classes 0..K-1."
+            )
+        class_names = [str(i) for i in range(values[-1] + 1)]
+    else:  # strings (or other values): the sorted distinct values make the class list
         class_names = [str(v) for v in values]
         mapping = {v: i for i, v in enumerate(values)}
         train = train.map(lambda ex: {label_column: mapping[ex[label_column]]}, input_columns=None)
         validation = validation.map(lambda ex: {label_column: mapping[ex[label_column]]})
     for name, split in (("train", train), ("validation", validation)):
-        labels = np.asarray(split[label_column])
-        bad = labels[(labels < 0) | (labels >= len(class_names))]
-        if bad.size:
-            raise DataError(
-                f"Split {name!r}, column {label_column!r}: label {int(bad[0])} is outside the "
-                f"{len(class_names)} classes {class_names[:10]}{'...' if len(class_names) > 10 else ''} "
-                f"({bad.size} example(s)). Fix the labels or the column's ClassLabel names."
-            )
+        check_labels(split[label_column], len(class_names), f"Split {name!r}, column {label_column!r}",
+                     "Fix the labels or the column's ClassLabel names.", class_names)
     if max_train_samples:
         train = train.select(range(min(max_train_samples, len(train))))
     if max_eval_samples:
@@ -278,6 +467,7 @@ def prepare_stream(
     max_train_samples: int | None = None,
     max_eval_samples: int = 1000,
     source: str = "",
+    train_split: str | None = None,
 ) -> PreparedData:
     """`prepare` for streamed splits ({name: IterableDataset}): columns from the features, classes from the
     label column's ClassLabel (or `class_names`), the training stream with undecoded images, and validation
@@ -286,9 +476,8 @@ def prepare_stream(
 
     from .streaming import bounded, undecoded
 
-    train_name = _pick(splits, ("train",)) or (list(splits)[0] if splits else None)
-    val_name = _pick(splits, ("validation", "valid", "val", "test"))
-    if train_name is None or val_name is None or val_name == train_name:
+    train_name, val_name = choose_splits(splits, train_split)
+    if val_name is None:
         raise DataError(f"--streaming needs a training and a validation split (found {sorted(splits)}); a stream "
                         "cannot be split in two. Add validation files (e.g. validation-*.parquet beside train-*.parquet).")
     train = splits[train_name]
@@ -307,11 +496,8 @@ def prepare_stream(
     validation = bounded(splits[val_name].select_columns([image_column, label_column]), max_eval_samples)
     if len(validation) == 0:
         raise DataError(f"The {val_name} split is empty; it needs at least one example.")
-    labels = np.asarray(validation[label_column])
-    bad = labels[(labels < 0) | (labels >= len(class_names))]
-    if bad.size:
-        raise DataError(f"Split {val_name!r}, column {label_column!r}: label {int(bad[0])} is outside the "
-                        f"{len(class_names)} classes {class_names[:10]}. Fix the labels or --label-names.")
+    check_labels(validation[label_column], len(class_names), f"Split {val_name!r}, column {label_column!r}",
+                 "Fix the labels or --label-names.", class_names)
     train = undecoded(train.select_columns([image_column, label_column]), [image_column])
     if max_train_samples:
         train = train.take(max_train_samples)
@@ -466,9 +652,8 @@ class ClassificationRows:
         items = []
         for i, row in enumerate(rows):
             label, value = row[self.label_column], row[self.image_column]
-            if not 0 <= int(label) < self.num_classes:
-                raise DataError(f"Training example {file_name(value, i)}: label {label} is outside the {self.num_classes} "
-                                "classes. Fix the labels or --label-names.")
+            check_labels([int(label)], self.num_classes, f"Training example {file_name(value, i)}",
+                         "Fix the labels or --label-names.")
             items.append((decode_or_skip(value, i, self.transform, self.skipped), int(label), -1, file_name(value, i)))
         return collate_skipping(items)
 
@@ -534,8 +719,13 @@ class ResumableSampler(torch.utils.data.Sampler):
 __all__ = [
     "DIGITS",
     "DataError",
+    "EVALUATION_SPLITS",
     "check_classes",
+    "check_dataset_source",
     "check_image_folder",
+    "check_data_paths",
+    "check_labels",
+    "choose_splits",
     "ClassificationRows",
     "decode_or_skip",
     "file_name",
@@ -548,6 +738,7 @@ __all__ = [
     "detect_columns",
     "digits_dataset_dict",
     "load_splits",
+    "path_inside",
     "prepare",
     "prepare_stream",
     "to_rgb",

@@ -26,6 +26,12 @@ class OutputDirInUseError(OutputDirError, FileExistsError):
     """--output-dir holds another run and neither --resume nor --overwrite was given."""
 
 
+class OutputDirLockedError(OutputDirError):
+    """--output-dir is held by a run that is still going (its lock is taken); nothing was written."""
+
+    exit_code = 1
+
+
 class ModelError(RecipeError, ValueError):
     """--model names nothing that can be loaded (no such preset or folder, an invalid config, an unreachable Hub)."""
 
@@ -56,6 +62,7 @@ __all__ = [
     "NonFiniteLossError",
     "OutputDirError",
     "OutputDirInUseError",
+    "OutputDirLockedError",
     "OutputWriteError",
     "RecipeError",
     "ResumeError",

@@ -68,6 +68,7 @@ class TrainConfig:
     # data
     dataset: str | None = DIGITS
     dataset_config: str | None = None
+    train_split: str | None = None  # None: 'train', else the first split not named like an evaluation split
     train_dir: str | None = None
     validation_dir: str | None = None
     image_column: str | None = None
@@ -399,10 +400,10 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     source = config.train_dir or config.dataset or DIGITS
     if config.streaming:
         data = prepare_stream(splits, config.image_column, config.label_column, config.label_names,
-                              config.max_train_samples, config.max_eval_samples or 1000, source)
+                              config.max_train_samples, config.max_eval_samples or 1000, source, config.train_split)
     else:
         data = prepare(splits, config.image_column, config.label_column, config.train_val_split, config.max_train_samples,
-                       config.max_eval_samples, config.seed, source)
+                       config.max_eval_samples, config.seed, source, config.train_split)
 
     model, processor, from_scratch = build_model(config, data.class_names)
     image_size = model.config.image_size
@@ -430,7 +431,7 @@ def setup(config: TrainConfig, fabric=None) -> Run:
     if ema is not None:
         state["ema"] = ema
     run = Run(config, fabric, session, data, model, raw_model, processor, optimizer, scheduler, ema, augment, train_loader,
-              eval_loader, train_order, report.MetricLoggers(fabric, config.output_dir), load_accuracy(), state,
+              eval_loader, train_order, report.MetricLoggers(fabric, config.output_dir, resume=config.resume), load_accuracy(), state,
               batches_per_epoch, total_steps, warmup, from_scratch, image_size, started)
     # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
     data_settings = {"class_names": data.class_names, "validation_examples": len(data.validation)}
@@ -688,7 +689,7 @@ def push_to_hub(run: Run) -> None:
     out = run.config.output_dir
     repo = run.config.hub_model_id or os.path.basename(os.path.abspath(out))
     create_repo(repo, exist_ok=True)
-    upload_folder(repo_id=repo, folder_path=out, ignore_patterns=["checkpoints/*", ".tmp-*"])
+    upload_folder(repo_id=repo, folder_path=out, ignore_patterns=["checkpoints/*", ".tmp-*", ".swin_hf.lock*"])
     run.fabric.print(f"Pushed {out} to https://huggingface.co/{repo}")
 
 

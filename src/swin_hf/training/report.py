@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import warnings
 
 import numpy as np
 
@@ -137,21 +138,21 @@ CARD_TASKS = {
     "image-classification": dict(
         pipeline="image-classification", title="Image Classification", metric=("val_top1", "accuracy", "top-1 accuracy"),
         what="image classifier trained with the swin_hf fine-tuning recipe",
-        usage=['from transformers import pipeline', '', 'classifier = pipeline("image-classification", model="{name}")',
+        usage=['from transformers import pipeline', '', 'classifier = pipeline("image-classification", model={name})',
                'classifier("image.png")'],
         figures=[("training curves", "training_curves.png"), ("confusion matrix", "confusion_matrix.png")],
     ),
     "image-segmentation": dict(
         pipeline="image-segmentation", title="Semantic Segmentation", metric=("mean_iou", "mean_iou", "mIoU"),
         what="backbone in a UperNet semantic segmentation model, trained with the swin_hf segmentation recipe",
-        usage=['from transformers import pipeline', '', 'segmenter = pipeline("image-segmentation", model="{name}")',
+        usage=['from transformers import pipeline', '', 'segmenter = pipeline("image-segmentation", model={name})',
                'segmenter("image.png")  # a mask per class found'],
         figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "overlays/validation_000.png")],
     ),
     "object-detection": dict(
         pipeline="object-detection", title="Object Detection", metric=("map", "mAP", "box mAP (IoU 0.50:0.95)"),
         what="backbone in a transformers DETR-family object detector, trained with the swin_hf detection recipe",
-        usage=['from transformers import pipeline', '', 'detector = pipeline("object-detection", model="{name}")',
+        usage=['from transformers import pipeline', '', 'detector = pipeline("object-detection", model={name})',
                'detector("image.png")  # boxes, labels and scores'],
         figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "pictures/validation_000.png")],
     ),
@@ -159,7 +160,7 @@ CARD_TASKS = {
         pipeline=None, title="Masked Image Modeling", metric=None,
         what="encoder pre-trained with SimMIM (masked image modeling) by the swin_hf pre-training recipe",
         usage=['from transformers import AutoModelForMaskedImageModeling', '',
-               'model = AutoModelForMaskedImageModeling.from_pretrained("{name}")',
+               'model = AutoModelForMaskedImageModeling.from_pretrained({name})',
                '# fine-tune it: python recipes/finetune.py --model {name}'],
         figures=[("training curves", "training_curves.png"), ("input, masked input, reconstruction", "reconstructions.png")],
     ),
@@ -184,28 +185,31 @@ def model_card(
     """A Hub-format README.md (YAML metadata + text) for a model a recipe trained: `task` is one of
     CARD_TASKS (classification, segmentation, SimMIM pre-training);
     `version`: Swin 1 or 2."""
+    from ..model_card import escape_markdown, quoted
+    from ..model_source import HUB_ID
+
     spec = CARD_TASKS[task]
     lines = ["---", "library_name: transformers"]
     if spec["pipeline"]:
         lines.append(f"pipeline_tag: {spec['pipeline']}")
     lines += ["tags:", "- swin_hf", f"- {task}", "- vision"]
-    if base_model and os.path.sep not in base_model and not base_model.startswith("swin-") and "/" in base_model:
+    if base_model and "/" in base_model and not base_model.startswith("swin-") and HUB_ID.fullmatch(base_model):
         lines.append(f"base_model: {base_model}")
-    if dataset and "/" in dataset and not os.path.exists(dataset):
+    if dataset and "/" in dataset and not os.path.exists(dataset) and HUB_ID.fullmatch(dataset):
         lines += ["datasets:", f"- {dataset}"]
     key, kind, name = spec["metric"] or (None, None, None)
     value = metrics.get(key, metrics.get(f"best_{key}")) if key else None
     if value is not None:
         lines += [
             "model-index:",
-            f"- name: {model_name}",
+            f"- name: {quoted(model_name)}",
             "  results:",
             "  - task:",
             f"      type: {task}",
             f"      name: {spec['title']}",
             "    dataset:",
-            f"      name: {dataset}",
-            f"      type: {dataset}",
+            f"      name: {quoted(dataset)}",
+            f"      type: {quoted(dataset)}",
             "    metrics:",
             f"    - type: {kind}",
             f"      value: {value:.4f}",
@@ -215,16 +219,16 @@ def model_card(
     classes = f" ({len(class_names)} classes)" if class_names else ""
     lines += [
         "",
-        f"# {model_name}",
+        f"# {escape_markdown(model_name)}",
         "",
         f"A {'Swin Transformer V2 (Liu et al., CVPR 2022)' if version == 2 else 'Swin Transformer (Liu et al., ICCV 2021)'} "
-        f"{spec['what']}, from `{base_model}` on `{dataset}`{classes}.",
+        f"{spec['what']}, from {escape_markdown(base_model, code=True)} on {escape_markdown(dataset, code=True)}{classes}.",
         "",
         "## Usage",
         "",
         "```python",
         "import swin_hf  # registers the model with transformers' Auto classes",
-        *(line.format(name=model_name) for line in spec["usage"]),
+        *(line.format(name=quoted(model_name)) for line in spec["usage"]),
         "```",
         "",
         "## Results" + (" (validation split)" if spec["metric"] else ""),
@@ -236,14 +240,15 @@ def model_card(
         value = metrics[key]
         if isinstance(value, float):
             value = f"{100 * value:.2f}%" if _is_percent(key) else f"{value:.4g}"
-        lines.append(f"| {key} | {value} |")
+        lines.append(f"| {escape_markdown(key)} | {escape_markdown(value)} |")
     lines += ["", "## Training hyperparameters", "", "| name | value |", "|---|---|"]
     for key in sorted(hyperparameters):
-        lines.append(f"| {key} | `{hyperparameters[key]}` |")
+        lines.append(f"| {escape_markdown(key)} | {escape_markdown(hyperparameters[key], code=True)} |")
     if class_names:
-        lines += ["", "## Labels", "", ", ".join(f"{i}: {n}" for i, n in enumerate(class_names[:100])) + (" ..." if len(class_names) > 100 else "")]
+        shown = ", ".join(f"{i}: {escape_markdown(n)}" for i, n in enumerate(class_names[:100]))
+        lines += ["", "## Labels", "", shown + (" ..." if len(class_names) > 100 else "")]
     if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+        lines += ["", "## Notes", ""] + [f"- {escape_markdown(n)}" for n in notes]
     for caption, figure in spec["figures"]:
         lines += ["", f"![{caption}]({figure})"]
     lines.append("")
@@ -261,17 +266,50 @@ def write_report(out: str, summary: dict, history: list[dict], card: str, scores
 
 class MetricLoggers:
     """The CSV and TensorBoard logs in output_dir/logs (metrics.csv, tensorboard/), written by process 0
-    through Lightning's logger objects (owned here, not attached to Fabric)."""
+    through Lightning's logger objects (owned here, not attached to Fabric). They open at the first row
+    logged: with `resume`, the rows an earlier run logged before that step are kept (Lightning's CSV logger
+    would delete them) and TensorBoard hides the earlier events from that step on (they are logged again),
+    so the logs of a resumed run hold the whole run once."""
 
-    def __init__(self, fabric, out: str):
-        self.loggers = []
+    def __init__(self, fabric, out: str, resume: bool = False):
+        self.out, self.resume = out, resume
+        self.loggers: list | None = None if fabric.is_global_zero else []
         self.closed = False
-        if fabric.is_global_zero:
-            from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
-            self.loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="tensorboard")]
+    def _open(self, step: int) -> list:
+        from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+        earlier = self._rows_before(step) if self.resume else []
+        table = CSVLogger(self.out, name="logs", version="")
+        with warnings.catch_warnings():  # (its warning that metrics.csv will be deleted: its rows were read above)
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            table.experiment
+        for row in earlier:
+            table.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
+        board = TensorBoardLogger(self.out, name="logs", version="tensorboard", **({"purge_step": step} if self.resume else {}))
+        return [table, board]
+
+    def _rows_before(self, step: int) -> list[dict]:
+        """The rows of logs/metrics.csv logged before `step`, as numbers (empty cells left out)."""
+        path = os.path.join(self.out, "logs", "metrics.csv")
+        if not os.path.exists(path):
+            return []
+        rows = []
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                except ValueError:
+                    continue
+                if "step" in values and values["step"] < step:
+                    rows.append({**values, "step": int(values["step"])})
+        if rows:
+            logger.info("--resume: the logs keep the %d row(s) logged before step %d", len(rows), step)
+        return rows
 
     def log(self, row: dict, step: int) -> None:
+        if self.loggers is None:
+            self.loggers = self._open(step)
         for experiment_logger in self.loggers:
             experiment_logger.log_metrics(row, step)
 
@@ -279,7 +317,7 @@ class MetricLoggers:
         """Write out and close the logs (once; a failed run closes them with status "failed")."""
         if not self.closed:
             self.closed = True
-            for experiment_logger in self.loggers:
+            for experiment_logger in self.loggers or []:
                 experiment_logger.finalize(status)
 
 

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SimMIM pre-training of a Swin encoder on unlabelled images (any `datasets` split). "
         "Launch with `python`, `lightning run` (or `fabric run`), `torchrun` or `accelerate launch`.",
     )
-    d = cli.add_data_arguments(p, DEFAULT_DATASET)
+    d = cli.add_data_arguments(p, DEFAULT_DATASET, train_split=False)  # (its --split names the one split it reads)
     d.add_argument("--train-dir", default=None, help="a folder of images (labels, if any, are ignored)")
     d.add_argument("--split", default="train", help="the split to pre-train on")
     d.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
@@ -273,7 +273,7 @@ def run(args, fabric) -> dict:
     if session.begin(state):
         logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
     losses = state["progress"]["losses"]
-    logs = MetricLoggers(fabric, out)
+    logs = MetricLoggers(fabric, out, resume=args.resume)
     logger.info("SimMIM on %s images of %d px, mask blocks %d px at ratio %.2f, %d steps",
                 "a stream of" if args.streaming else len(split), size, mask_patch, args.mask_ratio, total)
 
