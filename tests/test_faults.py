@@ -188,6 +188,38 @@ def test_kill_during_a_checkpoint_write_then_resume(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
+def _hold_the_lock(out: str, ready) -> None:
+    from swin_hf.training.checkpoint import lock_output_dir
+
+    lock_output_dir(out)
+    ready.set()
+    time.sleep(600)
+
+
+def test_a_run_into_a_locked_output_dir_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, capsys, caplog):
+    """The fast form of the test below: the lock is held by a forked process (no second interpreter to
+    start) that is then SIGKILLed."""
+    import multiprocessing
+
+    out = tmp_path / "run"
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    holder = context.Process(target=_hold_the_lock, args=(str(out), ready), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(60)
+        assert _main(["--output-dir", out, "--overwrite", "--max-steps", 1, *SMALL]) == 1
+        line = _one_line_error(capsys)
+        assert line.startswith(f"error: --output-dir {str(out)!r} is in use by another run (process {holder.pid} on "), line
+    finally:
+        holder.kill()
+        holder.join()
+    with caplog.at_level("WARNING"):
+        assert _main(["--output-dir", out, "--overwrite", "--max-steps", 1, *SMALL]) == 0
+    assert f"taking over the lock of process {holder.pid}" in caplog.text
+
+
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_output_dir_is_refused_and_a_killed_runs_lock_taken_over(tmp_path, capsys, caplog):
     """Two runs into one --output-dir used to overwrite each other's checkpoints and model. The second is
     refused (exit 1, one line naming the first run's process and the folder) even with --overwrite; once the
