@@ -248,3 +248,9 @@ def test_prepare_output_dir_claims_a_folder_the_same_way_for_every_recipe(tmp_pa
     assert os.path.exists(stale)
     ckpt.prepare_output_dir(fabric, str(out), overwrite=True, resume=False)  # overwrite drops it
     assert not os.path.exists(stale) and out.is_dir()
+
+
+def test_a_batch_with_non_finite_pixels_is_refused_naming_the_images():
+    good, bad = torch.zeros(3, 2, 2), torch.full((3, 2, 2), float("nan"))
+    with pytest.raises(DataError, match=r"Image\(s\) \['b.png'\] give NaN or infinite pixel values"):
+        collate_skipping([(good, 0, 0, "a.png"), (bad, 1, 1, "b.png")])

@@ -465,8 +465,13 @@ def collate_skipping(items):
     if not good:
         return {"pixel_values": None, "labels": None, "index": None, "skipped": len(skipped_files),
                 "skipped_files": skipped_files}
+    pixels = torch.stack([item[0] for item in good])
+    if pixels.is_floating_point() and not torch.isfinite(pixels).all():
+        bad = [item[3] if len(item) > 3 else f"#{item[2]}" for item in good if not torch.isfinite(item[0]).all()]
+        raise DataError(f"Image(s) {bad[:5]} give NaN or infinite pixel values after preprocessing; check the transform "
+                        "and the image processor's mean/std (a std of 0 divides by zero).")
     return {
-        "pixel_values": torch.stack([item[0] for item in good]),
+        "pixel_values": pixels,
         "labels": torch.tensor([item[1] for item in good], dtype=torch.long),
         "index": torch.tensor([item[2] for item in good], dtype=torch.long),
         "skipped": len(skipped_files),
