@@ -145,3 +145,16 @@ def test_a_truncated_file_is_named_in_one_line(tmp_path):
         with Image.open(path) as image:
             processor(image)
     assert "\n" not in str(error.value)
+    # the pipeline reading swin_hf's way names it too; swin-hf predict skips it and names it
+    from transformers import pipeline
+
+    from swin_hf import SwinConfig, SwinForImageClassification, SwinImageClassificationPipeline
+    from swin_hf.predict import predict
+
+    config = SwinConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=2, image_size=SIDE, num_labels=2)
+    model = SwinForImageClassification(config).eval()
+    classify = pipeline("image-classification", model=model, image_processor=processor,
+                        pipeline_class=SwinImageClassificationPipeline)
+    with pytest.raises(OSError, match=r"cut\.jpg cannot be decoded"):
+        classify(str(path))
+    assert predict(model, processor, [path], top_k=1, progress=False) == ([], [str(path)])
