@@ -158,3 +158,14 @@ def test_a_truncated_file_is_named_in_one_line(tmp_path):
     with pytest.raises(OSError, match=r"cut\.jpg cannot be decoded"):
         classify(str(path))
     assert predict(model, processor, [path], top_k=1, progress=False) == ([], [str(path)])
+
+
+def test_a_saved_processor_converts_the_same_way_and_without_conversion_still_refuses_nan(tmp_path):
+    processor = SwinImageProcessor.for_image_size(SIDE)
+    processor.save_pretrained(tmp_path)
+    loaded = SwinImageProcessor.from_pretrained(tmp_path)
+    image = Image.fromarray(_gradient16())
+    torch.testing.assert_close(loaded(image, return_tensors="pt")["pixel_values"],
+                               processor(image, return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        processor(np.full((SIDE, SIDE, 3), np.nan, np.float32), do_convert_rgb=False, do_rescale=False)

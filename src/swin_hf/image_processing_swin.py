@@ -175,8 +175,8 @@ class SwinImageProcessor(PilBackend):
         return cls(crop_size={"height": height, "width": width}, **{**sizes, **kwargs})
 
     def process_image(self, image, do_convert_rgb: bool | None = None, input_data_format=None, **kwargs) -> np.ndarray:
-        """One input as (3, H, W) uint8 through `to_rgb_array`."""
-        if not do_convert_rgb:
+        """One input as (3, H, W) uint8 through `to_rgb_array` (unless do_convert_rgb is False)."""
+        if do_convert_rgb is False:
             array = super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format, **kwargs)
             if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
                 raise ValueError("The image has NaN or infinite values; replace them before classifying it.")
