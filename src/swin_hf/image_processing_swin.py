@@ -128,7 +128,10 @@ def to_rgb_array(image, channels_first: bool | None = None) -> np.ndarray:
 
 
 def to_rgb(image) -> Image.Image:
-    """`to_rgb_array` as a PIL RGB image."""
+    """`to_rgb_array` as a PIL RGB image (an RGB PIL image without a transparent colour is returned as is)."""
+    if isinstance(image, Image.Image) and image.mode == "RGB" and "transparency" not in image.info:
+        load_pixels(image)
+        return image
     return Image.fromarray(to_rgb_array(image), "RGB")
 
 
