@@ -62,6 +62,15 @@ def test_preset_overrides_and_unknown_preset():
         (dict(mlp_ratio=0), r"mlp_ratio"),
         (dict(drop_path_rate=1.5), r"drop_path_rate: got 1\.5\. Use a probability"),
         (dict(num_channels=0), r"num_channels"),
+        (dict(layer_norm_eps=float("nan")), r"layer_norm_eps: got nan\. Use a positive, finite number"),
+        (dict(layer_norm_eps=float("inf")), r"layer_norm_eps: got inf"),
+        (dict(layer_norm_eps=0.0), r"layer_norm_eps: got 0\.0"),
+        (dict(mlp_ratio=float("nan")), r"mlp_ratio: got nan\. Use a positive, finite ratio"),
+        (dict(mlp_ratio=float("inf")), r"mlp_ratio: got inf"),
+        (dict(initializer_range=float("inf")), r"initializer_range: got inf"),
+        (dict(attention_probs_dropout_prob=float("nan")), r"attention_probs_dropout_prob: got nan"),
+        (dict(hidden_act="swishy"), r"hidden_act: got 'swishy'\. Use an activation name"),
+        (dict(version=True), r"version: got True"),
     ],
 )
 def test_invalid_configs_fail_at_construction_naming_field_and_fix(kwargs, message):

@@ -101,6 +101,30 @@ def test_dynamic_hw_export_is_exact_at_every_accepted_size_and_refuses_the_rest(
         export_onnx(model, tmp_path / "other.onnx", image_size=40, dynamic_hw=True)
 
 
+def test_a_raw_onnxruntime_user_reads_the_accepted_sizes_from_the_metadata(tmp_path):
+    """What README tells a user of plain onnxruntime: the accepted sizes are JSON under the metadata key
+    `swin_hf.input_size`; a refused size fails inside the graph (a Reshape node) or runs wrong, while
+    run_onnx refuses it first naming the sizes that work."""
+    import json
+
+    import onnxruntime
+
+    from swin_hf.export import SIZE_KEY, onnx_input_sizes
+
+    torch.manual_seed(0)
+    model = SwinForImageClassification(SwinConfig(**{**TINY, "depths": [1, 1]}, num_labels=3)).eval()
+    path = export_onnx(model, tmp_path / "swin.onnx", dynamic_hw=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rule = json.loads(session.get_modelmeta().custom_metadata_map[SIZE_KEY])
+    assert SIZE_KEY == "swin_hf.input_size" and rule == onnx_input_sizes(path)
+    assert rule["height"] == {"multiple": 16, "min": 32, "max": 8192}
+    x = torch.randn(1, 3, 40, 40)
+    with pytest.raises(Exception, match="Reshape"):
+        session.run(None, {"pixel_values": x.numpy()})
+    with pytest.raises(ValueError, match="40x40 pixels do not fit this ONNX graph: its height must be a multiple of 16"):
+        run_onnx(path, x)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("paths", ["this-cpu", "all-on"])
 def test_dynamic_hw_export_with_speed_paths_on(tmp_path, paths):

@@ -94,6 +94,81 @@ def test_inductor_freezes_the_weights_into_the_compiled_graph():
     torch._dynamo.reset()
 
 
+def test_a_deep_copy_is_an_independent_optimized_model():
+    import copy
+
+    fast = optimize_for_inference(_model(), dtype="fp32", compile=False)
+    twin = copy.deepcopy(fast)
+    assert twin.forward is not fast.forward and twin.optimized_for_inference == fast.optimized_for_inference
+    x = images(2, 64, 64)
+    expected = fast(x).logits
+    torch.testing.assert_close(twin(x).logits, expected)
+    with torch.no_grad():
+        twin.classifier.weight.zero_()
+        twin.classifier.bias.fill_(1.0)
+    torch.testing.assert_close(twin(x).logits, torch.ones_like(expected))  # the copy runs its own weights
+    torch.testing.assert_close(fast(x).logits, expected)  # the original is untouched
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        twin.train()
+
+
+def test_pickling_an_optimized_model_says_what_to_do_instead(tmp_path):
+    import pickle
+
+    fast = optimize_for_inference(_model(), dtype="fp32", compile=False)
+    for save in (pickle.dumps, lambda m: torch.save(m, tmp_path / "model.pt")):
+        with pytest.raises(TypeError, match=r"cannot be pickled .*save_pretrained\(folder\) and call optimize_for_inference "
+                                            r"again after loading"):
+            save(fast)
+    fast.save_pretrained(tmp_path / "saved")  # what the message says works
+    again = optimize_for_inference(SwinForImageClassification.from_pretrained(tmp_path / "saved"), dtype="fp32", compile=False)
+    x = images(1, 64, 64)
+    torch.testing.assert_close(again(x).logits, fast(x).logits)
+
+
+def test_without_compile_weight_edits_show_at_once():
+    """What README says: weights must not change once optimized; without compile, changes show at once
+    (with Inductor's freezing they do not: test_inductor_freezes_the_weights_into_the_compiled_graph)."""
+    model = _model()
+    fast = optimize_for_inference(model, dtype="fp32", compile=False)
+    x = images(1, 64, 64)
+    before = fast(x).logits
+    with torch.no_grad():
+        model.classifier.bias.add_(1.0)
+    torch.testing.assert_close(fast(x).logits, before + 1.0)
+
+
+def test_each_new_image_size_logs_its_compile_and_image_sizes_compiles_ahead(caplog):
+    """(backend "eager": the capture is what is tested; Inductor's code generation takes minutes here. Each
+    size is captured with static shapes, so that the capture takes seconds on a 2-block model.)"""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    static = torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+    with static, caplog.at_level("INFO", logger="swin_hf.inference"):
+        fast = optimize_for_inference(_model(depths=[1, 1], num_heads=[1, 2]), dtype="fp32", backend="eager",
+                                      image_sizes=[64, (32, 48)])
+    warmed = counters["stats"]["unique_graphs"]
+    assert warmed == 4  # two sizes, batch 1 and any other batch each
+    compiled = [r.getMessage() for r in caplog.records if "compiling for image size" in r.getMessage()]
+    assert len(compiled) == 4 and "compiling for image size 32x48 (any batch > 1)" in compiled[-1]
+    caplog.clear()
+    with static, caplog.at_level("INFO", logger="swin_hf.inference"):
+        for batch, height, width in ((3, 64, 64), (1, 32, 48), (5, 32, 48)):
+            fast(images(batch, height, width))
+        assert counters["stats"]["unique_graphs"] == warmed and not caplog.records  # nothing new compiled
+        fast(images(2, 96, 64))
+    assert counters["stats"]["unique_graphs"] == warmed + 1
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "optimize_for_inference: compiling for image size 96x64 (any batch > 1)"]
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="image_sizes: 'big' is not an image size"):
+        optimize_for_inference(_model(), backend="eager", image_sizes=["big"])
+    with pytest.raises(ValueError, match="needs compile=True"):
+        optimize_for_inference(_model(), compile=False, image_sizes=[64])
+
+
 def test_a_pipeline_runs_the_optimized_model(tmp_path):
     from transformers import pipeline
 

@@ -102,3 +102,16 @@ def test_a_saved_folder_carries_only_the_code_its_model_needs(tmp_path, cls, ext
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert type(loaded) is cls and loaded(x) is not None
+
+
+def test_the_weights_of_a_saved_folder_have_the_mode_of_its_other_files(tmp_path):
+    """safetensors writes its file 0600; save_pretrained gives it the mode every other file got (umask)."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        SwinForImageClassification(SwinConfig(**TINY)).save_pretrained(tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes

@@ -256,3 +256,34 @@ def test_convert_transformers_swinv2_folder_keeps_its_config_and_labels(tmp_path
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images).logits, theirs(images).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_a_transformers_swinv2_folder_with_its_default_per_stage_lists_loads(tmp_path):
+    """Swinv2Config keeps its 4-entry default pretrained_window_sizes (and num_heads) for a 3-stage model;
+    transformers loads such a folder, and so do from_pretrained and `swin-hf convert`."""
+    import transformers
+
+    fields = dict(embed_dim=12, depths=[1, 1, 1], window_size=2, image_size=16)
+    config = transformers.Swinv2Config(**fields)
+    assert len(config.pretrained_window_sizes) == 4 and len(config.num_heads) == 4
+    theirs = transformers.Swinv2ForImageClassification(config).eval()
+    theirs.save_pretrained(tmp_path / "hf")
+    images = torch.randn(1, 3, 16, 16)
+    ours = SwinForImageClassification.from_pretrained(tmp_path / "hf").eval()
+    assert ours.config.pretrained_window_sizes == [0, 0, 0] and ours.config.num_heads == [3, 6, 12]
+    assert main(["convert", "--from", "transformers", str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
+    converted = SwinForImageClassification.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        expected = theirs(images).logits
+        torch.testing.assert_close(ours(images).logits, expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(converted(images).logits, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_transformers_swinv2_folder_transformers_cannot_run_is_still_refused(tmp_path):
+    import transformers
+
+    fields = dict(embed_dim=12, depths=[1, 1, 1], num_heads=[3, 6], window_size=2, image_size=16)
+    (tmp_path / "hf").mkdir()
+    transformers.Swinv2Config(**fields).to_json_file(tmp_path / "hf" / "config.json")
+    with pytest.raises(ValueError, match="num_heads: has 2 entries but depths has 3"):
+        SwinForImageClassification.from_pretrained(tmp_path / "hf")

@@ -265,3 +265,29 @@ def test_prepare_output_dir_claims_a_folder_the_same_way_for_every_recipe(tmp_pa
     assert os.path.exists(stale)
     ckpt.prepare_output_dir(fabric, str(out), overwrite=True, resume=False)  # overwrite drops it
     assert not os.path.exists(stale) and out.is_dir()
+
+
+def test_a_batch_with_non_finite_pixels_is_refused_naming_the_images():
+    good, bad = torch.zeros(3, 2, 2), torch.full((3, 2, 2), float("nan"))
+    with pytest.raises(DataError, match=r"Image\(s\) \['b.png'\] give NaN or infinite pixel values"):
+        collate_skipping([(good, 0, 0, "a.png"), (bad, 1, 1, "b.png")])
+
+
+def test_weights_written_by_the_recipes_get_the_default_file_mode(tmp_path):
+    import os
+
+    from safetensors.torch import save_file
+
+    from swin_hf.training.checkpoint import write_folder_atomically
+
+    def write(folder):
+        save_file({"w": torch.zeros(2)}, os.path.join(folder, "final-weights.safetensors"))
+        with open(os.path.join(folder, "notes.txt"), "w") as f:
+            f.write("x")
+
+    previous = os.umask(0o022)
+    try:
+        write_folder_atomically(str(tmp_path), write, "final weights")
+    finally:
+        os.umask(previous)
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}

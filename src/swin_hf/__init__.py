@@ -31,6 +31,7 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .pipeline import SwinImageClassificationPipeline
 from .modeling_simmim import (
     SimMIMMaskGenerator,
     SwinForMaskedImageModeling,
@@ -65,6 +66,7 @@ for _auto, _model in (
     _model.register_for_auto_class(_auto.__name__)
 
 __all__ = [
+    "SwinImageClassificationPipeline",
     "PRESETS",
     "CheckpointError",
     "ConversionError",

@@ -7,9 +7,11 @@ next to the weights so that `trust_remote_code=True` works where swin_hf is not 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneConfigMixin
 
 
@@ -154,7 +156,8 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
             return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
         def number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
+            """A finite int or float (NaN and infinities are refused: they make every output NaN)."""
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
         for field in ("image_size", "patch_size"):
             value = getattr(self, field)
@@ -179,7 +182,7 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
                     "Choose head counts that divide each stage width, or change embed_dim.",
                 )
         if not number(self.mlp_ratio) or self.mlp_ratio <= 0:
-            fail("mlp_ratio", f"got {self.mlp_ratio!r}", "Use a positive ratio (4.0 in the paper).")
+            fail("mlp_ratio", f"got {self.mlp_ratio!r}", "Use a positive, finite ratio (4.0 in the paper).")
         for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             value = getattr(self, field)
             if not number(value) or not 0.0 <= value < 1.0:
@@ -187,11 +190,13 @@ class SwinConfig(BackboneConfigMixin, PretrainedConfig):
         for field, example in (("layer_norm_eps", "1e-5"), ("initializer_range", "0.02")):
             value = getattr(self, field)
             if not number(value) or value <= 0:
-                fail(field, f"got {value!r}", f"Use a positive number, e.g. {example}.")
+                fail(field, f"got {value!r}", f"Use a positive, finite number, e.g. {example}.")
         for field in ("qkv_bias", "use_absolute_embeddings"):
             if not isinstance(getattr(self, field), bool):
                 fail(field, f"got {getattr(self, field)!r}", "Use true or false.")
-        if self.version not in (1, 2):
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            fail("hidden_act", f"got {self.hidden_act!r}", "Use an activation name transformers knows, e.g. \"gelu\".")
+        if self.version not in (1, 2) or isinstance(self.version, bool):
             fail("version", f"got {self.version!r}", "Use 1 (Swin) or 2 (Swin V2).")
         windows = self.pretrained_window_sizes
         if windows is not None:

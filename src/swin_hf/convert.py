@@ -607,6 +607,15 @@ def config_from_transformers(config_dict: dict, config_class, **overrides):
     values = {k: v for k, v in config_dict.items() if k not in _DROPPED_CONFIG_KEYS and not k.startswith("_")}
     if config_dict.get("model_type") == "swinv2":
         values["version"] = 2
+    # transformers reads these lists one entry per stage and ignores entries past the last stage (Swinv2Config
+    # keeps its 4-entry default pretrained_window_sizes when given fewer depths): loading its folders does too
+    stages = len(values.get("depths") or ())
+    for field in ("num_heads", "pretrained_window_sizes"):
+        value = values.get(field)
+        if stages and isinstance(value, (list, tuple)) and len(value) > stages:
+            logger.info("%s: %d entries for %d stages, as transformers saved it; using the first %d.", field, len(value),
+                        stages, stages)
+            values[field] = list(value[:stages])
     for private in ("_out_features", "_out_indices"):
         if config_dict.get(private) is not None:
             values[private[1:]] = config_dict[private]

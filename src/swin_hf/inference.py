@@ -17,14 +17,18 @@ What it does (each choice measured on the machines in BENCHMARKS.md, "Serving"):
   - `quantize="int8"`: post-training quantization of the products (PT2E with the x86 Inductor quantizer,
     calibrated on `calibration` images), on x86 CPUs, where torchao is installed.
 
-The optimized model is a frozen snapshot: it answers with the weights it had when optimized. Changing
-them afterwards (training, loading, merging adapters) needs `optimize_for_inference` again on a fresh
-model; the model refuses to train once optimized.
+Its weights must not change once optimized (it refuses `train()`): with Inductor's freezing the graphs
+compiled so far keep the weights they were compiled with while a new image size compiles with the weights
+of that moment, and without compile the changes show at once. After changing weights (training, loading,
+merging adapters), optimize a fresh model. `copy.deepcopy` gives an independent optimized model (it
+compiles on its own first calls); pickling (`torch.save`, multiprocessing) is refused: save the model with
+`save_pretrained` and optimize it after loading.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import platform
@@ -56,6 +60,7 @@ def optimize_for_inference(
     max_autotune: bool = False,
     backend: str = "inductor",
     cpp_wrapper: bool = True,
+    image_sizes=None,
 ) -> nn.Module:
     """Turn `model` (any swin_hf model) into its fastest inference form on its device; returns the same
     object, whose calls take the same inputs and give the same outputs (floating outputs in fp32).
@@ -71,9 +76,15 @@ def optimize_for_inference(
             "inductor".
         cpp_wrapper: on CPU, let Inductor write the compiled graph's calls in C++ rather than Python (less
             overhead per call; compiling takes about twice as long). Not used with int8.
+        image_sizes: image sizes (ints or (height, width) pairs) to compile now rather than at their first
+            call: each is run once at batch 1 and once at batch 2 (torch.compile makes a graph for batch 1
+            and one for every other batch size). Every size compiled later logs a line when it compiles.
     """
     if getattr(model, "optimized_for_inference", None):
         raise ValueError("This model is already optimized for inference; optimize a freshly loaded model instead.")
+    options = dict(dtype=dtype, quantize=quantize, calibration=calibration, compile=compile, max_autotune=max_autotune,
+                   backend=backend, cpp_wrapper=cpp_wrapper)
+    sizes = _image_sizes(image_sizes, compile)
     device = next(model.parameters()).device
     if dtype == "auto":  # (int8 products take fp32 activations)
         dtype = torch.bfloat16 if native_bf16(device) and quantize is None else torch.float32
@@ -99,20 +110,72 @@ def optimize_for_inference(
         # traces the prepack ops, which have no fake kernels): the quantized graph runs outside it
         mode = functools.partial(torch.inference_mode, False) if quantize else contextlib.nullcontext
 
+        seen = set()  # (height, width, batch of 1) of the graphs compiled so far
+
         @functools.wraps(forward)
         def call(*args, **kwargs):
-            if args and isinstance(args[0], torch.Tensor):
-                torch._dynamo.maybe_mark_dynamic(args[0], 0)  # any batch size, one graph
-            elif isinstance(kwargs.get("pixel_values"), torch.Tensor):
-                torch._dynamo.maybe_mark_dynamic(kwargs["pixel_values"], 0)
+            pixels = args[0] if args else kwargs.get("pixel_values")
+            if isinstance(pixels, torch.Tensor) and pixels.ndim == 4:
+                torch._dynamo.maybe_mark_dynamic(pixels, 0)  # any batch size, one graph
+                key = (pixels.shape[-2], pixels.shape[-1], pixels.shape[0] == 1)
+                if key not in seen:
+                    seen.add(key)
+                    logger.info("optimize_for_inference: compiling for image size %dx%d (%s); pass image_sizes= to "
+                                "compile sizes ahead of time", key[0], key[1], "batch 1" if key[2] else "any batch > 1")
             with mode(), torch.no_grad(), settings():
                 return compiled(*args, **kwargs)
 
     model.forward = call
     model.optimized_for_inference = {"dtype": str(dtype).removeprefix("torch."), "quantize": quantize, "compile": compile}
     model.train = functools.partial(_refuse_training, model)
+    # copies: a deep copy is optimized on its own; pickling (and shallow copies) are refused with what to do
+    model._inference_options = options
+    model.__deepcopy__ = functools.partial(_deepcopy_optimized, model)
+    model.__reduce_ex__ = _refuse_pickling
     logger.info("optimized for inference on %s: %s", device, model.optimized_for_inference)
+    channels = getattr(getattr(model, "config", None), "num_channels", 3)
+    for height, width in sizes:
+        for batch in (1, 2):
+            model(torch.zeros(batch, channels, height, width, device=device))
     return model
+
+
+_OPTIMIZATION_ATTRIBUTES = ("forward", "train", "optimized_for_inference", "_inference_options", "__deepcopy__",
+                            "__reduce_ex__")
+
+
+def _image_sizes(image_sizes, compile: bool) -> list[tuple[int, int]]:
+    """`image_sizes` as (height, width) pairs, checked."""
+    if image_sizes is None:
+        return []
+    if not compile:
+        raise ValueError("image_sizes= compiles sizes ahead of time; it needs compile=True.")
+    sizes = []
+    for size in image_sizes:
+        pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else ()
+        if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+            raise ValueError(f"image_sizes: {size!r} is not an image size; give ints or (height, width) pairs, e.g. "
+                             "[224, (256, 320)].")
+        sizes.append(pair)
+    return sizes
+
+
+def _deepcopy_optimized(model: nn.Module, memo: dict) -> nn.Module:
+    """An independent optimized copy: the model's state copied without its optimization, then optimized
+    with the same options (its compiled graphs are its own)."""
+    clone = model.__class__.__new__(model.__class__)
+    memo[id(model)] = clone
+    state = {k: v for k, v in model.__dict__.items() if k not in _OPTIMIZATION_ATTRIBUTES}
+    clone.__dict__.update(copy.deepcopy(state, memo))
+    return optimize_for_inference(clone, **model._inference_options)
+
+
+def _refuse_pickling(protocol=None):
+    raise TypeError(
+        "A model optimized for inference cannot be pickled or shallow-copied (torch.save, multiprocessing, "
+        "copy.copy): its forward is compiled for this process. Save it with model.save_pretrained(folder) and "
+        "call optimize_for_inference again after loading; copy.deepcopy gives an independent optimized copy."
+    )
 
 
 def _inference_call(forward, device_type: str, dtype: torch.dtype):

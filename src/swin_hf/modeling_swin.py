@@ -598,12 +598,13 @@ class SwinPreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(param, std=std)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """save_pretrained, plus the image processor's code: every entry of `config.auto_map` then loads with
-        trust_remote_code where swin_hf is not installed."""
+        """save_pretrained, plus the image processor's code (every auto_map entry loads without swin_hf)."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        processor_code = Path(__file__).with_name("image_processing_swin.py")
-        if processor_code.exists():
-            shutil.copy(processor_code, Path(save_directory) / processor_code.name)
+        folder, code = Path(save_directory), Path(__file__).with_name("image_processing_swin.py")
+        if code.exists():
+            shutil.copy(code, folder / code.name)
+        for weights in folder.glob("*.safetensors"):  # safetensors writes them 0600: the other files' mode
+            weights.chmod((folder / "config.json").stat().st_mode & 0o777)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

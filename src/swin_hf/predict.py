@@ -56,7 +56,7 @@ def load_classifier(source: str):
 
 def predict(model, processor, files: list[Path], top_k: int = 5, batch_size: int = 16, progress: bool = True) -> tuple[list[dict], list[str]]:
     """([{"image": path, "predictions": [{"label", "score"}, ...]}, ...], [unreadable files]) for `files`."""
-    from PIL import Image, ImageOps
+    from .training.data import decode_image  # the training recipes' reading: one file, one tensor
 
     labels = model.config.id2label
     top_k = min(top_k, model.config.num_labels)
@@ -70,10 +70,9 @@ def predict(model, processor, files: list[Path], top_k: int = 5, batch_size: int
         batch, names = [], []
         for path in files[start : start + batch_size]:
             try:
-                with Image.open(path) as image:
-                    batch.append(ImageOps.exif_transpose(image).convert("RGB"))
+                batch.append(decode_image({"path": str(path), "bytes": None}))
                 names.append(str(path))
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
+            except (OSError, ValueError, SyntaxError) as error:
                 skipped.append(str(path))
                 logger.warning("skipped %s: %s", path, error)
         if batch:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ..image_processing_swin import to_rgb_array
+
 logger = logging.getLogger(__name__)
 
 TEXTURE_CLASSES = ("temple", "flower", "portrait")
@@ -165,7 +167,7 @@ class JointTransform:
                 f"image is {image.size[0]}x{image.size[1]} but its annotation is "
                 f"{annotation.size[0]}x{annotation.size[1]}; they must have the same size."
             )
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        pixels = torch.from_numpy(to_rgb_array(image).astype(np.float32) / 255.0).permute(2, 0, 1)
         labels = torch.from_numpy(np.array(annotation, dtype=np.int64))
         if labels.ndim == 3:  # an RGB-encoded annotation: use its first channel
             labels = labels[..., 0]

@@ -185,6 +185,14 @@ def save_atomic(fabric, path: str, state: dict, keep: int = 2) -> None:
     fabric.barrier()
 
 
+def give_default_mode(path: str) -> None:
+    """Give `path` the mode open() gives a new file under the process umask (safetensors writes its files
+    0600, unlike the other files of an output folder)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_folder_atomically(directory: str, write, name: str = "model") -> None:
     """`write(tmp)` fills a temporary folder inside `directory`; its files then replace those of the same
     name in `directory`. A failure (a full disk) removes the temporary folder, leaving `directory`'s
@@ -197,6 +205,8 @@ def write_folder_atomically(directory: str, write, name: str = "model") -> None:
     try:
         write(tmp)
         for entry in os.listdir(tmp):
+            if entry.endswith(".safetensors"):
+                give_default_mode(os.path.join(tmp, entry))
             os.replace(os.path.join(tmp, entry), os.path.join(directory, entry))
     except _write_errors() as error:
         raise OutputWriteError(
@@ -511,6 +521,7 @@ __all__ = [
     "claim_output_dir",
     "flag_name",
     "gather_objects",
+    "give_default_mode",
     "latest_checkpoint",
     "lock_output_dir",
     "parse_allowed",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..image_processing_swin import load_pixels, to_rgb  # the one conversion to RGB, shared with the image processor
 from .errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -530,27 +531,8 @@ def check_classes(train_labels: np.ndarray, validation_labels: np.ndarray, class
 
 
 # --------------------------------------------------------------------------------------------------
-# Decoding: any PIL mode -> RGB; unreadable images skipped and counted
+# Decoding: any PIL mode -> RGB (image_processing_swin.to_rgb); unreadable images skipped and counted
 # --------------------------------------------------------------------------------------------------
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any PIL mode; transparency (RGBA, LA, P with alpha) is composited on white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        span = max(array.max() - array.min(), 1.0)
-        image = Image.fromarray(np.uint8((array - array.min()) * 255.0 / span))
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        span = max(array.max() - array.min(), 1e-12)
-        image = Image.fromarray(np.uint8((array - array.min()) * 255.0 / span))
-    return image.convert("RGB")
 
 
 def decode_image(value) -> Image.Image:
@@ -578,7 +560,8 @@ def decode_image(value) -> Image.Image:
         ) from error
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image.load()  # forces full decoding: truncated files raise here
+        # forces full decoding: truncated files raise here, named
+        load_pixels(image, value.get("path") if isinstance(value, dict) else None)
         # as `datasets` and pipeline() do: a photo stored rotated (EXIF orientation) is turned upright
         if image.getexif().get(ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
@@ -667,8 +650,13 @@ def collate_skipping(items):
     if not good:
         return {"pixel_values": None, "labels": None, "index": None, "skipped": len(skipped_files),
                 "skipped_files": skipped_files}
+    pixels = torch.stack([item[0] for item in good])
+    if pixels.is_floating_point() and not torch.isfinite(pixels).all():
+        bad = [item[3] if len(item) > 3 else f"#{item[2]}" for item in good if not torch.isfinite(item[0]).all()]
+        raise DataError(f"Image(s) {bad[:5]} give NaN or infinite pixel values after preprocessing; check the transform "
+                        "and the image processor's mean/std (a std of 0 divides by zero).")
     return {
-        "pixel_values": torch.stack([item[0] for item in good]),
+        "pixel_values": pixels,
         "labels": torch.tensor([item[1] for item in good], dtype=torch.long),
         "index": torch.tensor([item[2] for item in good], dtype=torch.long),
         "skipped": len(skipped_files),
