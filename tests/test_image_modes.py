@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from swin_hf import SwinImageProcessor
-from swin_hf.image_processing_swin import to_rgb, to_rgb_array
+from swin_hf.image_processing_swin import to_rgb_array
 from swin_hf.training.data import decode_image
 
 SIDE = 16

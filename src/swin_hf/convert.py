@@ -609,7 +609,8 @@ def config_from_transformers(config_dict: dict, config_class, **overrides):
         values["version"] = 2
     # transformers reads these lists one entry per stage and ignores entries past the last stage (Swinv2Config
     # keeps its 4-entry default pretrained_window_sizes when given fewer depths): loading its folders does too
-    stages = len(values.get("depths") or ())
+    depths = values.get("depths")
+    stages = len(depths) if isinstance(depths, (list, tuple)) else 0  # (a malformed depths is SwinConfig's to refuse)
     for field in ("num_heads", "pretrained_window_sizes"):
         value = values.get(field)
         if stages and isinstance(value, (list, tuple)) and len(value) > stages:

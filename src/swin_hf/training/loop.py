@@ -492,7 +492,6 @@ def fit(run: Run) -> None:
 def train_step(run: Run, group: list[dict]) -> None:
     """One optimiser step over the micro-batches of `group` (each loss weighted by its share of the
     group's images, so the step is the mean over all of them), then EMA, bookkeeping and logging."""
-    fabric = run.fabric
     for batch in group:
         _note_skipped(run.skipped, "train", batch)
     usable = [batch for batch in group if batch["pixel_values"] is not None]
