@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from swin_hf.training.launcher import free_port
+from swin_hf.training.checkpoint import LOCK_FILE
 
 sys.path.insert(0, os.path.dirname(__file__))
 from recipe_resume import sigkill_and_resume  # noqa: E402
@@ -155,7 +156,8 @@ def test_two_process_ddp_with_fabric_run(tmp_path):
     assert result.stdout.count("validation top-1") == 1  # only rank 0 reports
     code = {p.name for p in out.glob("*.py")}  # swin_hf's own modules, copied for trust_remote_code
     assert code and code <= {p.name for p in Path(swin_hf.__file__).parent.glob("*.py")}
-    assert {p.name for p in out.iterdir()} - OUTPUT_FILES - code <= {"logs", "checkpoints"}
+    # (the lock file stays, empty and unlocked; the owner file goes with the lock: README, One run per folder)
+    assert {p.name for p in out.iterdir()} - OUTPUT_FILES - code <= {"logs", "checkpoints", LOCK_FILE}
 
 
 @pytest.mark.slow
