@@ -61,8 +61,11 @@ def test_default_paths_follow_what_the_cpu_can_run():
     xeon = FastPaths.for_cpu(XEON_AMX)  # (the Xeon with AMX measured: BENCHMARKS.md)
     assert not (xeon.onednn_products or xeon.mlp_tile_tokens) and xeon.skip_dropped_branches
     assert xeon.inference_group_size and not xeon.tiles_in_bf16  # groups in fp32 inference only
-    assert FastPaths.for_cpu(ZEN1) == FastPaths.plain()  # AVX2 only: no path measured faster
-    assert FastPaths.for_cpu(ARM) == FastPaths.plain()
+    avx2 = FastPaths.for_cpu(ZEN1)  # AVX2 only (Zen 1 and Zen 3 measured): oneDNN products and tiles cost
+    assert not (avx2.onednn_products or avx2.mlp_tile_tokens or avx2.tiles_in_bf16)
+    assert avx2.inference_group_size and avx2.skip_dropped_branches
+    assert FastPaths.for_cpu(ARM) == FastPaths.plain()  # not measured: the plain model
+    assert FastPaths.for_cpu(dataclasses.replace(ZEN1, isa="AVX512")) == FastPaths.plain()  # AVX-512 without bf16
     # oneDNN products need oneDNN's bf16 kernels (autocast hands them bf16): never chosen without them
     no_bf16_kernels = dataclasses.replace(ZEN4, onednn_bf16=False)
     assert not FastPaths.for_cpu(no_bf16_kernels).onednn_products

@@ -58,13 +58,15 @@ class FastPaths:
         """
         if not cpu.x86_onednn:
             return cls()
-        if cpu.amx_bf16:  # bf16 products on AMX: sample groups pay in fp32 inference only
+        if cpu.amx_bf16 or cpu.isa == "AVX2":
+            # AMX (bf16 products in hardware) and AVX2 without AVX-512: sample groups pay in fp32 inference
+            # and skipping dropped branches in training; oneDNN's products and the MLP tiles do not
             return cls(inference_group_size=1 << 20, tiles_in_bf16=False, skip_dropped_branches=True)
         if cpu.avx512_bf16 and cpu.onednn_bf16:
             return cls(
                 onednn_products=True, mlp_tile_tokens=4096, inference_group_size=1 << 20, skip_dropped_branches=True
             )
-        return cls()  # AVX2 without native bf16: every path measured at or below the plain model
+        return cls()  # a family not measured yet
 
 
 @dataclasses.dataclass(frozen=True)
