@@ -7,7 +7,8 @@ hooks see each call), keeps no state, and steps aside under torch.compile / expo
 does better (or the path cannot be traced).
 
 The default (`FastPaths.for_this_cpu()`) turns a path on only where the CPU can run it and where
-BENCHMARKS.md shows that it pays on CPUs of the same instruction-set family; `python benchmarks/fast_paths.py` measures each one against the plain code on the machine at
+BENCHMARKS.md shows that it pays on CPUs of the same instruction-set family; `python
+benchmarks/fast_paths.py` measures each one against the plain code on the machine at
 hand. On other devices (CUDA, MPS) no path runs: each checks that its tensors are on the CPU.
 
   onednn_products        per-token products as oneDNN 1x1 convolutions (where MKL's sgemm is the slower)
