@@ -11,7 +11,7 @@ See `python recipes/finetune.py --help` for every option and its default.
 import sys
 
 import _checkout  # noqa: F401  (from a checkout: swin_hf from its src/, not installed)
-from swin_hf.training.cli import main
+from swin_hf.training.classification import main
 
 if __name__ == "__main__":
     sys.exit(main())

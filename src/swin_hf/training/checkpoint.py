@@ -32,7 +32,14 @@ import time
 import numpy as np
 import torch
 
-from .errors import ConfigChangedError, OutputDirError, OutputDirInUseError, OutputDirLockedError, OutputWriteError, ResumeError
+from .errors import (
+    ConfigChangedError,
+    OutputDirError,
+    OutputDirInUseError,
+    OutputDirLockedError,
+    OutputWriteError,
+    ResumeError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +370,7 @@ def restore(
         loading = {**{k: v for k, v in state.items() if k not in missing}, "run": None}
         try:
             fabric.load(path, loading, weights_only=True)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             if _is_mismatch(error):
                 raise ResumeError(
                     f"--resume: the checkpoint {path} does not fit the model built from these arguments "

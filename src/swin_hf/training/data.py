@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..image_processing_swin import load_pixels, to_rgb  # the one conversion to RGB, shared with the image processor
+from ..image_processing_swin import (  # the one conversion to RGB, shared with the image processor
+    load_pixels,
+    to_rgb,
+)
 from .errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -706,25 +709,25 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 __all__ = [
     "DIGITS",
-    "DataError",
     "EVALUATION_SPLITS",
-    "check_classes",
-    "check_dataset_source",
-    "check_image_folder",
-    "check_data_paths",
-    "check_labels",
-    "choose_splits",
     "ClassificationRows",
-    "decode_or_skip",
-    "file_name",
+    "DataError",
     "ImageClassificationDataset",
     "PreparedData",
     "ResumableSampler",
     "SkipCounter",
+    "check_classes",
+    "check_data_paths",
+    "check_dataset_source",
+    "check_image_folder",
+    "check_labels",
+    "choose_splits",
     "collate_skipping",
     "decode_image",
+    "decode_or_skip",
     "detect_columns",
     "digits_dataset_dict",
+    "file_name",
     "load_splits",
     "path_inside",
     "prepare",

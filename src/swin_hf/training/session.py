@@ -27,11 +27,11 @@ import torch
 from .checkpoint import (
     _any_rank,
     check_output_dir,
-    gather_objects,
-    precheck_resume,
     checkpoint_path,
     claim_output_dir,
+    gather_objects,
     parse_allowed,
+    precheck_resume,
     restore,
     save_atomic,
     write_folder_atomically,

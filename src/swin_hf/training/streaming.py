@@ -150,7 +150,7 @@ class _RawBatches(torch.utils.data.Sampler):
     """The DataLoader's "sampler": undecoded batches read from the stream in the main process, with the
     stream position after each, `count` batches per iteration (so nothing is read past an epoch's end)."""
 
-    def __init__(self, loader: "StreamLoader"):
+    def __init__(self, loader: StreamLoader):
         self.loader = loader
 
     def __iter__(self):
