@@ -64,9 +64,10 @@ def test_simmim_encoder_hands_off_to_the_finetuning_recipe(simmim_output):
     with a new classifier."""
     from safetensors.torch import load_file
 
-    from swin_hf.training.loop import TrainConfig, build_model
+    from swin_hf.training.classification import ClassificationSettings, ClassificationTask, build_model
 
-    model, processor, from_scratch = build_model(TrainConfig(model=str(simmim_output)), [str(i) for i in range(10)])
+    settings = ClassificationTask.resolve(ClassificationSettings(model=str(simmim_output), dataset="some/set"))
+    model, processor, from_scratch = build_model(settings, [str(i) for i in range(10)])
     assert not from_scratch and isinstance(model, SwinForImageClassification)
     assert model.config.num_labels == 10
     saved = load_file(simmim_output / "model.safetensors")

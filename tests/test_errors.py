@@ -23,7 +23,7 @@ SMALL = ["--max-train-samples", "32", "--max-eval-samples", "16", "--batch-size"
 
 
 def _finetune(args) -> int:
-    from swin_hf.training.cli import main
+    from swin_hf.training.classification import main
 
     return main([str(a) for a in args])
 
@@ -62,7 +62,7 @@ def _images(folder: Path, classes=("cat", "dog"), count=3, flat=False):
         (["--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
         (["--lr=-1e-3"], "--lr: expected a finite number > 0"),
         (["--image-size", "-16"], "--image-size: expected a whole number >= 1, got '-16'"),
-        (["--train-val-split", "1.5"], "--train-val-split: expected a number between 0 and 1"),
+        (["--validation-fraction", "1.5"], "--validation-fraction: expected a number between 0 and 1"),
         (["--mixup", "2"], "--mixup: expected a number from 0 to 1"),
         (["--crop-scale", "0.9,0.1"], "--crop-scale: expected 'lo,hi' with 0 < lo <= hi <= 1"),
     ],

@@ -37,7 +37,7 @@ SMALL = ["--max-train-samples", "32", "--max-eval-samples", "16", "--batch-size"
 
 
 def _main(args) -> int:
-    from swin_hf.training.cli import main
+    from swin_hf.training.classification import main
 
     return main([str(a) for a in args])
 
@@ -161,7 +161,7 @@ def test_kill_during_a_checkpoint_write_then_resume(tmp_path):
                     f.truncate(os.path.getsize(path) // 2)
                 os.kill(os.getpid(), signal.SIGKILL)
         Fabric.save = dying_save
-        from swin_hf.training.cli import main
+        from swin_hf.training.classification import main
         sys.exit(main(sys.argv[1:]))
     """)
     out = tmp_path / "killed"
@@ -373,7 +373,7 @@ def test_resume_refuses_settings_that_change_the_run(finished_run, tmp_path, cap
     assert "--batch-size was 8, now 16" in error and "--allow-changed-config batch-size" in error
     assert _main([*base, "--model", "swin-tiny-patch4-window7-224"]) == 2
     assert "for another model (--model was 'swin-digits', now 'swin-tiny-patch4-window7-224')" in _one_line_error(capsys)
-    assert _main([*base, "--train-val-split", 0.3, "--dataset", "sklearn-digits", "--mixup", 0.5]) == 2
+    assert _main([*base, "--validation-fraction", 0.3, "--dataset", "sklearn-digits", "--mixup", 0.5]) == 2
     assert "--mixup was 0.0, now 0.5" in _one_line_error(capsys)
     assert _checkpoints(out) == ["step-00000004.ckpt"]  # refused before anything changed
 

@@ -109,7 +109,7 @@ def test_every_recipe_script_runs_as_plain_python_from_a_checkout(tmp_path):
 def test_the_launchers_thread_count_does_not_override_the_recipes(tmp_path, monkeypatch):
     """Fabric's launcher sets OMP_NUM_THREADS to CPUs / processes when the user has not: the digits profile's
     one thread still applies. An OMP_NUM_THREADS of the user's wins."""
-    from swin_hf.training.cli import main
+    from swin_hf.training.classification import main
     from swin_hf.training.launcher import LAUNCHER_SET_THREADS
 
     before = torch.get_num_threads()

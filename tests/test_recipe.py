@@ -31,6 +31,7 @@ SCRIPT = ROOT / "recipes" / "finetune.py"
 TINY = ["--max-train-samples", "64", "--max-eval-samples", "40", "--batch-size", "8", "--no-progress", "--log-every", "1"]
 OUTPUT_FILES = {
     "config.json",
+    "settings.json",
     "model.safetensors",
     "preprocessor_config.json",
     "README.md",
@@ -49,7 +50,7 @@ def _env(**extra):
 
 
 def _main(args):
-    from swin_hf.training.cli import main
+    from swin_hf.training.classification import main
 
     return main([str(a) for a in args])
 
@@ -134,7 +135,7 @@ def test_saved_datasetdict_directory(tmp_path):
     saved.save_to_disk(tmp_path / "saved")
     out = tmp_path / "run"
     assert _main(["--dataset", tmp_path / "saved", "--model", "swin-digits", "--profile", "digits",
-                  "--train-val-split", 0.25, "--max-steps", 2, "--output-dir", out, *TINY]) == 0
+                  "--validation-fraction", 0.25, "--max-steps", 2, "--output-dir", out, *TINY]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_examples"] == 36 and metrics["val_examples"] == 12
 
@@ -183,7 +184,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
 
 def test_finetune_from_a_saved_model_reheads_for_the_dataset_labels(tmp_path):
     from swin_hf import SwinConfig, SwinForImageClassification
-    from swin_hf.training.loop import RECIPE_PRESETS
+    from swin_hf.training.classification import RECIPE_PRESETS
 
     pretrained = SwinForImageClassification(
         SwinConfig(**RECIPE_PRESETS["swin-digits"], num_labels=3, id2label={0: "x", 1: "y", 2: "z"})

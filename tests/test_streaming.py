@@ -42,7 +42,7 @@ def _env(**extra):
 
 
 def _main(args) -> int:
-    from swin_hf.training.cli import main
+    from swin_hf.training.classification import main
 
     return main([str(a) for a in args])
 
@@ -213,7 +213,7 @@ MEASURE = textwrap.dedent("""
     from swin_hf import SwinImageProcessor
     from swin_hf.training.data import ClassificationRows
     from swin_hf.training.streaming import StreamLoader, undecoded
-    from swin_hf.training.loop import PreprocessCache
+    from swin_hf.training.classification import PreprocessCache
 
     folder, block, first, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     split = datasets.load_dataset(folder, split="train", streaming=True)

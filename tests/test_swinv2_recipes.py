@@ -17,7 +17,7 @@ SMALL_V2 = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4, pa
 
 
 def _finetune(args):
-    from swin_hf.training.cli import main
+    from swin_hf.training.classification import main
 
     return main([str(a) for a in args])
 

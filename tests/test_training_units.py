@@ -25,6 +25,7 @@ from swin_hf.training.data import (  # noqa: E402
     to_rgb,
 )
 from swin_hf.training.ema import EMA, swapped_weights  # noqa: E402
+from swin_hf.training.settings import build_parser, parse_settings  # noqa: E402
 from swin_hf.training.optim import cosine_with_warmup, layer_id, param_groups  # noqa: E402
 
 
@@ -177,9 +178,13 @@ def test_atomic_checkpoint_and_latest(tmp_path):
 
 
 def test_launcher_detection():
-    from swin_hf.training.cli import build_parser, fabric_kwargs, resolve_precision
+    from swin_hf.training.classification import ClassificationSettings
+    from swin_hf.training.cli import fabric_kwargs, resolve_precision
 
-    args = build_parser().parse_args([])
+    def parse(argv):
+        return parse_settings(ClassificationSettings, argv, "finetune.py", "")
+
+    args = parse([])
     auto = resolve_precision("auto", "auto")  # (what --precision auto, the default, is on this machine)
     torchrun = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "0"}
     assert fabric_kwargs(args, torchrun) == dict(accelerator="auto", devices=2, strategy="ddp", num_nodes=2, precision=auto)
@@ -190,10 +195,10 @@ def test_launcher_detection():
     assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_PRECISION": "32-true"}) == {}  # the launcher's flag wins
     # `lightning run --strategy fsdp`: swin_hf's FSDP2 strategy (start_fabric builds it; Lightning's refuses CPUs)
     assert fabric_kwargs(args, {"LT_CLI_USED": "1", "LT_STRATEGY": "fsdp"}) == {"strategy": "fsdp", "precision": auto}
-    own = build_parser().parse_args(["--strategy", "ddp", "--precision", "32-true"])  # the script's options, where the launcher set none
+    own = parse(["--strategy", "ddp", "--precision", "32-true"])  # the script's options, where the launcher set none
     assert fabric_kwargs(own, {"LT_CLI_USED": "1"}) == {"strategy": "ddp", "precision": "32-true"}
     assert fabric_kwargs(own, {"LT_CLI_USED": "1", "LT_STRATEGY": "auto", "LT_PRECISION": "bf16-mixed"}) == {}
-    plain = fabric_kwargs(build_parser().parse_args(["--devices", "3", "--strategy", "fsdp"]), {})
+    plain = fabric_kwargs(parse(["--devices", "3", "--strategy", "fsdp"]), {})
     assert plain["devices"] == 3 and plain["strategy"] == "fsdp"
 
 
@@ -227,10 +232,10 @@ def test_bf16_asked_for_where_the_cpu_emulates_it_runs_with_one_warning(monkeypa
 
 
 def test_help_lists_every_knob_with_defaults():
-    from swin_hf.training.cli import build_parser
+    from swin_hf.training.classification import ClassificationSettings, profiles_help
 
-    text = build_parser().format_help()
-    for flag in ("--dataset", "--train-dir", "--train-val-split", "--model", "--image-size", "--lr", "--layer-decay",
+    text = build_parser(ClassificationSettings, "finetune.py", "", profiles_help()).format_help()
+    for flag in ("--dataset", "--train-dir", "--validation-fraction", "--model", "--image-size", "--lr", "--layer-decay",
                  "--label-smoothing", "--drop-path", "--clip-grad", "--grad-accum", "--ema-decay", "--compile",
                  "--gradient-checkpointing", "--precision", "--mixup", "--cutmix", "--randaugment-n",
                  "--random-erasing", "--checkpoint-every", "--resume", "--push-to-hub", "--hub-model-id"):
