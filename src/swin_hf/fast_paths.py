@@ -114,9 +114,8 @@ def cpu_flags() -> set[str]:
 
 def auto_attention_implementation(q: torch.Tensor, bias_is_trained: bool) -> str:
     """What attn_implementation="auto" (the model's default) runs: SDPA, except where it is slow for Swin.
-    With a trained bias, SDPA has no kernel for the mask's gradient and falls back to its math path (a bf16
-    training step 1.5x slower than spelled out on a Xeon with AMX); on CUDA its kernels are made for long
-    sequences (Swin-T bf16 inference on an H200: spelled out 1.17x faster). BENCHMARKS.md has the numbers."""
+    With a trained bias, SDPA has no kernel for the mask's gradient and falls back to its slower math path;
+    on CUDA its kernels are made for long sequences, not 49-token windows. BENCHMARKS.md has the numbers."""
     return "eager" if bias_is_trained or q.is_cuda else "sdpa"
 
 
