@@ -310,3 +310,22 @@ def test_recipe_validation_is_held_out_and_scored_with_fixed_masks(tmp_path):
     assert metrics["val_examples"] == round(0.05 * 1437) and metrics["train_examples"] == 16
     val = [row["val_loss"] for row in metrics["history"] if "val_loss" in row]
     assert len(val) == 2 and abs(val[0] - val[1]) < 1e-4 and metrics["best_val_loss"] == min(val)
+
+
+def test_recipe_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path):
+    """The crops, flips and masks come from the RNG the checkpoint holds: a run resumed from its mid-epoch
+    step-2 checkpoint ends with the same final and best weights (EMA, --grad-accum 2) as the run that went on."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    args = ["--max-train-samples", 64, "--max-eval-samples", 16, "--batch-size", 8, "--grad-accum", 2, "--ema-decay", 0.9,
+            "--checkpoint-every", 2, "--max-steps", 6, "--no-progress", "--accelerator", "cpu", "--devices", 1,
+            "--output-dir", out]
+    assert _recipe(args) == 0
+    final, best = load_file(out / "checkpoints" / "final-weights.safetensors"), load_file(out / "model.safetensors")
+    (out / "checkpoints" / "step-00000004.ckpt").unlink()  # the epoch-end checkpoint: resume from step 2
+    assert _recipe([*args, "--resume"]) == 0
+    for expected, path in ((final, out / "checkpoints" / "final-weights.safetensors"), (best, out / "model.safetensors")):
+        resumed = load_file(path)
+        for name, tensor in expected.items():
+            torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)
