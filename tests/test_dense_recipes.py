@@ -31,7 +31,7 @@ CPU = ["--accelerator", "cpu", "--devices", "1"]
 def simmim_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("simmim") / "model"
     code = simmim_main(["--output-dir", str(out), "--max-steps", "8", "--batch-size", "16", "--max-train-samples", "64",
-                        "--log-every", "4", *CPU])
+                        "--max-eval-samples", "16", "--log-every", "4", *CPU])
     assert code == 0
     return out
 
@@ -49,8 +49,9 @@ def _check_output_folder(out, task: str) -> None:
 
 def test_pretrain_simmim_writes_a_checkpoint_and_reports(simmim_output):
     metrics = json.loads((simmim_output / "metrics.json").read_text())
-    assert metrics["steps"] == 8 and len(metrics["loss_history"]) == 8
-    assert all(np.isfinite(metrics["loss_history"]))
+    train = [row["train_loss"] for row in metrics["history"] if "train_loss" in row]
+    assert metrics["steps"] == 8 and len(train) == 3 and all(np.isfinite(train))  # steps 1, 4 and 8
+    assert np.isfinite(metrics["best_val_loss"]) and metrics["first_loss"] == train[0]
     assert metrics["mask_ratio"] == 0.6 and metrics["mask_patch_size"] == 4
     config = json.loads((simmim_output / "config.json").read_text())
     assert config["architectures"] == ["SwinForMaskedImageModeling"] and config["encoder_stride"] == 4

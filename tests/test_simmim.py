@@ -242,3 +242,90 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(swin_hf.modeling_simmim, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The recipe (recipes/pretrain_simmim.py) on the shared loop
+# ------------------------------------------------------------------------------------------------
+
+
+def _recipe(args) -> int:
+    from swin_hf.training.simmim import main
+
+    return main([str(a) for a in args])
+
+
+def test_recipe_accumulates_keeps_an_ema_checkpoints_mid_epoch_and_resumes(tmp_path, capsys):
+    """64 images in batches of 8 with --grad-accum 2: 4 steps an epoch. --max-steps 3 with --checkpoint-every 2
+    leaves the step-2 checkpoint in the middle of the first epoch (with the EMA); --resume with --max-steps 6
+    continues from it, and the best model (lowest validation loss) fine-tunes with finetune.py."""
+    import json
+
+    from swin_hf.training.classification import main as finetune_main
+
+    out = tmp_path / "run"
+    common = ["--max-train-samples", 64, "--max-eval-samples", 16, "--batch-size", 8, "--grad-accum", 2,
+              "--ema-decay", 0.9, "--checkpoint-every", 2, "--log-every", 1, "--no-progress", "--accelerator", "cpu",
+              "--devices", 1, "--output-dir", out]
+    assert _recipe(["--max-steps", 3, *common]) == 0
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("step-*.ckpt"))
+    assert checkpoints == ["step-00000002.ckpt"]
+    saved = torch.load(out / "checkpoints" / "step-00000002.ckpt", weights_only=True)
+    assert saved["progress"]["step"] == 2 and saved["progress"]["batch"] == 4 and saved["progress"]["epoch"] == 0
+    assert "ema" in saved
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["steps"] == 3 and first["val_examples"] == 16 and first["train_examples"] == 64
+    capsys.readouterr()
+
+    assert _recipe(["--max-steps", 6, "--resume", "--allow-changed-config", "max_steps", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "Resumed from" in printed and "step 2, epoch 0, batch 4" in printed
+    assert "SimMIM: 6 steps" in printed and f"fine-tune it: python recipes/finetune.py --model {out}" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["epochs"] == 2
+    assert [row["step"] for row in metrics["history"] if "train_loss" in row] == [1, 2, 3, 4, 5, 6]
+    val = [row["val_loss"] for row in metrics["history"] if "val_loss" in row]
+    assert len(val) == 2 and metrics["best_val_loss"] == min(val)  # epochs 1 and 2 of the resumed run
+    assert metrics["first_loss"] == metrics["history"][0]["train_loss"] > 0
+    assert metrics["mask_patch_size"] == 4 and metrics["mask_ratio"] == 0.6 and metrics["image_size"] == 16
+    assert (out / "reconstructions.png").exists()
+
+    tuned = tmp_path / "tuned"
+    assert finetune_main([str(a) for a in ["--model", out, "--max-steps", 1, "--max-train-samples", 128, "--max-eval-samples",
+                                           16, "--batch-size", 8, "--no-progress", "--accelerator", "cpu", "--devices", 1,
+                                           "--output-dir", tuned]]) == 0
+    assert json.loads((tuned / "metrics.json").read_text())["from_scratch"] is False
+    assert isinstance(SwinForImageClassification.from_pretrained(tuned), SwinForImageClassification)
+
+
+def test_recipe_validation_is_held_out_and_scored_with_fixed_masks(tmp_path):
+    """The validation images are not trained on, and two evaluations of the same weights agree (the masks are
+    drawn once): a run with --lr tiny evaluates twice to nearly the same loss, and the best is the lowest."""
+    import json
+
+    out = tmp_path / "run"
+    assert _recipe(["--max-train-samples", 16, "--batch-size", 8, "--epochs", 2, "--lr", 1e-9, "--validation-fraction",
+                    0.05, "--no-progress", "--accelerator", "cpu", "--devices", 1, "--output-dir", out]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_examples"] == round(0.05 * 1437) and metrics["train_examples"] == 16
+    val = [row["val_loss"] for row in metrics["history"] if "val_loss" in row]
+    assert len(val) == 2 and abs(val[0] - val[1]) < 1e-4 and metrics["best_val_loss"] == min(val)
+
+
+def test_recipe_resumed_mid_epoch_ends_with_the_uninterrupted_weights(tmp_path):
+    """The crops, flips and masks come from the RNG the checkpoint holds: a run resumed from its mid-epoch
+    step-2 checkpoint ends with the same final and best weights (EMA, --grad-accum 2) as the run that went on."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    args = ["--max-train-samples", 64, "--max-eval-samples", 16, "--batch-size", 8, "--grad-accum", 2, "--ema-decay", 0.9,
+            "--checkpoint-every", 2, "--max-steps", 6, "--no-progress", "--accelerator", "cpu", "--devices", 1,
+            "--output-dir", out]
+    assert _recipe(args) == 0
+    final, best = load_file(out / "checkpoints" / "final-weights.safetensors"), load_file(out / "model.safetensors")
+    (out / "checkpoints" / "step-00000004.ckpt").unlink()  # the epoch-end checkpoint: resume from step 2
+    assert _recipe([*args, "--resume"]) == 0
+    for expected, path in ((final, out / "checkpoints" / "final-weights.safetensors"), (best, out / "model.safetensors")):
+        resumed = load_file(path)
+        for name, tensor in expected.items():
+            torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0)

@@ -163,10 +163,9 @@ def test_streaming_errors_are_one_line(tmp_path, capsys):
     assert "pass --label-names" in capsys.readouterr().err
 
 
-def test_segmentation_and_simmim_stream_and_resume_at_their_position(tmp_path):
-    """The other recipes take the same streaming path; a resumed run continues from the saved position."""
+def test_segmentation_streams_and_resumes_at_its_position(tmp_path):
+    """The segmentation recipe takes the same streaming path; a resumed run continues from the saved position."""
     from swin_hf.segmentation.train import main as segment_main
-    from swin_hf.training.simmim import main as simmim_main
 
     seg = ["--streaming", "--steps-per-epoch", 2, "--batch-size", 4, "--image-size", 32, "--hidden-size", 32,
            "--max-eval-samples", 4, "--num-overlays", 1, "--no-progress", "--accelerator", "cpu", "--devices", 1]
@@ -180,12 +179,25 @@ def test_segmentation_and_simmim_stream_and_resume_at_their_position(tmp_path):
     assert (resumed["pass"], resumed["block"], resumed["offset"]) == (0, 0, 16)  # 8 more, after the first 8
     assert json.loads((out / "metrics.json").read_text())["steps"] == 4
 
+
+def test_simmim_streams_validates_on_the_head_of_the_stream_and_resumes_at_its_position(tmp_path):
+    """SimMIM's validation is the first --max-eval-samples images of the stream, which training skips; a
+    resumed run continues from the saved position."""
+    from swin_hf.training.simmim import main as simmim_main
+
     out = tmp_path / "simmim"
-    assert simmim_main([str(a) for a in ["--streaming", "--max-steps", 3, "--batch-size", 8, "--output-dir", out,
-                                          "--no-progress", "--accelerator", "cpu", "--devices", 1]]) == 0
+    simmim = ["--streaming", "--batch-size", 8, "--max-eval-samples", 16, "--log-every", 1, "--output-dir", out,
+              "--no-progress", "--accelerator", "cpu", "--devices", 1]
+    assert simmim_main([str(a) for a in ["--max-steps", 3, "--checkpoint-every", 2, *simmim]]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and len(metrics["loss_history"]) == 3
+    assert metrics["steps"] == 3 and len([row for row in metrics["history"] if "train_loss" in row]) == 3
+    assert metrics["val_examples"] == 16 and metrics["best_val_loss"] > 0  # the first 16 images of the stream
     assert (out / "reconstructions.png").exists() and (out / "README.md").exists()
+    saved = torch.load(out / "checkpoints" / "step-00000002.ckpt", weights_only=True)["stream"][0]
+    assert saved["offset"] == 16 or saved["block"] > 0  # 2 steps of 8 taken after the skipped validation images
+    assert simmim_main([str(a) for a in ["--max-steps", 4, "--resume", "--allow-changed-config", "max_steps,epochs",
+                                          *simmim]]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,3 +259,21 @@ def test_memory_stays_flat_over_data_forty_times_the_shuffle_block(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     taken, early, late = map(int, done.stdout.split()[-3:])
     assert taken == 6400 and late - early < 40, (early, late)  # MiB
+
+
+def test_simmim_training_stream_skips_exactly_the_validation_images():
+    """Validation (the head of the stream) and the training stream together are the split, each image once."""
+    from lightning.fabric import Fabric
+
+    from swin_hf.training.data import load_splits
+    from swin_hf.training.settings import parse_settings
+    from swin_hf.training.simmim import SimMIMSettings, SimMIMTask
+
+    settings = SimMIMTask.resolve(parse_settings(SimMIMSettings, ["--streaming", "--max-steps", "1", "--max-eval-samples",
+                                                                  "16"], "pretrain_simmim.py", ""))
+    data = SimMIMTask(settings).load_data(Fabric(accelerator="cpu", devices=1))
+    validation = [data.validation.split[i]["image"]["bytes"] for i in range(len(data.validation))]
+    train = [row["image"]["bytes"] for row in data.train]
+    whole = [row["image"]["bytes"] for row in load_splits(streaming=True)["train"].decode(False)]
+    assert len(validation) == 16 and len(train) == len(whole) - 16
+    assert validation == whole[:16] and sorted(validation + train) == sorted(whole)

@@ -59,7 +59,7 @@ def test_finetune_v2_preset_from_scratch_and_from_a_v2_folder(tmp_path, v2_class
 def test_simmim_v2_preset_from_scratch_and_from_a_v2_folder(tmp_path, v2_classifier):
     from swin_hf.training.simmim import main
 
-    tiny = ["--max-steps", 1, "--batch-size", 8, "--max-train-samples", 16, *CPU]
+    tiny = ["--max-steps", 1, "--batch-size", 8, "--max-train-samples", 16, "--max-eval-samples", 8, *CPU]
     out = tmp_path / "scratch"
     assert main([str(a) for a in ["--model", PRESET, "--image-size", 32, "--output-dir", out, *tiny]]) == 0
     config = json.loads((out / "config.json").read_text())
