@@ -131,7 +131,7 @@ class ClassificationSettings(RecipeSettings):
     label_names: list[str] | None = option(None, "NAME0,NAME1,...: the classes of a label column that is not a ClassLabel "
                                            "(with --streaming)", names, group="data")
     cache_images: bool = option(True, "keep decoded, resized small images in memory between epochs (never with --streaming)",
-                                boolean, group="data")
+                                group="data")
     profile: str = option(AUTO, "where 'auto' options take their values: digits, finetune (auto: digits for the built-in "
                           "data, else finetune)", one_of(AUTO, *PROFILES), group="model")
     model: str = option(AUTO, "a preset (swin-digits or swin_hf.PRESETS; trains from scratch) or a path / Hub id to "
