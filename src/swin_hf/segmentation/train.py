@@ -316,8 +316,9 @@ class SegmentTask(Task):
         if summary.get("mean_iou") is None:
             return [f"no evaluation ran {run_lines(summary)}"]
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
-        return [f"validation mIoU {summary['mean_iou']:.4f}, pixel accuracy {summary['overall_accuracy']:.4f} "
-                f"({per_class}; best at step {summary.get('best_step')}) {run_lines(summary)}"]
+        line = (f"validation mIoU {summary['mean_iou']:.4f}, pixel accuracy {summary['overall_accuracy']:.4f} "
+                f"({per_class}; best at step {summary.get('best_step')}) {run_lines(summary)}")
+        return [line]
 
 
 DESCRIPTION = ("Semantic segmentation with UperNet on a Swin backbone (any `datasets` set with image + label-map columns). "
