@@ -383,6 +383,22 @@ def test_mean_iou_metric_numbers():
         metric.compute(predictions=[prediction], references=[reference + 5 * (reference == 0)], num_labels=3)
 
 
+def test_segmentation_evaluation_counts_each_indexed_image_once(collage):
+    """A distributed sampler pads the validation split with repeats; batches with "index" count each image once."""
+    torch.manual_seed(0)
+    splits, id2label = collage
+    model = upernet_from_encoder(SwinConfig(**TINY), num_labels=3, hidden_size=32, auxiliary_channels=16,
+                                 id2label=id2label).eval()
+    validation = SegmentationDataset(splits["validation"], JointTransform(32, train=False), with_index=True)
+    assert validation[2]["index"].item() == 2
+    once = torch.utils.data.DataLoader(validation, batch_size=3, collate_fn=collate)
+    repeated = torch.utils.data.DataLoader(validation, batch_size=3, collate_fn=collate, sampler=[0, 1, 2, 3, 0, 1])
+    unindexed = [{k: v for k, v in batch.items() if k != "index"} for batch in repeated]
+    expected = evaluate_segmentation(model, once, num_labels=3)
+    assert evaluate_segmentation(model, repeated, num_labels=3) == expected
+    assert evaluate_segmentation(model, unindexed, num_labels=3) != expected  # (the repeats counted: a different result)
+
+
 def test_segmentation_steps_with_evaluate_miou(collage, tmp_path):
     """A few UperNet steps on the built-in set through the data pipeline; the evaluate-module mIoU equals
     one computed by hand from the same predictions; overlays and a pipeline-ready folder are written."""

@@ -150,3 +150,35 @@ def test_segment_recipe_under_fabric_run_ddp_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and 0.0 <= metrics["mean_iou"] <= 1.0
+
+
+def test_segment_recipe_accumulates_averages_and_resumes_mid_epoch(tmp_path, capsys):
+    """--grad-accum, --ema-decay and --checkpoint-every on segment.py: the mid-epoch checkpoint holds the EMA
+    and the data position; resuming it with the same settings ends with the uninterrupted run's weights,
+    and with a larger --max-steps the run continues from it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "accum"
+    tiny = ["--output-dir", str(out), "--image-size", "32", "--max-train-samples", "32", "--max-eval-samples", "4",
+            "--batch-size", "4", "--hidden-size", "16", "--num-overlays", "1", "--grad-accum", "2", "--ema-decay", "0.9",
+            "--checkpoint-every", "2", "--no-progress", *CPU]
+    assert segment_main([*tiny, "--max-steps", "4"]) == 0  # 8 batches of 4 per epoch: 4 steps of 2
+    assert sorted(os.listdir(out / "checkpoints")) == ["final-weights.safetensors", "step-00000002.ckpt"]
+    saved = torch.load(out / "checkpoints" / "step-00000002.ckpt", weights_only=True)
+    assert saved["progress"]["step"] == 2 and (saved["progress"]["epoch"], saved["progress"]["batch"]) == (0, 4)
+    assert "ema" in saved
+    uninterrupted = load_file(out / "checkpoints" / "final-weights.safetensors")
+    capsys.readouterr()
+
+    assert segment_main([*tiny, "--max-steps", "4", "--resume"]) == 0
+    assert "Resumed from" in capsys.readouterr().out
+    resumed = load_file(out / "checkpoints" / "final-weights.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+    assert segment_main([*tiny, "--max-steps", "6", "--resume", "--allow-changed-config", "max_steps"]) == 0
+    assert "step 2, epoch 0, batch 4" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["epochs"]) == (6, 2) and 0.0 <= metrics["mean_iou"] <= 1.0
+    assert "step-00000004.ckpt" in os.listdir(out / "checkpoints")  # the first epoch's end, in the resumed run

@@ -238,12 +238,10 @@ def test_the_dense_recipes_refuse_a_lone_test_split_too(recipe, monkeypatch):
     splits = datasets.DatasetDict(test=datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))]}))
     with pytest.raises(DataError, match="no training split, only \\['test'\\]"):
         if recipe == "segmentation":
-            from argparse import Namespace
-
-            from swin_hf.segmentation.train import load_data
+            from swin_hf.segmentation.train import SegmentSettings, load_data
 
             monkeypatch.setattr(data, "load_splits", lambda **kwargs: splits)
-            load_data(Namespace(dataset="x", dataset_config=None, streaming=False, id2label=None, num_labels=2, train_split=None))
+            load_data(SegmentSettings(dataset="x", num_labels=2))
         else:
             from swin_hf.detection.data import prepare_detection
 
@@ -469,9 +467,7 @@ def test_a_local_dataset_naming_images_outside_its_folder_is_one_line(tmp_path, 
 
 def test_segmentation_masks_outside_the_dataset_folder_are_refused(tmp_path, outside):
     """The label-map column is checked like the images (here the images are inside, the masks are not)."""
-    from argparse import Namespace
-
-    from swin_hf.segmentation.train import load_data
+    from swin_hf.segmentation.train import SegmentSettings, load_data
     from swin_hf.training.data import DataError
 
     data = tmp_path / "data"
@@ -481,9 +477,8 @@ def test_segmentation_masks_outside_the_dataset_folder_are_refused(tmp_path, out
     table = datasets.load_dataset(str(data))["train"].to_dict()
     table["annotation"] = [{"bytes": None, "path": str(outside)}] * 4
     datasets.Dataset.from_dict(table, features=datasets.load_dataset(str(data))["train"].features).to_parquet(str(data / "train.parquet"))
-    args = Namespace(dataset=str(data), dataset_config=None, streaming=False, id2label=None, num_labels=2, train_split=None)
     with pytest.raises(DataError, match=r"column 'annotation', row 0 names .*outside the dataset folder"):
-        load_data(args)
+        load_data(SegmentSettings(dataset=str(data), num_labels=2))
 
 
 def test_train_dir_symlinks_leading_out_are_refused_and_inside_ones_kept(tmp_path, outside):

@@ -74,13 +74,11 @@ def test_simmim_v2_preset_from_scratch_and_from_a_v2_folder(tmp_path, v2_classif
 
 
 def test_segment_v2_preset_and_a_v2_folder(tmp_path, v2_classifier):
-    from argparse import Namespace
-
-    from swin_hf.segmentation.train import build_model, main
+    from swin_hf.segmentation.train import SegmentSettings, build_model, main
 
     # the preset builds UperNet on a V2 backbone (training it for steps is the folder run's job below)
-    args = Namespace(model=PRESET, image_size=32, drop_path=0.1, hidden_size=32)
-    upernet = build_model(args, {0: "a", 1: "b"}).eval()
+    settings = SegmentSettings(model=PRESET, image_size=32, drop_path=0.1, hidden_size=32)
+    upernet = build_model(settings, {0: "a", 1: "b"}).eval()
     assert upernet.config.backbone_config.version == 2 and upernet.config.backbone_config.window_size == 8
     with torch.no_grad():
         assert upernet(torch.randn(1, 3, 32, 32)).logits.shape == (1, 2, 32, 32)

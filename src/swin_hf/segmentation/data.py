@@ -214,9 +214,11 @@ def _resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """A `datasets` split with image and annotation columns, through a JointTransform."""
+    """A `datasets` split with image and annotation columns, through a JointTransform. `with_index`: each
+    example also holds its row number ("index"), which evaluation uses to count every row once."""
 
-    def __init__(self, split, transform: JointTransform, image_column: str = "image", label_column: str = "annotation"):
+    def __init__(self, split, transform: JointTransform, image_column: str = "image", label_column: str = "annotation",
+                 with_index: bool = False):
         missing = [c for c in (image_column, label_column) if c not in split.column_names]
         if missing:
             raise ValueError(
@@ -225,6 +227,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             )
         self.split, self.transform = split, transform
         self.image_column, self.label_column = image_column, label_column
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.split)
@@ -237,7 +240,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
             pixels, labels = self.transform(open_image(row[self.image_column]), open_image(row[self.label_column]))
         except ValueError as error:
             raise DataError(f"Row {index} of the dataset: {error}") from error
-        return {"pixel_values": pixels, "labels": labels}
+        item = {"pixel_values": pixels, "labels": labels}
+        if self.with_index:
+            item["index"] = torch.tensor(index)
+        return item
 
 
 def open_image(value) -> Image.Image:

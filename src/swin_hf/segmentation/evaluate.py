@@ -117,18 +117,27 @@ def evaluate_segmentation(model, loader, num_labels: int, ignore_index: int = IG
                           gather=None) -> dict:
     """mIoU, mean per-class accuracy and pixel accuracy over `loader` via the shipped `evaluate` module.
 
-    `gather` (e.g. Fabric's all_gather) collects predictions from every process before computing.
+    `gather` (e.g. Fabric's all_gather) collects predictions from every process before computing. Batches
+    that carry the examples' "index" count each example once (a distributed sampler repeats a few to give
+    every process as many).
     Example: see tests/test_dense.py::test_segmentation_steps_with_evaluate_miou.
     """
     metric = metric or load_mean_iou()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    seen: set[int] = set()
     for batch in loader:
         pixels, labels = batch["pixel_values"].to(device), batch["labels"].to(device)
+        index = batch.get("index")
         prediction = predict(model, pixels)
         if gather is not None:
             prediction, labels = gather(prediction).flatten(0, -3), gather(labels).flatten(0, -3)
+            index = gather(index.to(device)).flatten() if index is not None else None
+        if index is not None:
+            first = [i for i, example in enumerate(index.tolist()) if not (example in seen or seen.add(example))]
+            if len(first) < len(index):
+                prediction, labels = prediction[first], labels[first]
         metric.add_batch(predictions=prediction.cpu().numpy(), references=labels.cpu().numpy())
     model.train(was_training)
     result = metric.compute(num_labels=num_labels, ignore_index=ignore_index)

@@ -1,37 +1,54 @@
-"""Semantic segmentation recipe (recipes/segment.py): UperNet + a swin_hf backbone on a `datasets` set.
+"""Semantic segmentation recipe (recipes/segment.py): UperNet + a swin_hf backbone on a `datasets` set, as a
+task on the shared training loop (swin_hf.training.loop).
 
 Launch exactly like recipes/finetune.py (`python`, `lightning run` or `fabric run`, `torchrun`, `accelerate launch`); the
-launcher handling, argument checks, dataset loading, AdamW groups (layer-wise decay over the backbone's
-blocks), cosine schedule, output folder, checkpoints (resume, changed settings, unreadable files), the
-non-finite stop and reports are the fine-tuning recipe's (swin_hf.training). What is segmentation-specific
-lives beside this module: swin_hf.segmentation.data (the built-in set, joint augmentation) and
-swin_hf.segmentation.evaluate (mIoU, overlays).
+launcher handling, settings, dataset loading, AdamW groups (layer-wise decay over the backbone's blocks),
+cosine schedule, gradient accumulation, EMA, output folder, checkpoints (exact resume, mid-epoch with
+--checkpoint-every), the best model by validation mIoU, the non-finite stop and the reports are the
+shared loop's. What is segmentation-specific lives beside this module: swin_hf.segmentation.data (the
+built-in set, joint augmentation) and swin_hf.segmentation.evaluate (mIoU, overlays).
 
 Input: any `datasets` set with an image column and a label-map column (`image` + `annotation`, as
 ADE20K-style Hub sets have), streamed with --streaming (swin_hf.training.streaming). Output folder: the
-UperNet model and an image processor that ``pipeline("image-segmentation")`` loads (after ``import
-swin_hf``), a model card (README.md), metrics.json (mIoU, mean accuracy, pixel accuracy, per class, the
-history), training_curves.png, logs/, overlays/ (image | truth | prediction, upscaled, with a legend
-naming the classes), checkpoints/.
+UperNet model with the best validation mIoU and an image processor that ``pipeline("image-segmentation")``
+loads (after ``import swin_hf``), a model card (README.md), settings.json, metrics.json (mIoU, mean
+accuracy, pixel accuracy, per class, the history), training_curves.png, logs/, overlays/ (image | truth |
+prediction of the best model, upscaled, with a legend naming the classes), checkpoints/.
 
 Default (no arguments, offline): the built-in texture-collage set (real photos from scikit-learn and
 matplotlib, see swin_hf.segmentation.data; 320 train / 64 validation images), a small Swin (C=32,
 depths 2-2-2-2, 2.95M parameters with the UperNet head) from scratch at 64 px, 8 epochs (160 steps of 16),
-one CPU thread. Measured: validation mIoU 0.842, pixel accuracy 0.914 after 0.9 minutes of training on 2
-CPU cores shared with other jobs (load average 9; with 2 threads the same run was 15x slower there).
+one CPU thread (README.md states the mIoU and time it reaches).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import os
-import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .data import JointTransform, SegmentationDataset, collate, texture_collage_dataset
+from ..model_source import check_model_source
+from ..training.data import DataError, choose_splits
+from ..training.errors import ModelError
+from ..training.settings import (
+    RecipeSettings,
+    below_one,
+    nonnegative_float,
+    nonnegative_int,
+    option,
+    pair,
+    positive_float,
+    positive_int,
+    probability,
+    text,
+    up_to_one,
+)
+from ..training.task import Evaluation, Task, TaskData
+from .data import IGNORE_INDEX, JointTransform, SegmentationDataset, SegmentationRows, collate, texture_collage_dataset
 from .evaluate import evaluate_segmentation, overlay_examples, save_overlays
 
 logger = logging.getLogger(__name__)
@@ -39,6 +56,9 @@ logger = logging.getLogger(__name__)
 BUILTIN = "texture-collage"
 # a small Swin for the built-in set: 64 px -> maps of 16, 8, 4, 2 with 4x4 windows
 BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
+# metrics.json's result keys and their words (the curves plot their "val_" rows)
+SCORES = {"mean_iou": "mIoU", "overall_accuracy": "pixel accuracy", "mean_accuracy": "mean class accuracy"}
+scale_range = pair(float, "'lo,hi' with 0 < lo <= hi", lambda lo, hi: 0 < lo <= hi)
 
 
 def segmentation_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -88,264 +108,241 @@ def pixel_counts(split, label_column: str = "annotation", num_labels: int | None
 
 
 # --------------------------------------------------------------------------------------------------
-# The recipe
+# Settings
 # --------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ..training import cli
+@dataclass
+class SegmentSettings(RecipeSettings):
+    """segment.py's settings: the shared ones, with segmentation's data, model and defaults."""
 
-    p = cli.RecipeArgumentParser(
-        prog="segment.py",
-        description="Semantic segmentation with UperNet on a Swin backbone (any `datasets` set with image + "
-        "label-map columns). Launch with `python`, `lightning run` (or `fabric run`), `torchrun` or `accelerate launch`.",
-    )
-    d = cli.add_data_arguments(p, BUILTIN)
-    d.add_argument("--image-column", default="image", help="image column")
-    d.add_argument("--label-column", default="annotation", help="label-map column (an image of class indices)")
-    d.add_argument("--num-labels", type=cli.positive_int, default=None, help="number of classes (built-in: 3; needed for other sets unless --id2label)")
-    d.add_argument("--id2label", default=None, help="JSON file mapping class index -> name")
-    d.add_argument("--reduce-labels", action="store_true", help="label 0 is 'other' (ADE20K): ignore it, shift the rest down")
-    cli.add_subset_arguments(d)
-
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default="builtin", help="'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf checkpoint whose encoder is loaded (classification, SimMIM, backbone)")
-    m.add_argument("--image-size", type=cli.positive_int, default=64, help="training crop / evaluation size (ADE20K: 512)")
-    m.add_argument("--hidden-size", type=cli.positive_int, default=64, help="UperNet channels (paper: 512)")
-    m.add_argument("--drop-path", type=cli.below_one, default=0.1, help="stochastic depth of the backbone")
-    m.add_argument("--scale-range", type=cli.positive_float, nargs=2, default=(0.5, 2.0), help="random rescale range of training images")
-
-    o = cli.add_optimisation_arguments(
-        p, epochs=8, batch_size=16, lr=1e-3, min_lr_ratio=0.0, weight_decay=0.01, lr_note="; paper, pre-trained: 6e-5"
-    )
-    o.add_argument("--max-minutes", type=cli.positive_float, default=None, help="stop training after this many minutes (then evaluate and save)")
-    o.add_argument("--layer-decay", type=cli.up_to_one, default=1.0, help="layer-wise lr decay over backbone blocks (1 = off)")
-
-    cli.add_hardware_arguments(p)
-
-    r = cli.add_run_arguments(p, "outputs/swin-upernet", "model, metrics, overlays, checkpoints")
-    r.add_argument("--eval-every-epochs", type=cli.positive_int, default=2, help="evaluate every N epochs (and at the end)")
-    r.add_argument("--num-overlays", type=cli.nonnegative_int, default=8, help="validation images rendered as overlays")
-    return p
+    dataset: str = option(BUILTIN, f"anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset "
+                          f".tar/image files, a saved DatasetDict folder); '{BUILTIN}' = built-in, offline", text, group="data")
+    image_column: str = option("image", "image column", text, group="data")
+    label_column: str = option("annotation", "label-map column (an image of class indices)", text, group="data")
+    num_labels: int | None = option(None, "number of classes (built-in: 3; needed for other sets unless --id2label)",
+                                    positive_int, group="data")
+    id2label: str | None = option(None, "JSON file mapping class index -> name", text, group="data")
+    reduce_labels: bool = option(False, "label 0 is 'other' (ADE20K): ignore it, shift the rest down", group="data")
+    model: str = option("builtin", "'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf "
+                        "checkpoint whose encoder is loaded (classification, SimMIM, backbone)", text, group="model")
+    image_size: int = option(64, "training crop / evaluation size (ADE20K: 512)", positive_int, group="model")
+    hidden_size: int = option(64, "UperNet channels (paper: 512)", positive_int, group="model")
+    drop_path: float = option(0.1, "stochastic depth of the backbone", below_one, group="model")
+    scale_range: tuple = option((0.5, 2.0), "random rescale range of training images, 'lo,hi' (times --image-size on "
+                                "the short side)", scale_range, group="augmentation")
+    epochs: int = option(8, "training epochs", positive_int, group="optimisation")
+    batch_size: int = option(16, "images per process per micro-batch", positive_int, group="optimisation")
+    lr: float = option(1e-3, "peak learning rate of the last layers (AdamW; paper, pre-trained: 6e-5)", positive_float,
+                       group="optimisation")
+    min_lr_ratio: float = option(0.0, "cosine floor, as a fraction of --lr", probability, group="optimisation")
+    weight_decay: float = option(0.01, "AdamW weight decay (never on norms, biases, position tables)", nonnegative_float,
+                                 group="optimisation")
+    layer_decay: float = option(1.0, "layer-wise lr decay over backbone blocks (1 = off)", up_to_one, group="optimisation")
+    eval_every_epochs: int = option(2, "evaluate every N epochs (and at the end)", positive_int)
+    num_overlays: int = option(8, "validation images drawn as overlays (image | truth | prediction of the best model)",
+                               nonnegative_int)
+    output_dir: str = option("outputs/swin-upernet", "the run's folder: model, card, settings.json, metrics, plots, "
+                             "overlays, logs, checkpoints", text)
 
 
-def load_data(args):
-    """(train split, validation split, id2label). With --streaming the training split is an IterableDataset
-    read as it is used (images left undecoded) and validation the first --max-eval-samples (default 1000)
-    rows of its split."""
-    import json
+# --------------------------------------------------------------------------------------------------
+# Data and model
+# --------------------------------------------------------------------------------------------------
 
-    from ..training.data import DataError, choose_splits, load_splits
+
+def load_data(settings):
+    """(train split, validation split, id2label) for `settings` (a SegmentSettings, or anything with its
+    data fields). With --streaming the training split is an IterableDataset read as it is used (images left
+    undecoded) and validation the first --max-eval-samples (default 1000) rows of its split."""
+    from ..training import data
     from ..training.streaming import bounded, stream_splits, undecoded
 
-    if args.dataset == BUILTIN:
-        splits, id2label = texture_collage_dataset(seed=args.seed)
-        splits = stream_splits(splits) if args.streaming else splits
+    streaming = settings.streaming
+    if settings.dataset == BUILTIN:
+        splits, id2label = texture_collage_dataset(seed=settings.seed)
+        splits = stream_splits(splits) if streaming else splits
     else:
-        splits = load_splits(dataset=args.dataset, dataset_config=args.dataset_config, streaming=args.streaming)
-        if args.id2label:
-            with open(args.id2label) as f:
+        splits = data.load_splits(dataset=settings.dataset, dataset_config=settings.dataset_config, streaming=streaming)
+        if settings.id2label:
+            with open(settings.id2label) as f:
                 id2label = {int(k): v for k, v in json.load(f).items()}
-        elif args.num_labels:
-            id2label = {i: f"class_{i}" for i in range(args.num_labels)}
+        elif settings.num_labels:
+            id2label = {i: f"class_{i}" for i in range(settings.num_labels)}
         else:
             raise DataError("Give --num-labels or --id2label for a dataset other than the built-in one.")
-    if args.num_labels and args.num_labels != len(id2label):
-        raise DataError(f"--num-labels {args.num_labels} but id2label has {len(id2label)} classes.")
-    train_name, validation_name = choose_splits(splits, args.train_split)
+    if settings.num_labels and settings.num_labels != len(id2label):
+        raise DataError(f"--num-labels {settings.num_labels} but id2label has {len(id2label)} classes.")
+    train_name, validation_name = choose_splits(splits, settings.train_split)
     train = splits[train_name]
     validation = splits[validation_name] if validation_name else None
-    columns = [args.image_column, args.label_column]
-    if args.streaming:
+    columns = [settings.image_column, settings.label_column]
+    if streaming:
         if validation is None:
             raise DataError(f"--streaming needs a validation split (found {sorted(splits)}); a stream cannot be split in two.")
         train = undecoded(train.select_columns(columns), columns)
-        train = train.take(args.max_train_samples) if args.max_train_samples else train
-        return train, bounded(validation.select_columns(columns), args.max_eval_samples or 1000), id2label
+        train = train.take(settings.max_train_samples) if settings.max_train_samples else train
+        return train, bounded(validation.select_columns(columns), settings.max_eval_samples or 1000), id2label
     if validation is None:
-        parts = train.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+        parts = train.train_test_split(test_size=settings.validation_fraction, seed=settings.seed)
         train, validation = parts["train"], parts["test"]
         logger.info("no validation split: held out %d training examples", len(validation))
-    if args.max_train_samples:
-        train = train.select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples:
-        validation = validation.select(range(min(args.max_eval_samples, len(validation))))
+    if settings.max_train_samples:
+        train = train.select(range(min(settings.max_train_samples, len(train))))
+    if settings.max_eval_samples:
+        validation = validation.select(range(min(settings.max_eval_samples, len(validation))))
     return train, validation, id2label
 
 
-def build_model(args, id2label: dict[int, str]):
+def build_model(settings, id2label: dict[int, str]):
+    """UperNet with `id2label`'s classes on the backbone --model names (settings: model, image_size,
+    drop_path, hidden_size)."""
     from .. import PRESETS, SwinConfig
-    from ..model_source import check_model_source
-    from ..training.errors import ModelError
     from . import upernet_from_encoder
 
-    head = dict(hidden_size=args.hidden_size, auxiliary_channels=max(16, args.hidden_size // 2))
-    if args.model == "builtin":
-        source = SwinConfig(**BUILTIN_MODEL, image_size=args.image_size, drop_path_rate=args.drop_path)
-    elif args.model in PRESETS:
-        source = SwinConfig.from_preset(args.model, image_size=args.image_size, drop_path_rate=args.drop_path)
+    head = dict(hidden_size=settings.hidden_size, auxiliary_channels=max(16, settings.hidden_size // 2))
+    if settings.model == "builtin":
+        source = SwinConfig(**BUILTIN_MODEL, image_size=settings.image_size, drop_path_rate=settings.drop_path)
+    elif settings.model in PRESETS:
+        source = SwinConfig.from_preset(settings.model, image_size=settings.image_size, drop_path_rate=settings.drop_path)
     else:
-        check_model_source(args.model, "--model", extra_presets=("builtin",))
-        source = args.model  # a checkpoint: its encoder weights are loaded
+        check_model_source(settings.model, "--model", extra_presets=("builtin",))
+        source = settings.model  # a checkpoint: its encoder weights are loaded
     try:
         model = upernet_from_encoder(source, num_labels=len(id2label), id2label=id2label, **head)
     except (TypeError, ValueError, OSError) as error:
-        raise ModelError(f"--model {args.model!r}: {' '.join(str(error).split())[:400]}") from error
-    model.config.loss_ignore_index = 255
+        raise ModelError(f"--model {settings.model!r}: {' '.join(str(error).split())[:400]}") from error
+    model.config.loss_ignore_index = IGNORE_INDEX
     return model
 
 
-SCORES = {"mean_iou": "mIoU", "overall_accuracy": "pixel accuracy", "mean_accuracy": "mean class accuracy"}
+# --------------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------------
 
 
-def run(args, fabric) -> dict:
-    from ..training.distributed import setup_model_and_optimizer, strategy_name
-    from ..training.optim import build_optimizer, build_scheduler
-    from ..training.report import MetricLoggers, model_card, write_report
-    from ..training.session import Session, run_epochs
-    from ..training.streaming import StreamLoader
-    from .data import SegmentationRows
+class SegmentTask(Task):
+    """Validation mIoU picks the best model; the folder loads with pipeline("image-segmentation")."""
 
-    out = args.output_dir
-    session = Session(
-        fabric, "segment", out, vars(args), overwrite=args.overwrite, resume=args.resume,
-        allow_changed_config=args.allow_changed_config, fixed=("model", "hidden_size", "class_names"),
-        clip_grad=args.clip_grad, precision=fabric.strategy.precision.precision,
-    )
-    if args.model != "builtin":  # a missing folder or an unreachable Hub id fails before the data is made
-        from .. import PRESETS
-        from ..model_source import check_model_source
+    name, score, card_task = "segment", "val_mean_iou", "image-segmentation"
+    fixed = ("model", "hidden_size", "class_names")
+    not_recorded = ("num_overlays",)
+    curves = {f"val_{key}": words for key, words in SCORES.items()}
+    curves_title = "Validation"
 
-        check_model_source(args.model, "--model", extra_presets=("builtin", *PRESETS))
-    fabric.seed_everything(args.seed)
-    train_split, val_split, id2label = load_data(args)
-    num_labels = len(id2label)
+    @classmethod
+    def resolve(cls, settings: SegmentSettings) -> SegmentSettings:
+        settings.scale_range = tuple(settings.scale_range)
+        return settings
 
-    S = args.image_size
-    train_transform = JointTransform(S, train=True, scale_range=tuple(args.scale_range), reduce_labels=args.reduce_labels,
-                                     seed=args.seed + fabric.global_rank)
-    eval_transform = JointTransform(S, train=False, reduce_labels=args.reduce_labels)
-    columns = dict(image_column=args.image_column, label_column=args.label_column)
-    val_loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(
-        SegmentationDataset(val_split, eval_transform, **columns), batch_size=args.batch_size, collate_fn=collate,
-        num_workers=args.num_workers,
-    ))
-    if args.streaming:
-        train_loader = StreamLoader(fabric, train_split, SegmentationRows(train_transform, **columns), args.batch_size,
-                                    args.steps_per_epoch, args.seed, args.shuffle_block, args.num_workers)
-        session.track_stream(train_loader)
-    else:
-        train_loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(
-            SegmentationDataset(train_split, train_transform, **columns), batch_size=args.batch_size, shuffle=True,
-            drop_last=len(train_split) >= args.batch_size, collate_fn=collate, num_workers=args.num_workers,
-        ))
+    def builtin(self) -> bool:
+        return self.settings.dataset == BUILTIN and self.settings.model == "builtin"
 
-    model = build_model(args, id2label)
-    total = args.max_steps or args.epochs * len(train_loader)
-    depths = model.config.backbone_config.depths
-    model, optimizer = setup_model_and_optimizer(
-        fabric, model, lambda m: build_optimizer(m, args.lr, args.weight_decay, args.layer_decay, depths))
-    scheduler = build_scheduler(optimizer, total, round(args.warmup_ratio * total), args.min_lr_ratio)
-    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
-             "progress": {"step": 0, "epoch": 0, "history": []}}
-    # (the classes as a derived setting: "id2label" is the option naming a JSON file)
-    if session.begin(state, {"class_names": list(id2label.values())}):
-        logger.info("resumed from %s at step %d", session.resumed_from, state["progress"]["step"])
-    progress = state["progress"]
-    logs = MetricLoggers(fabric, out, resume=args.resume)
-    train_size = "a stream of" if args.streaming else f"{len(train_split)}"
-    logger.info("UperNet + Swin: %d classes, %s train / %d validation images at %d px, %d steps",
-                num_labels, train_size, len(val_split), S, total)
+    def check(self, fabric) -> None:
+        if self.settings.model != "builtin":  # a missing folder or an unreachable Hub id fails before the data is made
+            from .. import PRESETS
 
-    def evaluate() -> dict:
-        session.guard.check()
-        result = evaluate_segmentation(model, val_loader, num_labels, gather=fabric.all_gather)
-        row = {"step": progress["step"], "epoch": progress["epoch"], **{k: v for k, v in result.items() if k != "per_category_iou"}}
-        progress["history"].append(row)
-        logs.log({k: v for k, v in row.items() if k != "step"}, row["step"])
-        return result
+            check_model_source(self.settings.model, "--model", extra_presets=("builtin", *PRESETS))
 
-    def described(result: dict) -> str:
-        return (f"validation mIoU {result['mean_iou']:.4f}, pixel accuracy {result['overall_accuracy']:.4f}, "
-                f"mean accuracy {result['mean_accuracy']:.4f}")
+    def load_data(self, fabric) -> TaskData:
+        s = self.settings
+        train, validation, id2label = load_data(s)
+        self.id2label, self.validation_split = id2label, validation
+        # training augmentation draws from the global RNG, which checkpoints hold: a resumed run sees the same crops
+        train_transform = JointTransform(s.image_size, train=True, scale_range=tuple(s.scale_range),
+                                         reduce_labels=s.reduce_labels)
+        self.eval_transform = JointTransform(s.image_size, train=False, reduce_labels=s.reduce_labels)
+        columns = dict(image_column=s.image_column, label_column=s.label_column)
+        validation_set = SegmentationDataset(validation, self.eval_transform, with_index=True, **columns)
+        class_names = list(id2label.values())
+        source = s.dataset
+        if s.streaming:
+            rows = SegmentationRows(train_transform, **columns)
+            return TaskData(train, validation_set, collate, rows, class_names, source)
+        return TaskData(SegmentationDataset(train, train_transform, with_index=True, **columns), validation_set, collate,
+                        None, class_names, source)
 
-    start = time.time()
-    timer = {"out": False}
+    def build_model(self, data: TaskData):
+        return build_model(self.settings, self.id2label)
 
-    def out_of_time() -> bool:  # every process must agree to stop, or the collectives that follow would hang
-        late = args.max_minutes is not None and (time.time() - start) / 60 >= args.max_minutes
-        timer["out"] = bool(fabric.all_reduce(torch.tensor(float(late)), reduce_op="max").item())
-        return timer["out"]
+    def depths(self, model) -> list[int]:
+        return list(model.config.backbone_config.depths)
 
-    def on_epoch_end() -> str | None:
-        if progress["epoch"] % args.eval_every_epochs == 0 and progress["step"] < total and not timer["out"]:
-            return described(evaluate())
-        return None
+    def loss(self, run, batch: dict) -> torch.Tensor:
+        return segmentation_loss(run.model, batch)
 
-    display = run_epochs(session, model, optimizer, scheduler, train_loader, state, total,
-                         lambda batch: segmentation_loss(model, batch), args.clip_grad, args.log_every,
-                         on_epoch_end=on_epoch_end, stop=out_of_time, metrics=logs, progress_bar=not args.no_progress)
-    minutes = (time.time() - start) / 60
-    result = evaluate()
-    display.line(f"final {described(result)}")
-    per_process, throughput = display.rates()
-    summary = {
-        **{k: result[k] for k in SCORES},
-        "per_category_iou": dict(zip(id2label.values(), result["per_category_iou"])),
-        "steps": progress["step"],
-        "epochs": progress["epoch"],
-        "train_minutes": minutes,
-        "image_size": S,
-        "world_size": fabric.world_size,
-        "strategy": strategy_name(fabric),
-        "images_per_s": round(throughput, 1),
-        "images_per_s_per_process": round(per_process, 1),
-        "output_dir": os.path.abspath(out),
-    }
-    unwrapped = model.module if hasattr(model, "module") else model
-    session.save_model(lambda folder, weights: save_for_pipeline(unwrapped, eval_transform, folder, args.reduce_labels, weights),
-                       unwrapped, progress["step"], "segmentation model")
-    examples = overlay_examples(unwrapped, val_split, eval_transform, args.num_overlays, **columns)
-    logs.finalize()
-    if fabric.is_global_zero:
-        save_overlays(examples, os.path.join(out, "overlays"), list(id2label.values()))
-        hyper = {k: v for k, v in vars(args).items() if k not in ("no_progress", "output_dir")}
-        card = model_card(os.path.basename(os.path.abspath(out)), args.model, args.dataset, list(id2label.values()), hyper,
-                          {k: v for k, v in summary.items() if k in SCORES}, task="image-segmentation")
-        write_report(out, summary, progress["history"], card, SCORES, "Validation")
-    fabric.barrier()
-    return summary
+    def evaluate(self, run) -> Evaluation:
+        """mIoU, pixel accuracy and mean class accuracy over the validation split, predictions gathered from
+        every process (the padding's repeated images counted once)."""
+        result = evaluate_segmentation(run.model, run.eval_loader, len(self.id2label), gather=run.fabric.all_gather)
+        metrics = {f"val_{key}": float(result[key]) for key in SCORES}
+        words = (f"val mIoU {result['mean_iou']:.4f}, pixel accuracy {result['overall_accuracy']:.4f}, "
+                 f"mean accuracy {result['mean_accuracy']:.4f}")
+        per_class = [float(v) for v in result["per_category_iou"]]
+        return Evaluation(metrics, metrics["val_mean_iou"], words, {"per_category_iou": per_class})
+
+    def save_model(self, run, folder: str, weights: dict) -> None:
+        save_for_pipeline(run.raw_model, self.eval_transform, folder, self.settings.reduce_labels, weights)
+
+    def summary(self, run, best: dict) -> dict:
+        last = run.last_eval or {}
+        return {
+            **{key: best.get(f"val_{key}") for key in SCORES},
+            "per_category_iou": dict(zip(self.id2label.values(), best.get("per_category_iou") or [])),
+            "final_mean_iou": last.get("val_mean_iou"),
+            "image_size": self.settings.image_size,
+        }
+
+    def card_metrics(self, summary: dict) -> dict:
+        return {key: summary[key] for key in (*SCORES, "best_epoch") if summary.get(key) is not None}
+
+    def pictures(self, run) -> None:
+        """overlays/: the first --num-overlays validation images with their truth and the prediction of the
+        best model (the folder saved in --output-dir, loaded by process 0 alone: no other process takes part)."""
+        out, count = run.settings.output_dir, self.settings.num_overlays
+        if not run.fabric.is_global_zero or not count or not os.path.exists(os.path.join(out, "config.json")):
+            return
+        from transformers import UperNetForSemanticSegmentation
+
+        best = UperNetForSemanticSegmentation.from_pretrained(out).to(run.fabric.device)
+        columns = dict(image_column=self.settings.image_column, label_column=self.settings.label_column)
+        examples = overlay_examples(best, self.validation_split, self.eval_transform, count, **columns)
+        save_overlays(examples, os.path.join(out, "overlays"), list(self.id2label.values()))
+        del best
+
+    def report(self, summary: dict) -> list[str]:
+        from ..training.loop import run_lines
+
+        if summary.get("mean_iou") is None:
+            return [f"no evaluation ran {run_lines(summary)}"]
+        per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
+        line = (f"validation mIoU {summary['mean_iou']:.4f}, pixel accuracy {summary['overall_accuracy']:.4f} "
+                f"({per_class}; best at step {summary.get('best_step')}) {run_lines(summary)}")
+        return [line]
+
+
+DESCRIPTION = ("Semantic segmentation with UperNet on a Swin backbone (any `datasets` set with image + label-map columns). "
+               "Launch with `python`, `lightning run` (or `fabric run`), `torchrun` or `accelerate launch`. With no "
+               "arguments, a small Swin trains on the built-in texture-collage set (offline).")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import builtin_run_defaults, launch
+    from ..training.cli import launch
 
-    def report(summary: dict) -> str:
-        per_class = ", ".join(f"{k} {v:.3f}" for k, v in summary["per_category_iou"].items())
-        return (
-            f"\nvalidation mIoU {summary['mean_iou']:.4f}, pixel accuracy {summary['overall_accuracy']:.4f} "
-            f"({per_class}) after {summary['train_minutes']:.1f} min ({summary['steps']} steps)\n"
-            f"outputs: {summary['output_dir']} (model for pipeline('image-segmentation'), README.md, metrics.json, "
-            "training_curves.png, overlays/, logs/)"
-        )
-
-    def prepare(args):
-        builtin_run_defaults(args, args.dataset == BUILTIN and args.model == "builtin")  # (the tiny built-in model)
-        return (lambda fabric: run(args, fabric)), report
-
-    return launch(build_parser(), argv, prepare)
+    return launch(SegmentTask, SegmentSettings, argv, "segment.py", DESCRIPTION)
 
 
 __all__ = [
     "BUILTIN",
     "BUILTIN_MODEL",
+    "SCORES",
+    "SegmentSettings",
+    "SegmentTask",
     "build_model",
-    "build_parser",
     "image_processor_for",
     "load_data",
     "main",
     "pixel_counts",
-    "run",
     "save_for_pipeline",
     "segmentation_loss",
 ]
