@@ -2,7 +2,7 @@
 settings compared, unreadable checkpoints skipped), atomic checkpoints and model folders, the optimiser
 step, and the non-finite stop.
 
-    session = Session(fabric, "segment", output_dir, settings, ...)   # checks --output-dir, loads nothing
+    session = Session(fabric, "segment", output_dir, settings, ...)   # checks --output-dir, loads nothing (loop.setup does this)
     ... load and check the data, build the model ...
     session.begin(state)          # --resume: restore the newest readable checkpoint; --overwrite: drop the old run's
     loss, norm = optimizer_step(fabric, model, optimizer, scheduler, [lambda: model(**batch).loss], clip_grad)
@@ -18,7 +18,6 @@ stream, and `--resume` continues there.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -185,63 +184,6 @@ def optimizer_step(
     return total, norm
 
 
-def run_epochs(
-    session: Session, model, optimizer, scheduler, loader, state: dict, total_steps: int, loss_of: Callable,
-    clip_grad: float | None, log_every: int, on_step: Callable[[int, torch.Tensor], None] | None = None,
-    on_epoch_end: Callable[[], str | None] | None = None, stop: Callable[[], bool] | None = None,
-    metrics=None, progress_bar: bool = True,
-) -> Display:
-    """The loop of the segmentation and SimMIM recipes: one batch per step (None batches, all of whose
-    images were unreadable, are passed over), the non-finite check every `log_every` steps, a checkpoint
-    at every epoch end. `loader` is a DataLoader or a StreamLoader (an epoch is then its steps_per_epoch).
-
-    What the user sees is the same as in the classification recipe: one progress bar (process 0), and every
-    `log_every` steps the row of `log_training_row` in state["progress"]["history"] and to `metrics` (a
-    report.MetricLoggers), and without a progress bar a line; at every epoch end a line with the epoch's
-    loss, the throughput and what `on_epoch_end()` returns (e.g. the evaluation). `state["progress"]` holds
-    step, epoch and history; `stop()` ends training early (every process must return the same). Returns
-    the Display (its `rates()` give the run's throughput)."""
-    fabric, progress = session.fabric, state["progress"]
-    display = Display(fabric, total_steps, progress["step"], enabled=progress_bar)
-    epochs = math.ceil(total_steps / max(1, len(loader)))
-    running, epoch_losses = [], []
-    model.train()
-    while progress["step"] < total_steps:
-        stopped = False
-        for batch in loader:
-            if batch is None:
-                continue
-            lr = optimizer.param_groups[0]["lr"]
-            loss, norm = optimizer_step(fabric, model, optimizer, scheduler, [lambda: loss_of(batch)], clip_grad)
-            progress["step"] += 1
-            step = progress["step"]
-            session.guard.record(step, lr, loss, norm)
-            running.append(loss)
-            epoch_losses.append(loss)
-            display.update(len(batch["pixel_values"]))
-            if step % log_every == 0 or step == 1 or step == total_steps:
-                row = log_training_row(session, display, progress, step, lr, running, metrics)
-                running = []
-                if display.bar is None:
-                    display.line(f"step {step}/{total_steps}: loss {row['train_loss']:.4f}, lr {lr:.2e}")
-            if on_step is not None:
-                on_step(step, loss)
-            stopped = stop is not None and stop()
-            if step >= total_steps or stopped:
-                break
-        progress["epoch"] += 1
-        line = (f"epoch {progress['epoch']}/{epochs} (step {progress['step']}/{total_steps}): train loss "
-                f"{mean_over_processes(fabric, epoch_losses):.4f}, {display.rates_text()}")
-        epoch_losses = []
-        session.save(state, progress["step"], model)
-        evaluated = on_epoch_end() if on_epoch_end is not None else None
-        display.line(line + (f"; {evaluated}" if evaluated else ""))
-        if stopped:
-            break
-    display.close()
-    return display
-
-
 def log_training_row(session: Session, display: Display, progress: dict, step: int, lr: float,
                      losses: list[torch.Tensor], metrics=None) -> dict:
     """The training row every recipe logs every --log-every steps: after the non-finite check (nothing is
@@ -269,4 +211,4 @@ def mean_over_processes(fabric, losses: list[torch.Tensor]) -> float:
     return float(fabric.all_reduce(mean, reduce_op="mean")) if fabric.world_size > 1 else float(mean)
 
 
-__all__ = ["FREE_SETTINGS", "Session", "log_training_row", "mean_over_processes", "optimizer_step", "run_epochs"]
+__all__ = ["FREE_SETTINGS", "Session", "log_training_row", "mean_over_processes", "optimizer_step"]
