@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import PRESETS, SwinConfig, SwinForImageClassification, SwinImageProcessor
+from ..metrics import load_accuracy
 from ..model_source import check_model_source
 from . import report
 from .augment import AugmentConfig, BatchAugment, soft_cross_entropy
@@ -28,8 +30,9 @@ from .data import (
     prepare,
     prepare_stream,
 )
+from .cli import launch
 from .errors import ModelError
-from .loop import Run
+from .loop import Run, run_lines
 from .settings import (
     AUTO,
     RecipeSettings,
@@ -190,13 +193,6 @@ def profiles_help() -> str:
 
 def build_model(settings: ClassificationSettings, class_names: list[str]):
     """(model, image processor, whether it is trained from scratch)."""
-    from swin_hf import (
-        PRESETS,
-        SwinConfig,
-        SwinForImageClassification,
-        SwinImageProcessor,
-    )
-
     id2label = {i: name for i, name in enumerate(class_names)}
     label2id = {name: i for i, name in id2label.items()}
     labels = dict(num_labels=len(class_names), id2label=id2label, label2id=label2id)
@@ -307,8 +303,6 @@ class ClassificationTask(Task):
         self.model, self.processor, self.from_scratch = build_model(s, data.class_names)
         self.image_size = image_size_of(self.model.config)
 
-        from swin_hf import SwinImageProcessor
-
         train_processor = SwinImageProcessor.for_image_size(self.image_size, crop_pct=1.0, do_normalize=False)
         skipped = SkipCounter()
         columns = (data.image_column, data.label_column)
@@ -334,8 +328,6 @@ class ClassificationTask(Task):
     def evaluate(self, run: Run) -> Evaluation:
         """Top-1 (and top-5 with >= 5 classes) accuracy and loss over the whole validation split, gathered
         from all processes (padding duplicates removed by example index). Unreadable images are left out."""
-        from swin_hf.metrics import load_accuracy
-
         num_classes = len(run.data.class_names)
         rows = []  # (index, label, top1, top5-hit-or-top1, loss)
         for batch in run.eval_loader:
@@ -385,8 +377,6 @@ class ClassificationTask(Task):
             report.plot_confusion(matrix, run.data.class_names, f"{run.settings.output_dir}/confusion_matrix.png")
 
     def report(self, summary: dict) -> list[str]:
-        from .loop import run_lines
-
         top1 = summary.get("best_val_top1")
         line = f"validation top-1 {top1:.1%}" if top1 is not None else "no evaluation ran"
         if "best_val_top5" in summary:
@@ -404,8 +394,6 @@ DESCRIPTION = ("Fine-tune (or train from scratch) a Swin Transformer image class
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import launch
-
     return launch(ClassificationTask, ClassificationSettings, argv, "finetune.py", DESCRIPTION, profiles_help())
 
 
