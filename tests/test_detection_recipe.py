@@ -61,6 +61,8 @@ def test_detect_recipe_trains_evaluates_and_saves_for_pipeline(tmp_path, capsys)
     card = (out / "README.md").read_text()
     assert "pipeline_tag: object-detection" in card and "RTDetrForObjectDetection" in card and "| map_50 |" in card
     assert (out / "checkpoints" / "final-weights.safetensors").exists()
+    settings = json.loads((out / "settings.json").read_text())  # detection's own defaults, as resolved
+    assert settings["head"] == "rt_detr" and settings["scale_range"] == [0.6, 1.4] and settings["eval_every_epochs"] == 2
 
     from transformers import pipeline
 
@@ -132,6 +134,38 @@ def test_bad_data_stops_with_one_line_naming_the_fix(tmp_path, capsys, problem, 
     capsys.readouterr()  # (what making the data printed)
     assert detect_main(args) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # (besides log lines)
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_final_weights_hold_every_tensor_of_the_rt_detr_detector(tmp_path):
+    """checkpoints/final-weights.safetensors holds every name of the detector's state dict (its writer stores
+    copies, so heads whose layers share tensors are written whole) and, after one step without EMA, the same
+    values as the saved best model."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForObjectDetection
+
+    out = tmp_path / "run"
+    assert detect_main(["--output-dir", str(out), "--max-steps", "1", "--num-pictures", "0", *TINY, *CPU]) == 0
+    stored = load_file(out / "checkpoints" / "final-weights.safetensors")
+    expected = AutoModelForObjectDetection.from_pretrained(out).state_dict()
+    assert set(stored) == set(expected)
+    assert all(torch.equal(stored[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--strategy", "fsdp"], "sharded training (--strategy fsdp) is for"),
+        (["--streaming", "--max-steps", "2"], "--streaming is for"),
+        (["--scale-range", "1.4,0.6"], "argument --scale-range"),
+        (["--bbox-format", "yxyx"], "argument --bbox-format"),
+    ],
+)
+def test_refused_settings_stop_with_one_line(tmp_path, capsys, extra, expected):
+    assert detect_main(["--output-dir", str(tmp_path / "run"), *TINY, *CPU, *extra]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "run" / "metrics.json").exists()
 
