@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import PRESETS, SwinConfig
+from ..model_source import check_model_source
 from ..training.checkpoint import gather_objects
+from ..training.cli import launch
 from ..training.data import DataError, SkipCounter
 from ..training.distributed import strategy_name
 from ..training.errors import ModelError, UsageError
@@ -156,8 +159,6 @@ def load_data(settings: DetectSettings):
 
 def swin_source(settings: DetectSettings):
     """What --model names: a SwinConfig to start from scratch ('builtin', a preset) or a checkpoint path."""
-    from .. import PRESETS, SwinConfig
-    from ..model_source import check_model_source
 
     if settings.model == "builtin":
         return SwinConfig(**BUILTIN_MODEL, image_size=settings.image_size, drop_path_rate=settings.drop_path)
@@ -170,7 +171,6 @@ def swin_source(settings: DetectSettings):
 def check_image_size(settings: DetectSettings) -> None:
     """--image-size against what the head needs (RT-DETR: a multiple of the coarsest stride), before the
     data is read."""
-    from .. import SwinConfig
 
     source = swin_source(settings)
     try:
@@ -243,8 +243,6 @@ class DetectTask(Task):
                 and not (s.max_steps or s.max_train_samples or s.max_eval_samples or s.max_minutes))
 
     def check(self, fabric) -> None:
-        from .. import PRESETS
-        from ..model_source import check_model_source
 
         if strategy_name(fabric).startswith("fsdp"):
             raise UsageError("detect.py trains on one device or with DDP (--strategy ddp); sharded training (--strategy fsdp) "
@@ -350,7 +348,6 @@ DESCRIPTION = ("Object detection with a transformers DETR-family head (RT-DETR b
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..training.cli import launch
 
     return launch(DetectTask, DetectSettings, argv, "detect.py", DESCRIPTION)
 
