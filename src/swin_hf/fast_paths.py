@@ -310,4 +310,4 @@ def can_skip_dropped(x: torch.Tensor) -> bool:
     return _on_cpu_eagerly(x)
 
 
-__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "CpuFeatures", "cpu_flags", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]
+__all__ = ["FastPaths", "TokenLinear", "auto_attention_implementation", "can_skip_dropped", "CpuFeatures", "cpu_flags", "in_token_tiles", "residual_on_kept_samples", "sample_groups", "token_linear"]

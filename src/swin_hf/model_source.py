@@ -77,4 +77,4 @@ def check_model_source(name: str, option: str = "--model", extra_presets=(), con
     return "hub"
 
 
-__all__ = ["ModelSourceError", "check_model_source"]
+__all__ = ["HUB_ID", "ModelSourceError", "check_model_source"]

@@ -795,6 +795,6 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
 
 
 __all__ = [
-    "SwinPreTrainedModel", "SwinModel", "SwinForImageClassification", "SwinBackbone", "SwinModelOutput",
-    "SwinImageClassifierOutput",
+    "SwinPreTrainedModel", "SwinModel", "SwinForImageClassification", "SwinBackbone", "SwinModelOutput", "SwinBlock",
+    "SwinImageClassifierOutput", "log_spaced_offsets", "relative_position_index", "shifted_window_mask", "window_geometry",
 ]  # fmt: skip

@@ -121,7 +121,7 @@ def remove_temp_files(directory: str) -> list[str]:
     return stale
 
 
-def _any_rank(fabric, flag: bool) -> bool:
+def any_process(fabric, flag: bool) -> bool:
     """True on every process if `flag` is True on any (so that all of them take the same branch)."""
     if fabric.world_size == 1:
         return flag
@@ -172,7 +172,7 @@ def save_atomic(fabric, path: str, state: dict, keep: int = 2) -> None:
         fabric.save(tmp, state)
     except OSError as caught:
         error = caught
-    if _any_rank(fabric, error is not None):
+    if any_process(fabric, error is not None):
         if fabric.is_global_zero:
             _remove(tmp)
         previous = latest_checkpoint(directory)
@@ -521,6 +521,7 @@ def prepare_output_dir(fabric, out: str, overwrite: bool, resume: bool) -> None:
 
 
 __all__ = [
+    "any_process",
     "check_output_dir",
     "check_run_config",
     "checkpoint_path",

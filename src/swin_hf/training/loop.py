@@ -29,14 +29,8 @@ from .distributed import setup_model_and_optimizer, strategy_name
 from .ema import EMA, swapped_weights
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .progress import Display
-from .session import (
-    FREE_SETTINGS,
-    Session,
-    log_training_row,
-    mean_over_processes,
-    optimizer_step,
-)
-from .settings import NOT_SAVED, RecipeSettings, save_settings
+from .session import Session, log_training_row, mean_over_processes, optimizer_step
+from .settings import RecipeSettings, save_settings
 from .streaming import StreamLoader
 from .task import Task, TaskData
 
@@ -487,8 +481,6 @@ def run_lines(summary: dict) -> str:
 
 
 __all__ = [
-    "FREE_SETTINGS",
-    "NOT_SAVED",
     "Run",
     "build_loaders",
     "end_epoch",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .checkpoint import (
-    _any_rank,
+    any_process,
     check_output_dir,
     checkpoint_path,
     claim_output_dir,
@@ -156,7 +156,7 @@ class Session:
                     write_folder_atomically(directory or self.output_dir, lambda folder: write(folder, weights), name)
             except OutputWriteError as caught:
                 error = caught
-        if _any_rank(self.fabric, error is not None):
+        if any_process(self.fabric, error is not None):
             raise error or OutputWriteError(f"writing the {name} failed on process 0")
         self.fabric.barrier()
 
