@@ -36,6 +36,7 @@ from ..training.data import DataError, choose_splits
 from ..training.errors import ModelError
 from ..training.settings import (
     RecipeSettings,
+    dataset_option,
     below_one,
     nonnegative_float,
     nonnegative_int,
@@ -116,8 +117,7 @@ def pixel_counts(split, label_column: str = "annotation", num_labels: int | None
 class SegmentSettings(RecipeSettings):
     """segment.py's settings: the shared ones, with segmentation's data, model and defaults."""
 
-    dataset: str = option(BUILTIN, f"anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset "
-                          f".tar/image files, a saved DatasetDict folder); '{BUILTIN}' = built-in, offline", text, group="data")
+    dataset: str = dataset_option(BUILTIN)
     image_column: str = option("image", "image column", text, group="data")
     label_column: str = option("annotation", "label-map column (an image of class indices)", text, group="data")
     num_labels: int | None = option(None, "number of classes (built-in: 3; needed for other sets unless --id2label)",

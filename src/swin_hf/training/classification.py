@@ -36,9 +36,11 @@ from .loop import Run, run_lines
 from .settings import (
     AUTO,
     RecipeSettings,
+    area_range,
     below_one,
     boolean,
     checked,
+    dataset_option,
     fraction,
     names,
     nonnegative_float,
@@ -46,7 +48,6 @@ from .settings import (
     one_of,
     option,
     or_auto,
-    pair,
     positive_float,
     positive_int,
     probability,
@@ -116,15 +117,13 @@ PROFILES: dict[str, dict] = {
 # settings a resumed run can never change: the checkpoint's weights are for this architecture and these classes
 RUN_FIXED = ("model", "image_size", "window_size", "class_names")
 TARGET_TOP1, TARGET_MINUTES = 0.95, 5.0
-scale_range = pair(float, "'lo,hi' with 0 < lo <= hi <= 1", lambda lo, hi: 0 < lo <= hi <= 1)
 
 
 @dataclass
 class ClassificationSettings(RecipeSettings):
     """finetune.py's settings: the shared ones, classification's data, model and augmentation."""
 
-    dataset: str = option(DIGITS, f"anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset "
-                          f".tar/image files, a saved DatasetDict folder); '{DIGITS}' = built-in, offline", text, group="data")
+    dataset: str = dataset_option(DIGITS)
     train_dir: str | None = option(None, "imagefolder of training images (class sub-folders)", text, group="data")
     validation_dir: str | None = option(None, "imagefolder of validation images", text, group="data")
     image_column: str | None = option(None, "image column (default: the first Image feature)", text, group="data")
@@ -156,7 +155,7 @@ class ClassificationSettings(RecipeSettings):
                                     group="optimisation")
     label_smoothing: float | str = option(AUTO, "label smoothing", or_auto(below_one), group="augmentation")
     random_resized_crop: bool | str = option(AUTO, "random resized crop on/off", or_auto(boolean), group="augmentation")
-    crop_scale: tuple | str = option(AUTO, "random resized crop area range 'lo,hi'", or_auto(scale_range), group="augmentation")
+    crop_scale: tuple | str = option(AUTO, "random resized crop area range 'lo,hi'", or_auto(area_range), group="augmentation")
     hflip: float | str = option(AUTO, "horizontal flip probability", or_auto(probability), group="augmentation")
     randaugment_n: int | str = option(AUTO, "RandAugment ops per image (0 = off)", or_auto(nonnegative_int), group="augmentation")
     randaugment_m: int | str = option(AUTO, "RandAugment magnitude (0-30)", or_auto(checked(int, lambda v: 0 <= v <= 30,

@@ -119,6 +119,15 @@ def pair(element, requirement: str, test=lambda lo, hi: lo <= hi):
     return parse_pair
 
 
+area_range = pair(float, "'lo,hi' with 0 < lo <= hi <= 1", lambda lo, hi: 0 < lo <= hi <= 1)  # a crop's share of the area
+
+
+def dataset_option(builtin: str) -> Any:
+    """The --dataset setting of a recipe whose built-in offline set is `builtin` (its default)."""
+    return option(builtin, "anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset .tar/image "
+                  f"files, a saved DatasetDict folder); '{builtin}' = built-in, offline", text, group="data")
+
+
 def names(value) -> list[str]:
     """Two or more class names, 'a,b,c' (or a list in a settings file)."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
@@ -365,6 +374,8 @@ def shared_option_names() -> list[str]:
 __all__ = [
     "AUTO",
     "RecipeSettings",
+    "area_range",
+    "dataset_option",
     "SettingsFileError",
     "SettingsParser",
     "below_one",

@@ -54,11 +54,12 @@ from .errors import ModelError
 from .loop import Run, run_lines
 from .settings import (
     RecipeSettings,
+    area_range,
     below_one,
+    dataset_option,
     fraction,
     nonnegative_float,
     option,
-    pair,
     positive_float,
     positive_int,
     text,
@@ -69,15 +70,13 @@ from .task import Evaluation, Task, TaskData
 
 STREAM_VALIDATION = 256  # validation images taken from the head of a stream unless --max-eval-samples says otherwise
 PICTURE_ROWS = 6  # images in reconstructions.png
-scale_range = pair(float, "'lo,hi' with 0 < lo <= hi <= 1", lambda lo, hi: 0 < lo <= hi <= 1)
 
 
 @dataclass
 class SimMIMSettings(RecipeSettings):
     """pretrain_simmim.py's settings: the shared ones, its data, model and masking."""
 
-    dataset: str = option(DIGITS, f"anything datasets.load_dataset takes (Hub id, a folder of parquet/arrow/webdataset "
-                          f".tar/image files, a saved DatasetDict folder); '{DIGITS}' = built-in, offline", text, group="data")
+    dataset: str = dataset_option(DIGITS)
     train_dir: str | None = option(None, "a folder of images (class sub-folders; the labels are ignored)", text, group="data")
     image_column: str | None = option(None, "image column (default: the first Image feature)", text, group="data")
     validation_fraction: float = option(0.1, "share of the training split held out (seeded) to measure the masked-pixel "
@@ -101,7 +100,7 @@ class SimMIMSettings(RecipeSettings):
     layer_decay: float = option(1.0, "layer-wise lr decay per backbone block (1 = off)", up_to_one, group="optimisation")
     warmup_ratio: float = option(0.05, "linear warmup as a fraction of all steps", below_one, group="optimisation")
     ema_decay: float = option(0.0, "EMA of the weights, evaluated and saved (0 = off)", below_one, group="optimisation")
-    crop_scale: tuple = option((0.67, 1.0), "random resized crop area range 'lo,hi'", scale_range, group="augmentation")
+    crop_scale: tuple = option((0.67, 1.0), "random resized crop area range 'lo,hi'", area_range, group="augmentation")
     output_dir: str = option("outputs/swin-simmim", "the run's folder: pre-trained model, card, settings.json, metrics, "
                              "reconstructions, logs, checkpoints", text)
 
