@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_resume import sigkill_and_resume  # noqa: E402
@@ -56,9 +58,27 @@ def test_the_shared_options_work_the_same_in_every_recipe(name, tmp_path):
     assert metrics["steps"] == 2 and metrics["best_step"] == 2 and metrics["train_minutes"] >= 0
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert "step-00000001.ckpt" in checkpoints and "final-weights.safetensors" in checkpoints
+    # the saved settings rerun the same run (into another folder: the command line overrides the file)
+    again = tmp_path / "again"
+    assert _main(name)(["--config", str(out / "settings.json"), "--output-dir", str(again)]) == 0
+    weights = [load_file(run / "checkpoints" / "final-weights.safetensors") for run in (out, again)]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=0, msg=key)
     assert _main(name)([*options, *SHARED, "--max-steps", "3", "--output-dir", str(out), "--resume",
                         "--allow-changed-config", "max_steps"]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_a_bad_value_is_one_line_naming_the_option_in_every_recipe(name, tmp_path, capsys):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("ema_decay: 1.5\n")
+    assert _main(name)(["--grad-accum", "0"]) == 2
+    assert _main(name)(["--config", str(settings)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "argument --grad-accum: expected a whole number >= 1, got '0'" in err[0]
+    assert f"--config {settings}: ema_decay: expected a number from 0 up to 1 (1 excluded), got 1.5" in err[1]
 
 
 @pytest.mark.slow
