@@ -319,6 +319,7 @@ class ClassificationTask(Task):
         s = self.settings
         self.augment = BatchAugment(dataclasses.replace(s.augment(), image_size=self.image_size), self.processor.image_mean,
                                     self.processor.image_std, len(run.data.class_names)).to(run.fabric.device)
+        self.accuracy = load_accuracy()
 
     def loss(self, run: Run, batch: dict) -> torch.Tensor:
         images, targets = self.augment(batch["pixel_values"], batch["labels"])
@@ -345,7 +346,7 @@ class ClassificationTask(Task):
         if not rows:
             return Evaluation({"val_top1": 0.0, "val_loss": float("nan")}, 0.0, "no validation image was readable")
         _, refs, top1, top5, losses = map(list, zip(*rows))
-        accuracy = load_accuracy()
+        accuracy = self.accuracy
         metrics = {"val_top1": accuracy.compute(predictions=top1, references=refs)["accuracy"],
                    "val_loss": float(np.mean(losses))}
         text_ = f"val top-1 {metrics['val_top1']:.2%}"
@@ -403,6 +404,7 @@ __all__ = [
     "ClassificationTask",
     "PreprocessCache",
     "build_model",
+    "image_size_of",
     "main",
     "profiles_help",
 ]

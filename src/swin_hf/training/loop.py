@@ -162,7 +162,7 @@ def setup(task: Task, fabric) -> Run:
               train_order, report.MetricLoggers(fabric, settings.output_dir, resume=settings.resume), state,
               batches_per_epoch, total_steps, warmup, started)
     # the data as this run sees it: a folder that gained or lost images since the checkpoint is a changed run
-    data_settings = {"class_names": data.class_names, "validation_examples": len(data.validation), **data.settings}
+    data_settings = {"class_names": data.class_names, "validation_examples": len(data.validation)}
     if settings.streaming:
         session.track_stream(train_loader)
     else:

@@ -40,7 +40,7 @@ from .. import PRESETS, SimMIMMaskGenerator, SwinConfig, SwinForMaskedImageModel
 from ..model_source import check_model_source
 from .cli import launch
 from .checkpoint import gather_objects
-from .classification import RECIPE_PRESETS, PreprocessCache
+from .classification import RECIPE_PRESETS, PreprocessCache, image_size_of
 from .data import (
     DIGITS,
     DataError,
@@ -233,14 +233,13 @@ class SimMIMTask(Task):
     def load_data(self, fabric) -> TaskData:
         import datasets
 
-
         s = self.settings
         self.model, self.processor = build_model(s)
         config = self.model.config
-        self.image_size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        self.image_size = image_size_of(config)
         self.patch_size = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
         self.mask_patch = mask_patch_size(s, self.image_size)
-        mask_generator(s, self.image_size, self.patch_size, s.seed)  # sizes checked before the data is read
+        masks = mask_generator(s, self.image_size, self.patch_size, s.seed)  # (sizes checked before the data is read)
 
         splits = load_splits(s.dataset, s.train_dir, None, s.dataset_config, s.streaming)
         train_name, _ = choose_splits(splits, s.train_split)
@@ -272,7 +271,6 @@ class SimMIMTask(Task):
         if len(validation) == 0:
             raise DataError(f"Split {train_name!r} holds no image to validate on.")
 
-        masks = mask_generator(s, self.image_size, self.patch_size, s.seed)
         validation_masks = torch.stack([masks() for _ in range(len(validation))])
         resize = SwinImageProcessor.for_image_size(self.image_size, crop_pct=1.0, do_normalize=False)
         cache = not s.streaming

@@ -40,7 +40,6 @@ class TaskData:
     source: str = ""  # where the data came from, in words (model card)
     notes: list[str] = field(default_factory=list)  # what the data checks found (model card)
     move_to_device: bool = True  # whether Fabric moves batches to the device (else the task's loss does)
-    settings: dict = field(default_factory=dict)  # facts about the data a resumed run must share (e.g. example counts)
 
 
 @dataclass
