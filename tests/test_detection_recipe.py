@@ -158,7 +158,7 @@ def test_final_weights_hold_every_tensor_of_the_rt_detr_detector(tmp_path):
     "extra, expected",
     [
         (["--strategy", "fsdp"], "sharded training (--strategy fsdp) is for"),
-        (["--streaming", "--max-steps", "2"], "--streaming is for"),
+        (["--streaming"], "--streaming needs --max-steps"),
         (["--scale-range", "1.4,0.6"], "argument --scale-range"),
         (["--bbox-format", "yxyx"], "argument --bbox-format"),
     ],
@@ -168,6 +168,52 @@ def test_refused_settings_stop_with_one_line(tmp_path, capsys, extra, expected):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_detect_streams_validates_on_a_head_and_resumes_at_its_position(tmp_path):
+    """--streaming: the training split is read as a stream (a COCO folder without a validation split here: the
+    first --max-eval-samples images are validation and training skips them); a resumed run continues from
+    the saved stream position; a category outside the label list in a streamed row stops the run in one line."""
+    import torch
+
+    folder = _coco_folder(tmp_path / "coco")
+    (folder / "annotations" / "val.json").unlink()
+    stream = ["--dataset", str(folder), "--streaming", "--steps-per-epoch", "2", "--batch-size", "4",
+              "--max-eval-samples", "4", "--num-pictures", "0", *TINY[:-6], "--log-every", "1", *CPU]
+    out = tmp_path / "run"
+    assert detect_main(["--max-steps", "4", "--output-dir", str(out), *stream]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["streaming"] is True and metrics["steps"] == 4 and metrics["val_examples"] == 4
+    assert metrics["map"] is not None
+    saved = torch.load(out / "checkpoints" / "step-00000002.ckpt", weights_only=True)["stream"][0]
+    assert saved["offset"] == 8 or saved["block"] > 0  # 2 steps of 4 images
+    assert detect_main(["--max-steps", "6", "--output-dir", str(out), "--resume", "--allow-changed-config",
+                        "max_steps,epochs", *stream]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    whole = tmp_path / "whole"  # the same 6 steps without a stop: the stream is at the same place after step 4
+    assert detect_main(["--max-steps", "6", "--output-dir", str(whole), *stream]) == 0
+    position = [torch.load(run / "checkpoints" / "step-00000004.ckpt", weights_only=True)["stream"] for run in (out, whole)]
+    assert position[0] == position[1] and position[0] != [saved]
+
+
+def test_streamed_rows_are_checked_as_they_are_read():
+    """A streamed row past the checked head: boxes cleaned as the map-style path cleans them; a category
+    outside the label list or a box of 3 values stops the run with the file's name."""
+    import torch
+
+    from swin_hf.detection.data import DetectionRows
+    from swin_hf.training.data import DataError
+
+    image = Image.new("RGB", (40, 20), (10, 20, 30))
+    rows = DetectionRows(size=32, num_labels=2)
+    batch = rows([{"image": image, "objects": {"bbox": [[30, 5, 20, 10], [1, 1, 0, 4]], "category": [1, 0]}}])
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)
+    torch.testing.assert_close(batch["boxes"][0], torch.tensor([[24.0, 8.0, 32.0, 24.0]]))  # clipped at x = 40, scaled
+    assert batch["labels"][0].tolist() == [1]  # the zero-width box is left out
+    with pytest.raises(DataError, match="category 2 is outside the 2 classes"):
+        rows([{"image": image, "objects": {"bbox": [[1, 1, 4, 4]], "category": [2]}}])
+    with pytest.raises(DataError, match="4 values"):
+        rows([{"image": image, "objects": {"bbox": [[1, 1, 4]], "category": [0]}}])
 
 
 @pytest.mark.slow

@@ -315,21 +315,25 @@ def coco_folder_dataset(root: str):
 
 
 def load_detection_splits(dataset: str, dataset_config: str | None = None, max_train: int | None = None,
-                          max_validation: int | None = None):
-    """(DatasetDict, id2label or None): the built-in set (BUILTIN; only the first `max_train` /
-    `max_validation` images are made), a COCO-JSON folder, a saved DatasetDict folder, or anything
-    `datasets.load_dataset` takes."""
+                          max_validation: int | None = None, streaming: bool = False):
+    """(splits, id2label or None): the built-in set (BUILTIN; only the first `max_train` / `max_validation`
+    images are made), a COCO-JSON folder, a saved DatasetDict folder, or anything `datasets.load_dataset`
+    takes. `streaming`: {split: IterableDataset} read as it is used (the built-in set and COCO folders cut
+    into shards, `training.streaming.to_stream`)."""
     from ..training.data import load_splits
+    from ..training.streaming import stream_splits
 
     if dataset == BUILTIN:
         sizes = {k: min(v, limit or v) for (k, v), limit in zip(BUILTIN_SIZES.items(), (max_train, max_validation))}
-        return pasted_objects_dataset(**sizes)
-    if os.path.exists(dataset) and not os.path.isdir(dataset):
+        splits, id2label = pasted_objects_dataset(**sizes)
+    elif os.path.exists(dataset) and not os.path.isdir(dataset):
         raise DataError(f"--dataset {dataset!r} is a file; give a COCO folder (annotations/*.json + images), a saved "
                         "DatasetDict folder or a dataset name.")
-    if is_coco_folder(dataset):
-        return coco_folder_dataset(dataset)
-    return load_splits(dataset=dataset, dataset_config=dataset_config), None
+    elif is_coco_folder(dataset):
+        splits, id2label = coco_folder_dataset(dataset)
+    else:
+        return load_splits(dataset=dataset, dataset_config=dataset_config, streaming=streaming), None
+    return (stream_splits(splits) if streaming else splits), id2label
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,6 +554,17 @@ def class_names_of(split, objects_column: str) -> list[str] | None:
     return list(category.names) if category is not None else None
 
 
+def id2label_of(split, objects_column: str) -> dict[int, str]:
+    """{index: name} from the `category` ClassLabel of a split's objects column; DataError when it has none."""
+    names = class_names_of(split, objects_column) if objects_column in (split.column_names or []) else None
+    if names is None:
+        raise DataError(
+            "The objects' 'category' has no class names (not a ClassLabel); give them with --id2label FILE.json "
+            "({\"0\": \"cat\", ...}) or their number with --num-labels."
+        )
+    return dict(enumerate(names))
+
+
 def prepare_detection(
     splits, id2label: dict[int, str] | None = None, image_column: str = "image", objects_column: str = "objects",
     bbox_format: str = "xywh", validation_fraction: float = 0.1, max_train_samples: int | None = None,
@@ -580,14 +595,7 @@ def prepare_detection(
     for name, split in (("train", train), ("validation", validation)):
         if len(split) == 0:
             raise DataError(f"The {name} split is empty; it needs at least one image.")
-    if id2label is None:
-        names = class_names_of(train, objects_column) if objects_column in train.column_names else None
-        if names is None:
-            raise DataError(
-                "The objects' 'category' has no class names (not a ClassLabel); give them with --id2label FILE.json "
-                "({\"0\": \"cat\", ...}) or their number with --num-labels."
-            )
-        id2label = dict(enumerate(names))
+    id2label = id2label if id2label is not None else id2label_of(train, objects_column)
     stats = {}
     for name, split in (("train", train), ("validation", validation)):
         stats[name] = check_split(split, name, len(id2label), image_column, objects_column, bbox_format)
@@ -596,6 +604,54 @@ def prepare_detection(
     if stats["train"].boxes - stats["train"].degenerate - stats["train"].outside == 0:
         raise DataError("The training split has no usable box at all; a detector cannot learn from it.")
     train = train.cast_column(image_column, datasets.Image(decode=False))
+    validation = validation.cast_column(image_column, datasets.Image(decode=False))
+    return DetectionData(train, validation, id2label, image_column, objects_column, bbox_format, stats, notes)
+
+
+STREAM_VALIDATION = 256  # validation images read from a stream unless --max-eval-samples says otherwise
+STREAM_CHECKED = 64  # training rows checked (format, categories) before a streamed run starts
+
+
+def prepare_detection_stream(
+    splits, id2label: dict[int, str] | None = None, image_column: str = "image", objects_column: str = "objects",
+    bbox_format: str = "xywh", max_train_samples: int | None = None, max_eval_samples: int | None = None,
+    train_split: str | None = None,
+) -> DetectionData:
+    """--streaming: the training split stays a stream (images undecoded, `DetectionRows` makes its batches);
+    validation is the first `max_eval_samples` (STREAM_VALIDATION) images of the validation split, or, for a
+    set without one, of the training stream, which then skips them. Validation and the first STREAM_CHECKED
+    training rows get the whole `check_split`; every later row is checked as it is read (`DetectionRows`)."""
+    from ..training.streaming import bounded, undecoded
+
+    train_name, validation_name = choose_splits(splits, train_split)
+    train = splits[train_name]
+    if train.features is None:  # (some formats say their columns only once read)
+        train = train._resolve_features()
+    held = max_eval_samples or STREAM_VALIDATION
+    if validation_name:
+        validation = bounded(splits[validation_name], held)
+        notes = [f"streamed; validation = the first {len(validation)} images of {validation_name!r}"]
+    else:
+        validation = bounded(train, held)
+        train = train.skip(len(validation))
+        notes = [f"streamed; validation = the first {len(validation)} images of {train_name!r}, skipped by training"]
+    if len(validation) == 0:
+        raise DataError("The validation split is empty; it needs at least one image.")
+    train = train.take(max_train_samples) if max_train_samples else train
+    id2label = id2label if id2label is not None else id2label_of(validation, objects_column)
+    head = bounded(train, STREAM_CHECKED)
+    if len(head) == 0:
+        raise DataError(f"The training stream {train_name!r} holds no image.")
+    stats = {"train": check_split(head, f"{train_name} (its first {len(head)} rows)", len(id2label), image_column,
+                                  objects_column, bbox_format),
+             "validation": check_split(validation, "validation", len(id2label), image_column, objects_column, bbox_format)}
+    notes.append(stats["validation"].describe("validation"))
+    notes.append(f"training rows checked as they are read ({stats['train'].describe('the first ' + str(len(head)))})")
+    for note in notes:
+        logger.info("%s", note)
+    import datasets
+
+    train = undecoded(train.select_columns([image_column, objects_column]), [image_column])
     validation = validation.cast_column(image_column, datasets.Image(decode=False))
     return DetectionData(train, validation, id2label, image_column, objects_column, bbox_format, stats, notes)
 
@@ -623,21 +679,58 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         index = int(index)
-        value = self.split[index][self.image_column]
-        image = decode_or_skip(value, index, lambda image: image, self.skipped)
-        entry = self.objects[index]
-        if image is None:
-            return None, None, None, index, None, file_name(value, index)
-        width, height = image.size
-        boxes = entry["bbox"] or []
-        cleaned = clean_boxes(boxes, width, height, self.bbox_format) if boxes else None
-        S = self.size
-        scale = np.array([S / width, S / height, S / width, S / height], dtype=np.float32)
-        xyxy = torch.from_numpy(cleaned.xyxy * scale) if cleaned is not None else torch.zeros(0, 4)
-        labels = torch.tensor([c for c, k in zip(entry["category"], cleaned.keep) if k] if cleaned is not None else [],
-                              dtype=torch.long)
-        pixels = torch.from_numpy(np.asarray(image.resize((S, S), Image.BILINEAR), dtype=np.uint8).copy()).permute(2, 0, 1)
-        return pixels, xyxy, labels, index, (height, width), file_name(value, index)
+        return detection_item(self.split[index][self.image_column], self.objects[index], index, self.size,
+                              self.bbox_format, self.skipped)
+
+
+def detection_item(value, entry: dict, index: int, size: int, bbox_format: str = "xywh", skipped: SkipCounter | None = None):
+    """One item (see `DetectionDataset`) from a stored image and its objects {bbox, category}."""
+    image = decode_or_skip(value, index, lambda image: image, skipped if skipped is not None else SkipCounter())
+    if image is None:
+        return None, None, None, index, None, file_name(value, index)
+    width, height = image.size
+    boxes = entry["bbox"] or []
+    cleaned = clean_boxes(boxes, width, height, bbox_format) if boxes else None
+    scale = np.array([size / width, size / height, size / width, size / height], dtype=np.float32)
+    xyxy = torch.from_numpy(cleaned.xyxy * scale) if cleaned is not None else torch.zeros(0, 4)
+    labels = torch.tensor([c for c, k in zip(entry["category"], cleaned.keep) if k] if cleaned is not None else [],
+                          dtype=torch.long)
+    pixels = torch.from_numpy(np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8).copy()).permute(2, 0, 1)
+    return pixels, xyxy, labels, index, (height, width), file_name(value, index)
+
+
+class DetectionRows:
+    """Undecoded rows of a streamed split -> a batch (`collate`; runs in the stream loader's workers). Each
+    row is checked as it is read: objects with 'bbox' and 'category' lists of one length, 4 values a box,
+    categories inside the label list (DataError naming the row's file otherwise); boxes are cleaned as
+    `DetectionDataset` cleans them."""
+
+    def __init__(self, size: int, num_labels: int, image_column: str = "image", objects_column: str = "objects",
+                 bbox_format: str = "xywh"):
+        self.size, self.num_labels = size, num_labels
+        self.image_column, self.objects_column, self.bbox_format = image_column, objects_column, bbox_format
+        self.skipped = SkipCounter()
+
+    def check(self, entry, name: str) -> None:
+        if not isinstance(entry, dict) or "bbox" not in entry or "category" not in entry:
+            raise DataError(f"Streamed image {name}: {self.objects_column!r} holds no 'bbox' and 'category' lists.")
+        boxes, categories = entry["bbox"] or [], entry["category"] or []
+        if len(boxes) != len(categories) or any(len(b) != 4 for b in boxes):
+            raise DataError(f"Streamed image {name}: {len(boxes)} boxes and {len(categories)} categories; give one "
+                            "category per box and 4 values ([x, y, width, height] in pixels) per box.")
+        bad = [c for c in categories if not isinstance(c, (int, np.integer)) or not 0 <= c < self.num_labels]
+        if bad:
+            raise DataError(f"Streamed image {name}: category {bad[0]!r} is outside the {self.num_labels} classes; fix the "
+                            "data, or give the full class list with --id2label (or --num-labels).")
+
+    def __call__(self, rows: list[dict]) -> dict:
+        items = []
+        for i, row in enumerate(rows):
+            value, entry = row[self.image_column], row[self.objects_column]
+            self.check(entry, file_name(value, i))
+            item = detection_item(value, entry, -1, self.size, self.bbox_format, self.skipped)
+            items.append(item)
+        return collate(items)
 
 
 def collate(items) -> dict:
@@ -735,12 +828,18 @@ __all__ = [
     "BoxStats",
     "DetectionData",
     "DetectionDataset",
+    "DetectionRows",
+    "STREAM_CHECKED",
+    "STREAM_VALIDATION",
     "clean_boxes",
     "coco_folder_dataset",
     "collate",
+    "detection_item",
+    "id2label_of",
     "is_coco_folder",
     "load_detection_splits",
     "prepare_detection",
+    "prepare_detection_stream",
     "to_detr_labels",
     "BUILTIN_CLASSES",
     "builtin_sources",

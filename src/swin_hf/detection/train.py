@@ -9,7 +9,8 @@ detection's lives here and beside this module: swin_hf.detection (the heads' wir
 augmentation), .evaluate (mAP, pictures).
 
 Input: the Hub's detection convention (`image` + `objects` with `bbox` in COCO [x, y, width, height]
-pixels and `category`) from `load_dataset`, a saved DatasetDict, or a COCO-JSON folder. Output folder: the
+pixels and `category`) from `load_dataset`, a saved DatasetDict, or a COCO-JSON folder; with --streaming read
+as it is used (detection.data.prepare_detection_stream). Output folder: the
 best model (by COCO mAP) with an image processor that ``pipeline("object-detection")`` loads (after
 ``import swin_hf``), README.md (model card), settings.json, metrics.json (mAP, mAP50, mAP75, per-class AP,
 what the data checks found), logs/ (CSV, TensorBoard), training_curves.png, pictures/ (validation images,
@@ -61,11 +62,14 @@ from . import (
 from .data import (
     BBOX_FORMATS,
     BUILTIN,
+    STREAM_VALIDATION,
     BoxAugment,
     DetectionDataset,
+    DetectionRows,
     collate,
     load_detection_splits,
     prepare_detection,
+    prepare_detection_stream,
     to_detr_labels,
 )
 from .evaluate import evaluate_detection, normalise, save_pictures
@@ -73,7 +77,8 @@ from .evaluate import evaluate_detection, normalise, save_pictures
 # a small Swin for the built-in set: 128 px -> maps of 32, 16, 8, 4 with 4x4 windows (as segment.py's)
 BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
 # settings a resumed run can never change: the checkpoint's weights are for this architecture and these classes
-RUN_FIXED = ("model", "head", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers", "class_names")
+RUN_FIXED = ("model", "head", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers",
+             "denoising_queries", "class_names")
 # options that only shape what is drawn at the end; not compared on resume
 NOT_RECORDED = ("num_pictures", "picture_threshold")
 TARGET_MAP50, TARGET_MINUTES = 0.5, 10.0
@@ -96,8 +101,11 @@ class DetectSettings(RecipeSettings):
                                   "ClassLabel)", text, group="data")
     num_labels: int | None = option(None, "number of classes, when the category column has no names", positive_int,
                                     group="data")
-    validation_fraction: float = option(0.1, "held out for validation (seeded) when the set has no validation split",
-                                        fraction, group="data")
+    validation_fraction: float = option(0.1, "held out for validation (seeded) when the set has no validation split "
+                                        "(with --streaming: the first --max-eval-samples images instead)", fraction,
+                                        group="data")
+    max_eval_samples: int | None = option(None, f"use only the first N validation images (with --streaming: "
+                                          f"{STREAM_VALIDATION} unless given)", positive_int, group="data")
     model: str = option("builtin", "'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf "
                         "checkpoint whose encoder is loaded (classification, SimMIM, backbone, converted)", text, group="model")
     head: str = option(DEFAULT_HEAD, "the transformers detector on the backbone", one_of(*sorted(HEADS)), group="model")
@@ -108,8 +116,11 @@ class DetectSettings(RecipeSettings):
     encoder_layers: int = option(1, "transformer encoder layers of the head", positive_int, group="model")
     decoder_layers: int = option(3, "transformer decoder layers of the head (paper: 6)",
                                  checked(int, lambda v: v >= 2, "a whole number >= 2"), group="model")
+    denoising_queries: int = option(30, "RT-DETR heads: noised copies of the true boxes the decoder learns to mend, "
+                                    "spread over groups (paper: 100; 0 = none; other heads have none)", nonnegative_int,
+                                    group="model")
     drop_path: float = option(0.1, "stochastic depth of the backbone", below_one, group="model")
-    epochs: int = option(6, "training epochs", positive_int, group="optimisation")
+    epochs: int = option(7, "training epochs", positive_int, group="optimisation")
     batch_size: int = option(16, "images per process per micro-batch", positive_int, group="optimisation")
     lr: float = option(5e-4, "peak learning rate (AdamW; RT-DETR, pre-trained: 1e-4)", positive_float, group="optimisation")
     min_lr_ratio: float = option(0.05, "cosine floor, as a fraction of --lr", probability, group="optimisation")
@@ -138,7 +149,8 @@ class DetectSettings(RecipeSettings):
 def load_data(settings: DetectSettings):
     """The checked data (detection.data.DetectionData)."""
     s = settings
-    splits, id2label = load_detection_splits(s.dataset, s.dataset_config, s.max_train_samples, s.max_eval_samples)
+    splits, id2label = load_detection_splits(s.dataset, s.dataset_config, s.max_train_samples, s.max_eval_samples,
+                                             s.streaming)
     if s.id2label:
         try:
             with open(s.id2label) as f:
@@ -151,6 +163,9 @@ def load_data(settings: DetectSettings):
         id2label = {i: f"class_{i}" for i in range(s.num_labels)}
     if s.num_labels and id2label is not None and s.num_labels != len(id2label):
         raise DataError(f"--num-labels {s.num_labels} but the class list has {len(id2label)} classes.")
+    if s.streaming:
+        return prepare_detection_stream(splits, id2label, s.image_column, s.objects_column, s.bbox_format,
+                                        s.max_train_samples, s.max_eval_samples, s.train_split)
     return prepare_detection(
         splits, id2label, s.image_column, s.objects_column, s.bbox_format, s.validation_fraction,
         s.max_train_samples, s.max_eval_samples, s.seed, s.train_split,
@@ -188,6 +203,8 @@ def check_image_size(settings: DetectSettings) -> None:
 def build_model(settings: DetectSettings, id2label: dict[int, str]):
     head = head_settings(settings.head, settings.hidden_size, settings.num_queries, settings.encoder_layers,
                          settings.decoder_layers, head_dim=16)
+    if settings.head in ("rt_detr", "rt_detr_v2"):
+        head["num_denoising"] = settings.denoising_queries
     try:
         return detector_from_encoder(swin_source(settings), settings.head, id2label=id2label, **head)
     except (TypeError, ValueError, OSError) as error:
@@ -228,9 +245,6 @@ class DetectTask(Task):
 
     @classmethod
     def resolve(cls, settings: DetectSettings) -> DetectSettings:
-        if settings.streaming:
-            raise UsageError("detect.py reads map-style sets (the data checks read every box first); --streaming is for "
-                             "finetune.py and pretrain_simmim.py.")
         settings.scale_range = tuple(settings.scale_range)
         return settings
 
@@ -257,8 +271,12 @@ class DetectTask(Task):
         self.data = data
         skipped = SkipCounter()
         columns = dict(image_column=data.image_column, objects_column=data.objects_column, bbox_format=data.bbox_format)
-        train = DetectionDataset(data.train, s.image_size, **columns, skipped=skipped)
         self.eval_set = DetectionDataset(data.validation, s.image_size, **columns, skipped=skipped)
+        if s.streaming:
+            rows = DetectionRows(s.image_size, len(data.id2label), **columns)
+            return TaskData(data.train, self.eval_set, collate, rows, class_names=list(data.id2label.values()),
+                            source=s.dataset, notes=data.notes, move_to_device=False)
+        train = DetectionDataset(data.train, s.image_size, **columns, skipped=skipped)
         return TaskData(train, self.eval_set, collate, class_names=list(data.id2label.values()), source=s.dataset,
                         notes=data.notes, move_to_device=False)
 
