@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import swin_hf.inference as inference
+from swin_hf.fast_paths import CpuFeatures
 from swin_hf import SwinConfig, SwinForImageClassification, SwinImageProcessor, optimize_for_inference
 from swin_hf.cli import main as cli
 from swin_reference import TINY, images, randomize
@@ -19,8 +20,9 @@ def _model(**overrides):
 
 
 def test_bf16_is_chosen_where_the_cpu_multiplies_bf16(monkeypatch):
-    for flags, expected in (({"amx_bf16", "avx512f"}, True), ({"avx512_bf16"}, True), ({"avx2", "fma"}, False)):
-        monkeypatch.setattr(inference, "cpu_flags", lambda flags=flags: flags)
+    for amx, avx512_bf16, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        cpu = CpuFeatures(x86_onednn=True, onednn_bf16=True, avx512_bf16=avx512_bf16, amx_bf16=amx, isa="AVX512")
+        monkeypatch.setattr(CpuFeatures, "of_this_machine", lambda cpu=cpu: cpu)
         assert inference.native_bf16(torch.device("cpu")) is expected
 
 

@@ -202,31 +202,38 @@ def test_launcher_detection():
     assert plain["devices"] == 3 and plain["strategy"] == "fsdp"
 
 
+def pretend_cpu(monkeypatch, flags: set[str]) -> None:
+    """This process sees a CPU with these /proc/cpuinfo flags (for the bf16 choices)."""
+    from swin_hf.fast_paths import CpuFeatures
+
+    cpu = CpuFeatures(x86_onednn=True, onednn_bf16="avx512f" in flags, avx512_bf16="avx512_bf16" in flags,
+                      amx_bf16="amx_bf16" in flags, isa="AVX512" if "avx512f" in flags else "AVX2")
+    monkeypatch.setattr(CpuFeatures, "of_this_machine", lambda: cpu)
+
+
 def test_precision_auto_is_bf16_exactly_where_the_device_multiplies_bf16_natively(monkeypatch):
-    import swin_hf.inference as inference
     from swin_hf.training.cli import resolve_precision
 
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    pretend_cpu(monkeypatch, {"avx512f", "amx_bf16"})
     assert resolve_precision("auto", "cpu") == resolve_precision(None, "cpu") == "bf16-mixed"
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    pretend_cpu(monkeypatch, {"avx512f", "avx512_bf16"})
     assert resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    pretend_cpu(monkeypatch, {"avx2", "fma"})
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"  # anything else is Fabric's own
 
 
 def test_bf16_asked_for_where_the_cpu_emulates_it_runs_with_one_warning(monkeypatch, caplog):
-    import swin_hf.inference as inference
     from swin_hf.training.cli import _warn_bf16_emulated, resolve_precision
 
     _warn_bf16_emulated.cache_clear()
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    pretend_cpu(monkeypatch, {"avx2", "fma"})
     with caplog.at_level(logging.WARNING, logger="swin_hf.training.cli"):
         assert resolve_precision("bf16-mixed", "cpu") == resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     warnings = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
     assert len(warnings) == 1 and "--precision bf16-mixed" in warnings[0] and "auto picks 32-true" in warnings[0]
     caplog.clear()
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    pretend_cpu(monkeypatch, {"avx512f", "amx_bf16"})
     _warn_bf16_emulated.cache_clear()
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed" and not caplog.records
 

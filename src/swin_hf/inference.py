@@ -36,7 +36,7 @@ import platform
 import torch
 from torch import nn
 
-from .fast_paths import cpu_flags
+from .fast_paths import CpuFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+        cpu = CpuFeatures.of_this_machine()
+        return cpu.amx_bf16 or cpu.avx512_bf16
     return False
 
 

@@ -290,7 +290,7 @@ class DetectTask(Task):
 
     def start(self, run: Run) -> None:
         s = self.settings
-        self.augment = BoxAugment(s.hflip, tuple(s.scale_range), s.translate, s.jitter)
+        self.augment = BoxAugment(s.hflip, s.scale_range, s.translate, s.jitter)
         self.processor = image_processor_for(s.head, s.image_size)
 
     def loss(self, run: Run, batch: dict) -> torch.Tensor:

@@ -249,7 +249,7 @@ class SegmentTask(Task):
         train, validation, id2label = load_data(s)
         self.id2label, self.validation_split = id2label, validation
         # training augmentation draws from the global RNG, which checkpoints hold: a resumed run sees the same crops
-        train_transform = JointTransform(s.image_size, train=True, scale_range=tuple(s.scale_range),
+        train_transform = JointTransform(s.image_size, train=True, scale_range=s.scale_range,
                                          reduce_labels=s.reduce_labels)
         self.eval_transform = JointTransform(s.image_size, train=False, reduce_labels=s.reduce_labels)
         columns = dict(image_column=s.image_column, label_column=s.label_column)
