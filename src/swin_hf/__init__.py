@@ -12,9 +12,11 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForVideoClassification,
 )
 
 from .configuration_swin import PRESETS, SwinConfig
+from .configuration_video_swin import VIDEO_PRESETS, VideoSwinConfig
 from .convert import ConversionError, convert_state_dict, infer_config, prepare_pretrained
 from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
 from .export import export_onnx, run_onnx
@@ -31,6 +33,7 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
+from .modeling_video_swin import VideoSwinForVideoClassification, VideoSwinModel, VideoSwinPreTrainedModel
 from .pipeline import SwinImageClassificationPipeline
 from .modeling_simmim import (
     SimMIMMaskGenerator,
@@ -64,6 +67,12 @@ for _auto, _model in (
 ):
     _auto.register(SwinConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
+# Video Swin: its own config and model type, registered the same way
+AutoConfig.register(VideoSwinConfig.model_type, VideoSwinConfig, exist_ok=True)
+VideoSwinConfig.register_for_auto_class("AutoConfig")
+for _auto, _model in ((AutoModel, VideoSwinModel), (AutoModelForVideoClassification, VideoSwinForVideoClassification)):
+    _auto.register(VideoSwinConfig, _model, exist_ok=True)
+    _model.register_for_auto_class(_auto.__name__)
 
 __all__ = [
     "SwinImageClassificationPipeline",
@@ -82,6 +91,11 @@ __all__ = [
     "SwinModel",
     "SwinModelOutput",
     "SwinPreTrainedModel",
+    "VIDEO_PRESETS",
+    "VideoSwinConfig",
+    "VideoSwinForVideoClassification",
+    "VideoSwinModel",
+    "VideoSwinPreTrainedModel",
     "adapt_state_dict",
     "convert_checkpoint",
     "convert_state_dict",
