@@ -352,6 +352,14 @@ def test_cli_converts_a_torchvision_file(tmp_path, capsys):
     loaded = AutoModelForVideoClassification.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(video()).logits, model(video()).logits, atol=0, rtol=0)
+    image = image_model()
+    torch.save(to_torchvision(image.state_dict(), image.config), tmp_path / "swin_t.pth")
+    assert cli_main(["convert", "--from", "torchvision", str(tmp_path / "swin_t.pth"), str(tmp_path / "image")]) == 0
+    assert (tmp_path / "image" / "preprocessor_config.json").exists()
+    loaded_image = SwinForImageClassification.from_pretrained(tmp_path / "image").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_image(x).logits, image(x).logits, atol=0, rtol=0)
     torch.save({"features.9.weird": torch.zeros(1)}, tmp_path / "bad.pth")
     assert cli_main(["convert", "--from", "torchvision", str(tmp_path / "bad.pth"), str(tmp_path / "out2")]) == 1
     assert "not a torchvision Swin state dict" in capsys.readouterr().err

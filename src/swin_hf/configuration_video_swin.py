@@ -25,7 +25,7 @@ class VideoPreset(NamedTuple):
 # patch 2x4x4, window 8x7x7, 32 frames of 224x224 sampled every 2nd frame.
 VIDEO_PRESETS: dict[str, VideoPreset] = {
     "video-swin-tiny": VideoPreset(96, (2, 2, 6, 2), (3, 6, 12, 24), 0.1),
-    "video-swin-small": VideoPreset(96, (2, 2, 18, 2), (3, 6, 12, 24), 0.2),
+    "video-swin-small": VideoPreset(96, (2, 2, 18, 2), (3, 6, 12, 24), 0.1),
     "video-swin-base": VideoPreset(128, (2, 2, 18, 2), (4, 8, 16, 32), 0.3),
 }
 
