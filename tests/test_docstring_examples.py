@@ -7,6 +7,7 @@ import pytest
 import swin_hf.configuration_swin
 import swin_hf.configuration_video_swin
 import swin_hf.image_processing_swin
+import swin_hf.image_processing_video_swin
 import swin_hf.modeling_swin
 import swin_hf.modeling_video_swin
 
@@ -15,7 +16,7 @@ import swin_hf.modeling_video_swin
     "module",
     [
         swin_hf.configuration_swin, swin_hf.modeling_swin, swin_hf.image_processing_swin, swin_hf.configuration_video_swin,
-        swin_hf.modeling_video_swin,
+        swin_hf.modeling_video_swin, swin_hf.image_processing_video_swin,
     ],
     ids=lambda m: m.__name__,
 )  # fmt: skip

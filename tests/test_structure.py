@@ -120,7 +120,7 @@ def test_a_saved_folder_carries_only_the_code_its_model_needs(tmp_path, cls, ext
 def test_a_saved_video_folder_carries_only_the_code_its_model_needs(tmp_path, cls):
     config = VideoSwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 4, 4])
     cls(config).save_pretrained(tmp_path)
-    video_code = {"configuration_video_swin.py", "modeling_video_swin.py", "configuration_swin.py", "modeling_swin.py", "fast_paths.py"}
+    video_code = {"configuration_video_swin.py", "modeling_video_swin.py", "image_processing_video_swin.py"} | MODEL_CODE
     assert {p.name for p in tmp_path.glob("*.py")} == video_code
     loaded = cls.from_pretrained(tmp_path)
     with torch.no_grad():

@@ -7,16 +7,20 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForVideoClassification, pipeline
 
 from swin_hf import (
-    SwinConfig, SwinForImageClassification, SwinModel, VideoSwinConfig, VideoSwinForVideoClassification, VideoSwinModel,
+    SwinConfig, SwinForImageClassification, SwinModel, VideoSwinClassificationPipeline, VideoSwinConfig,
+    VideoSwinForVideoClassification, VideoSwinImageProcessor, VideoSwinModel,
 )  # fmt: skip
 from swin_hf.cli import main as cli_main
 from swin_hf.convert import ConversionError
 from swin_hf.convert_torchvision import from_torchvision, to_torchvision, torchvision_kind
+from swin_hf.image_processing_video_swin import sample_frame_indices
 from swin_hf.modeling_swin import relative_position_index
 from swin_hf.modeling_video_swin import shifted_window_mask_3d, video_window_geometry
 
@@ -193,6 +197,7 @@ def test_auto_classes_and_save_load(tmp_path):
 def test_trust_remote_code_loads_without_swin_hf(tmp_path):
     model = tiny()
     model.save_pretrained(tmp_path / "ckpt")
+    VideoSwinImageProcessor.for_image_size(32).save_pretrained(tmp_path / "ckpt")
     x = video()
     with torch.no_grad():
         expected = model(x).logits
@@ -205,6 +210,9 @@ assert importlib.util.find_spec("swin_hf") is None
 from transformers import AutoModelForVideoClassification
 model = AutoModelForVideoClassification.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
 assert "swin_hf" not in type(model).__module__, type(model).__module__
+from transformers import AutoImageProcessor
+processor = AutoImageProcessor.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+assert type(processor).__name__ == "VideoSwinImageProcessor" and "swin_hf" not in type(processor).__module__
 with torch.no_grad():
     torch.save(model(torch.load({str(tmp_path / "x.pt")!r})).logits, {str(tmp_path / "out.pt")!r})
 """
@@ -363,3 +371,47 @@ def test_cli_converts_a_torchvision_file(tmp_path, capsys):
     torch.save({"features.9.weird": torch.zeros(1)}, tmp_path / "bad.pth")
     assert cli_main(["convert", "--from", "torchvision", str(tmp_path / "bad.pth"), str(tmp_path / "out2")]) == 1
     assert "not a torchvision Swin state dict" in capsys.readouterr().err
+
+
+# ---- video processor and pipeline ------------------------------------------------------------------------
+
+
+def test_frame_sampling_centres_a_clip_or_spreads_over_a_short_video():
+    assert sample_frame_indices(100, 4, 2).tolist() == [46, 48, 50, 52]
+    assert sample_frame_indices(8, 8).tolist() == list(range(8))
+    assert sample_frame_indices(3, 5).tolist() == [0, 0, 1, 2, 2]
+    with pytest.raises(ValueError, match="0 frames"):
+        sample_frame_indices(0, 4)
+
+
+def test_video_processor_gives_the_models_layout():
+    processor = VideoSwinImageProcessor.for_image_size(32)
+    frames = [Image.new("RGB", (48, 40), (i * 20, 0, 0)) for i in range(10)]
+    pixels = processor(frames, num_frames=4, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 4, 3, 32, 32)
+    one = processor([frames[3]], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels[0, 0], one[0, 0])  # frame 3 is the first of the centred clip (3, 4, 5, 6)
+    batch = processor([frames, frames[:6]], num_frames=4, return_tensors="pt")["pixel_values"]
+    assert batch.shape == (2, 4, 3, 32, 32)
+    array = np.stack([np.asarray(f) for f in frames])  # (T, H, W, C)
+    torch.testing.assert_close(processor(array, num_frames=4, return_tensors="pt")["pixel_values"], pixels)
+    with pytest.raises(ValueError, match="num_frames"):
+        processor([frames, frames[:6]])
+
+
+def test_pipeline_classifies_a_list_of_frames(tmp_path):
+    model = tiny(num_frames=8, image_size=32, id2label={0: "left", 1: "right", 2: "still"}, label2id={"left": 0, "right": 1, "still": 2})
+    model.save_pretrained(tmp_path)
+    VideoSwinImageProcessor.for_image_size(32).save_pretrained(tmp_path)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is VideoSwinImageProcessor
+    classifier = pipeline("video-classification", model=str(tmp_path), pipeline_class=VideoSwinClassificationPipeline)
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(20)]
+    result = classifier(frames, top_k=3)
+    pixels = VideoSwinImageProcessor.for_image_size(32)(frames, num_frames=8, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = model(pixels).logits.softmax(-1)[0]
+    assert [r["label"] for r in result] == [model.config.id2label[i] for i in probs.argsort(descending=True).tolist()]
+    assert result[0]["score"] == pytest.approx(probs.max().item(), abs=1e-5)
+    assert classifier(np.stack([np.asarray(f) for f in frames]), top_k=1) == result[:1]
+    assert len(classifier([frames, frames[:5]], top_k=1)) == 2

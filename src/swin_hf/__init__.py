@@ -23,6 +23,7 @@ from .export import export_onnx, run_onnx
 from .fast_paths import FastPaths
 from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
+from .image_processing_video_swin import VideoSwinImageProcessor
 from .inference import optimize_for_inference
 from .model_card import write_model_cards
 from .modeling_swin import (
@@ -34,7 +35,7 @@ from .modeling_swin import (
     SwinPreTrainedModel,
 )
 from .modeling_video_swin import VideoSwinForVideoClassification, VideoSwinModel, VideoSwinPreTrainedModel
-from .pipeline import SwinImageClassificationPipeline
+from .pipeline import SwinImageClassificationPipeline, VideoSwinClassificationPipeline
 from .modeling_simmim import (
     SimMIMMaskGenerator,
     SwinForMaskedImageModeling,
@@ -56,6 +57,7 @@ AutoConfig.register(SwinConfig.model_type, SwinConfig, exist_ok=True)
 logging.disable(logging.WARNING)
 try:
     AutoImageProcessor.register(SwinConfig, slow_image_processor_class=SwinImageProcessor, exist_ok=True)
+    AutoImageProcessor.register(VideoSwinConfig, slow_image_processor_class=VideoSwinImageProcessor, exist_ok=True)
 finally:
     logging.disable(logging.NOTSET)
 SwinConfig.register_for_auto_class("AutoConfig")
@@ -92,8 +94,10 @@ __all__ = [
     "SwinModelOutput",
     "SwinPreTrainedModel",
     "VIDEO_PRESETS",
+    "VideoSwinClassificationPipeline",
     "VideoSwinConfig",
     "VideoSwinForVideoClassification",
+    "VideoSwinImageProcessor",
     "VideoSwinModel",
     "VideoSwinPreTrainedModel",
     "adapt_state_dict",

@@ -34,6 +34,7 @@ VIDEO_AUTO_MAP = {
     "AutoConfig": "configuration_video_swin.VideoSwinConfig",
     "AutoModel": "modeling_video_swin.VideoSwinModel",
     "AutoModelForVideoClassification": "modeling_video_swin.VideoSwinForVideoClassification",
+    "AutoImageProcessor": "image_processing_video_swin.VideoSwinImageProcessor",
 }
 
 

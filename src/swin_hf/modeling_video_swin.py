@@ -255,9 +255,13 @@ class VideoSwinPreTrainedModel(SwinPreTrainedModel):
             super()._init_weights(module)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
-        """save_pretrained (transformers copies the code files the auto_map names and what they import)."""
+        """save_pretrained (transformers copies the model's code files), plus the video processor's code (every
+        auto_map entry loads without swin_hf)."""
         PreTrainedModel.save_pretrained(self, save_directory, *args, **kwargs)
         folder = Path(save_directory)
+        for name in ("image_processing_video_swin.py", "image_processing_swin.py"):
+            if Path(__file__).with_name(name).exists():
+                shutil.copy(Path(__file__).with_name(name), folder / name)
         for weights in folder.glob("*.safetensors"):  # safetensors writes them 0600: the other files' mode
             weights.chmod((folder / "config.json").stat().st_mode & 0o777)
 
