@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForVideoClassification, pipeline
 
 from swin_hf import (
-    SwinConfig, SwinForImageClassification, SwinModel, VideoSwinClassificationPipeline, VideoSwinConfig,
+    SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel, VideoSwinClassificationPipeline, VideoSwinConfig,
     VideoSwinForVideoClassification, VideoSwinImageProcessor, VideoSwinModel,
 )  # fmt: skip
 from swin_hf.cli import main as cli_main
@@ -262,6 +262,10 @@ def test_inflation_from_a_saved_encoder_and_a_new_head(tmp_path):
     torch.testing.assert_close(inflated.swin.norm.weight, image.swin.norm.weight)
     kernel = inflated.swin.embeddings.proj.weight
     torch.testing.assert_close(kernel.sum(2), image.swin.embeddings.proj.weight)
+    simmim = SwinForMaskedImageModeling(SwinConfig(**{**image.config.to_diff_dict(), "encoder_stride": 8}))
+    simmim.swin.load_state_dict(image.swin.state_dict(), strict=False)  # (its mask token stays its own)
+    from_simmim = VideoSwinForVideoClassification.from_image_model(simmim, num_frames=8)
+    torch.testing.assert_close(from_simmim.swin.embeddings.proj.weight, kernel)
     with pytest.raises(ValueError, match="V1"):
         VideoSwinForVideoClassification.from_image_model(SwinModel(SwinConfig(embed_dim=16, depths=[1], num_heads=[1], version=2)))
 
@@ -415,3 +419,21 @@ def test_pipeline_classifies_a_list_of_frames(tmp_path):
     assert result[0]["score"] == pytest.approx(probs.max().item(), abs=1e-5)
     assert classifier(np.stack([np.asarray(f) for f in frames]), top_k=1) == result[:1]
     assert len(classifier([frames, frames[:5]], top_k=1)) == 2
+
+
+def test_swins_speed_paths_keep_the_video_models_numbers():
+    """The speed paths the video model inherits from Swin's modules (oneDNN products, MLP token tiles, skipped
+    dropped branches) give the plain model's logits and gradients."""
+    from swin_hf import FastPaths, fast_paths
+
+    onednn = fast_paths._TOKEN_LINEAR is not None  # x86 CPUs with oneDNN
+    results = []
+    for paths in (FastPaths.plain(), FastPaths(onednn_products=onednn, onednn_min_macs=0, mlp_tile_tokens=100, skip_dropped_branches=True)):
+        model = tiny(drop_path_rate=0.5).train()
+        model.set_fast_paths(paths)
+        torch.manual_seed(5)
+        loss = model(video(4), labels=torch.tensor([0, 1, 2, 0])).loss
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
