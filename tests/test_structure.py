@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from swin_hf import SwinBackbone, SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel
+from swin_hf import (
+    SwinBackbone, SwinConfig, SwinForImageClassification, SwinForMaskedImageModeling, SwinModel, VideoSwinConfig,
+    VideoSwinForVideoClassification, VideoSwinModel,
+)  # fmt: skip
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "swin_hf"
 TINY = dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, image_size=32, encoder_stride=8)
@@ -81,6 +84,15 @@ def test_the_model_file_is_the_paper():
         assert machinery not in source, machinery
 
 
+def test_the_video_model_file_is_the_paper_on_swins_pieces():
+    source = (PACKAGE / "modeling_video_swin.py").read_text()
+    assert len(source.splitlines()) <= 500
+    for machinery in ("torch.ops", "autograd.Function", "custom_op", "WeakIdKeyDictionary", "fast_paths"):
+        assert machinery not in source, machinery
+    for shared in ("WindowAttention", "SwinBlock", "PatchMerging", "relative_position_index", "classification_loss"):
+        assert f"{shared}" in source.split("# ---- 1.")[0], f"{shared} should come from modeling_swin.py"
+
+
 MODEL_CODE = {"configuration_swin.py", "modeling_swin.py", "fast_paths.py", "image_processing_swin.py"}
 
 
@@ -102,6 +114,17 @@ def test_a_saved_folder_carries_only_the_code_its_model_needs(tmp_path, cls, ext
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert type(loaded) is cls and loaded(x) is not None
+
+
+@pytest.mark.parametrize("cls", [VideoSwinForVideoClassification, VideoSwinModel], ids=lambda v: v.__name__)
+def test_a_saved_video_folder_carries_only_the_code_its_model_needs(tmp_path, cls):
+    config = VideoSwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 4, 4])
+    cls(config).save_pretrained(tmp_path)
+    video_code = {"configuration_video_swin.py", "modeling_video_swin.py", "image_processing_video_swin.py"} | MODEL_CODE
+    assert {p.name for p in tmp_path.glob("*.py")} == video_code
+    loaded = cls.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert type(loaded) is cls and loaded(torch.randn(1, 4, 3, 16, 16)) is not None
 
 
 def test_the_weights_of_a_saved_folder_have_the_mode_of_its_other_files(tmp_path):

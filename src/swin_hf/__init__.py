@@ -12,15 +12,18 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
+    AutoModelForVideoClassification,
 )
 
 from .configuration_swin import PRESETS, SwinConfig
+from .configuration_video_swin import VIDEO_PRESETS, VideoSwinConfig
 from .convert import ConversionError, convert_state_dict, infer_config, prepare_pretrained
 from .convert_checkpoint import CheckpointError, convert_checkpoint, read_checkpoint
 from .export import export_onnx, run_onnx
 from .fast_paths import FastPaths
 from .flops import measure_cost
 from .image_processing_swin import SwinImageProcessor
+from .image_processing_video_swin import VideoSwinImageProcessor
 from .inference import optimize_for_inference
 from .model_card import write_model_cards
 from .modeling_swin import (
@@ -31,7 +34,8 @@ from .modeling_swin import (
     SwinModelOutput,
     SwinPreTrainedModel,
 )
-from .pipeline import SwinImageClassificationPipeline
+from .modeling_video_swin import VideoSwinForVideoClassification, VideoSwinModel, VideoSwinPreTrainedModel
+from .pipeline import SwinImageClassificationPipeline, VideoSwinClassificationPipeline
 from .modeling_simmim import (
     SimMIMMaskGenerator,
     SwinForMaskedImageModeling,
@@ -53,6 +57,7 @@ AutoConfig.register(SwinConfig.model_type, SwinConfig, exist_ok=True)
 logging.disable(logging.WARNING)
 try:
     AutoImageProcessor.register(SwinConfig, slow_image_processor_class=SwinImageProcessor, exist_ok=True)
+    AutoImageProcessor.register(VideoSwinConfig, slow_image_processor_class=VideoSwinImageProcessor, exist_ok=True)
 finally:
     logging.disable(logging.NOTSET)
 SwinConfig.register_for_auto_class("AutoConfig")
@@ -63,6 +68,12 @@ for _auto, _model in (
     (AutoModelForMaskedImageModeling, SwinForMaskedImageModeling),
 ):
     _auto.register(SwinConfig, _model, exist_ok=True)
+    _model.register_for_auto_class(_auto.__name__)
+# Video Swin: its own config and model type, registered the same way
+AutoConfig.register(VideoSwinConfig.model_type, VideoSwinConfig, exist_ok=True)
+VideoSwinConfig.register_for_auto_class("AutoConfig")
+for _auto, _model in ((AutoModel, VideoSwinModel), (AutoModelForVideoClassification, VideoSwinForVideoClassification)):
+    _auto.register(VideoSwinConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
 
 __all__ = [
@@ -82,6 +93,13 @@ __all__ = [
     "SwinModel",
     "SwinModelOutput",
     "SwinPreTrainedModel",
+    "VIDEO_PRESETS",
+    "VideoSwinClassificationPipeline",
+    "VideoSwinConfig",
+    "VideoSwinForVideoClassification",
+    "VideoSwinImageProcessor",
+    "VideoSwinModel",
+    "VideoSwinPreTrainedModel",
     "adapt_state_dict",
     "convert_checkpoint",
     "convert_state_dict",

@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         "folder, or a Hub id) into OUT_DIR: safetensors weights, config, image processor and model card. "
         "OUT_DIR is written only if the conversion succeeds.",
     )
-    convert.add_argument("--from", dest="source", choices=SOURCES, required=True, help="layout of the source weights")
+    convert.add_argument(
+        "--from", dest="source", choices=(*SOURCES, "torchvision"), required=True,
+        help="layout of the source weights (torchvision: a swin_t/s/b, swin_v2_t/s/b or swin3d_t/s/b state-dict file)",
+    )  # fmt: skip
     convert.add_argument("src", metavar="SRC", help="checkpoint file, folder, or Hub id (org/name)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")
     target = convert.add_mutually_exclusive_group()

@@ -171,6 +171,8 @@ def convert_checkpoint(
     """
     from .resize import adapt_state_dict
 
+    if source == "torchvision":
+        return _convert_torchvision(src, Path(out_dir), overwrite, preset, config_file)
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; expected one of {', '.join(SOURCES)}.")
     if preset is not None and config_file is not None:
@@ -242,6 +244,49 @@ def convert_checkpoint(
         what = "nothing resized: V2's position bias takes any window" if config.version == 2 else "resized"
         notes.append(f"window {base.window_size} -> {config.window_size}, image {base.image_size} -> {config.image_size}; {what}")
     return ConversionResult(out_dir, config, type(model).__name__, resized, notes)
+
+
+# torchvision's resize before its centre crop, per model: (version, embed_dim, stage-3 depth) -> shorter side
+_TORCHVISION_RESIZE = {(1, 96, 6): 232, (1, 96, 18): 246, (1, 128, 18): 238, (2, 96, 6): 260, (2, 96, 18): 260, (2, 128, 18): 272}
+
+
+def _convert_torchvision(src: str, out_dir: Path, overwrite: bool, preset, config_file) -> ConversionResult:
+    """A torchvision state dict file (swin_t/s/b, swin_v2_t/s/b, swin3d_t/s/b) as a swin_hf folder; the config is
+    inferred from the weights (convert_torchvision.from_torchvision)."""
+    from .convert_torchvision import from_torchvision
+    from .image_processing_swin import SwinImageProcessor
+    from .modeling_video_swin import VideoSwinForVideoClassification
+
+    if preset is not None or config_file is not None:
+        raise ValueError("--from torchvision infers the config from the weights; leave out --preset and --config.")
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConversionError(f"{out_dir} already exists and is not empty; choose a new folder or pass --overwrite.")
+    path = Path(src)
+    if not path.is_file():
+        raise CheckpointError(f"{src}: no such file; --from torchvision reads a state-dict file such as swin3d_t-7615ae03.pth.")
+    try:
+        config, state_dict = from_torchvision(read_checkpoint(path))
+    except ConversionError as error:
+        raise ConversionError(f"{path}: {error}") from error
+    video = not isinstance(config, SwinConfig)
+    model = _build_model(config, state_dict) if not video else VideoSwinForVideoClassification(config)
+    if video:
+        model.load_state_dict(state_dict, strict="classifier.weight" in state_dict)
+    processor = None
+    if not video:  # torchvision's evaluation transforms: bicubic resize of the shorter side, centre crop, ImageNet mean/std
+        crop = config.image_size
+        resize = _TORCHVISION_RESIZE.get((config.version, config.embed_dim, config.depths[2] if len(config.depths) > 2 else 0), round(crop / 0.875))
+        processor = SwinImageProcessor(
+            size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop}, do_center_crop=True, resample=3
+        )  # fmt: skip
+
+    def write(folder: Path) -> None:
+        model.eval().save_pretrained(folder, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(folder)
+
+    _write_atomically(out_dir, write, overwrite)
+    return ConversionResult(out_dir, config, type(model).__name__, False, [])
 
 
 def read_config_file(path: str | os.PathLike) -> SwinConfig:

@@ -77,7 +77,7 @@ def window_geometry(height: int, width: int, window_size: int, always_partition:
     return window_size, window_size // 2
 
 
-def _cached_geometry(build):
+def cached_geometry(build):
     """Cache a tensor builder per (sizes, device), outside inference mode (a mask made under it can serve a
     training step later). Under torch.compile / export the builder is traced instead."""
     cached = functools.lru_cache(maxsize=128)(build)
@@ -93,18 +93,19 @@ def _cached_geometry(build):
     return get
 
 
-@_cached_geometry
-def relative_position_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
-    """Index into the (2M-1)^2 bias table for every (query, key) pair of a window: (N, N), N = window^2.
-    The table is learned for windows of side M = table_window; a smaller window (a feature map smaller
-    than M) reads the centre of the table: exactly the offsets that occur."""
-    r = torch.arange(window, device=device)
-    coords = torch.stack(torch.meshgrid(r, r, indexing="ij")).flatten(1)  # (2, N)
-    offset = coords[:, :, None] - coords[:, None, :] + (table_window - 1)  # (2, N, N), each in [0, 2M-2]
-    return offset[0] * (2 * table_window - 1) + offset[1]  # (N, N)
+@cached_geometry
+def relative_position_index(window, table_window, device: torch.device) -> torch.Tensor:
+    """Index into the (2M-1)^2 bias table for every (query, key) pair of a window: (N, N), N = window^2. The table is learned for windows of
+    side M = table_window; a smaller window reads its centre: exactly the offsets that occur. Also per axis: Video Swin's (T, M, M)."""
+    window, table_window = ((s, s) if isinstance(s, int) else s for s in (window, table_window))
+    coords = torch.stack(torch.meshgrid(*(torch.arange(w, device=device) for w in window), indexing="ij")).flatten(1)
+    index = 0  # row-major over the axes' offsets, each in [0, 2M_i - 2]: (N, N)
+    for offset, M in zip(coords[:, :, None] - coords[:, None, :], table_window):  # offset: (N, N) on one axis
+        index = index * (2 * M - 1) + offset + (M - 1)
+    return index
 
 
-@_cached_geometry
+@cached_geometry
 def log_spaced_offsets(window: int, normaliser: int, device: torch.device) -> torch.Tensor:
     """Swin V2's continuous-bias inputs: each offset (dy, dx) of a window, over normaliser - 1 (the pre-training
     window), scaled to [-8, 8], mapped by sign(t) log2(1 + |t|) / log2(8): (2w-1, 2w-1, 2), as V1's table."""
@@ -114,7 +115,7 @@ def log_spaced_offsets(window: int, normaliser: int, device: torch.device) -> to
     return torch.sign(t) * torch.log2(t.abs() + 1.0) / math.log2(8.0)
 
 
-@_cached_geometry
+@cached_geometry
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """Additive SW-MSA mask, (nW, N, N): 0 within a region, MASKED_LOGIT across regions. After the cyclic
     shift, the last row/column band of windows holds tokens from up to three regions per axis that were not
@@ -794,7 +795,6 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=out.attentions)
 
 
-__all__ = [
-    "SwinPreTrainedModel", "SwinModel", "SwinForImageClassification", "SwinBackbone", "SwinModelOutput", "SwinBlock",
-    "SwinImageClassifierOutput", "log_spaced_offsets", "relative_position_index", "shifted_window_mask", "window_geometry",
-]  # fmt: skip
+__all__ = ["MASKED_LOGIT", "PatchMerging", "SwinBackbone", "SwinBlock", "SwinForImageClassification", "SwinImageClassifierOutput", "SwinModel",
+    "SwinModelOutput", "SwinPreTrainedModel", "WindowAttention", "cached_geometry", "classification_loss", "log_spaced_offsets",
+    "relative_position_index", "shifted_window_mask", "window_geometry"]  # fmt: skip
