@@ -95,8 +95,8 @@ def cached_geometry(build):
 
 @cached_geometry
 def relative_position_index(window, table_window, device: torch.device) -> torch.Tensor:
-    """Index into the (2M-1)^2 bias table for every (query, key) pair of a window: (N, N), N = window^2. The table is learned for windows of
-    side M = table_window; a smaller window reads its centre: exactly the offsets that occur. Also per axis: Video Swin's (T, M, M)."""
+    """Index into the (2M-1)^2 bias table (M = table_window) of every (query, key) pair of a window: (N, N). A
+    smaller window reads its centre: exactly the offsets that occur. Sides per axis too: Video Swin's (T, M, M)."""
     window, table_window = ((s, s) if isinstance(s, int) else s for s in (window, table_window))
     coords = torch.stack(torch.meshgrid(*(torch.arange(w, device=device) for w in window), indexing="ij")).flatten(1)
     index = 0  # row-major over the axes' offsets, each in [0, 2M_i - 2]: (N, N)
@@ -795,6 +795,6 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=out.attentions)
 
 
-__all__ = ["MASKED_LOGIT", "PatchMerging", "SwinBackbone", "SwinBlock", "SwinForImageClassification", "SwinImageClassifierOutput", "SwinModel",
-    "SwinModelOutput", "SwinPreTrainedModel", "WindowAttention", "cached_geometry", "classification_loss", "log_spaced_offsets",
-    "relative_position_index", "shifted_window_mask", "window_geometry"]  # fmt: skip
+__all__ = ["MASKED_LOGIT", "PatchMerging", "SwinBackbone", "SwinBlock", "SwinForImageClassification", "SwinModel",
+           "SwinImageClassifierOutput", "SwinModelOutput", "SwinPreTrainedModel", "WindowAttention", "cached_geometry",
+           "classification_loss", "log_spaced_offsets", "relative_position_index", "shifted_window_mask", "window_geometry"]
