@@ -35,6 +35,7 @@ from ..training.loop import Run, run_lines
 from ..training.settings import (
     RecipeSettings,
     below_one,
+    checked,
     dataset_option,
     nonnegative_float,
     nonnegative_int,
@@ -59,6 +60,7 @@ BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], 
 RUN_FIXED = ("task", "model", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers", "class_names")
 NOT_RECORDED = ("num_pictures", "picture_threshold")
 TARGET_MAP50, TARGET_MINUTES = 0.5, 10.0
+multiple_of_32 = checked(int, lambda v: v > 0 and v % 32 == 0, "a positive multiple of 32")
 zoom_range = pair(float, "'lo,hi' with 0 < lo <= hi", lambda lo, hi: 0 < lo <= hi)
 
 
@@ -79,13 +81,13 @@ class InstanceSettings(RecipeSettings):
     model: str = option("builtin", "'builtin' (small Swin from scratch), a swin_hf preset (from scratch), or a swin_hf "
                         "checkpoint whose encoder is loaded (classification, SimMIM, backbone, converted)", text, group="model")
     image_size: int = option(128, "every image is resized to this square size", positive_int, group="model")
-    hidden_size: int = option(64, "width of Mask2Former's pixel decoder and transformer decoder (paper: 256)",
-                              positive_int, group="model")
+    hidden_size: int = option(64, "width of Mask2Former's pixel decoder and transformer decoder (paper: 256; a multiple "
+                              "of 32, the groups of its GroupNorm)", multiple_of_32, group="model")
     num_queries: int = option(10, "object queries: the most objects found per image (paper: 100)", positive_int,
                               group="model")
     encoder_layers: int = option(1, "deformable encoder layers of the pixel decoder (paper: 6)", positive_int, group="model")
     decoder_layers: int = option(3, "transformer decoder layers (paper: 9, plus one)", positive_int, group="model")
-    train_num_points: int = option(1024, "points sampled per mask in the loss (paper: 12544)", positive_int, group="model")
+    train_num_points: int = option(256, "points sampled per mask in the loss (paper: 12544)", positive_int, group="model")
     drop_path: float = option(0.1, "stochastic depth of the backbone", below_one, group="model")
     epochs: int = option(6, "training epochs", positive_int, group="optimisation")
     batch_size: int = option(16, "images per process per micro-batch", positive_int, group="optimisation")
