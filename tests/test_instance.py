@@ -23,8 +23,6 @@ from swin_hf.segmentation.instance_data import (
     InstanceDataset,
     MaskAugment,
     check_instances,
-    collate,
-    instance_features,
     load_instance_splits,
     mask_to_rle,
     object_masks,
@@ -167,7 +165,7 @@ def test_coco_polygon_and_rle_input_read_to_the_same_masks(tmp_path):
     b, labels = validation.truth(0, 40, 60)
     assert a.shape == (1, 40, 60) and b.shape == (2, 40, 60) and labels == [0, 0]
     assert np.array_equal(a[0], square) and np.array_equal(b[0], square) and np.array_equal(b[1], square)
-    pixels, masks, item_labels, _, size, _ = train[0]
+    pixels, masks, _, _, size, _ = train[0]
     assert pixels.shape == (3, 40, 40) and masks.shape == (1, 40, 40) and size == (40, 60)
 
 
@@ -339,3 +337,25 @@ def test_offline_default_reaches_the_target(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mask_map50"] >= 0.5, metrics["mask_map50"]
     assert metrics["train_time_s"] < 600, metrics["train_time_s"]
+
+
+def test_a_saved_datasetdict_reads_as_the_builtin_set_does(tmp_path):
+    splits, id2label = pasted_instances_dataset(num_train=3, num_validation=2, size=48)
+    splits.save_to_disk(str(tmp_path / "saved"))
+    loaded, names = load_instance_splits(str(tmp_path / "saved"))
+    assert names is None  # the class names come from the category ClassLabel
+    data = prepare_instances(loaded)
+    assert data.id2label == id2label and len(data.train) == 3 and len(data.validation) == 2
+    a, b = InstanceDataset(prepare_instances(splits, id2label).train, 48), InstanceDataset(data.train, 48)
+    for i in range(3):
+        assert np.array_equal(a.truth(i, 48, 48)[0], b.truth(i, 48, 48)[0])
+
+
+@pytest.mark.parametrize("name", ["instance", "instance_data", "instance_evaluate"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"swin_hf.segmentation.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
