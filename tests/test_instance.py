@@ -330,6 +330,25 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, tiny_encoder):
 
 
 @pytest.mark.slow
+def test_two_process_ddp_with_fabric_run(tmp_path, tiny_encoder):
+    import shutil
+    import subprocess
+
+    fabric = shutil.which("fabric")
+    if fabric is None:  # lightning installs the `fabric` command; a broken install is a failure
+        pytest.fail("the `fabric` command of lightning is not on PATH")
+    out = tmp_path / "ddp"
+    command = [fabric, "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", str(SCRIPT),
+               *tiny_run(tiny_encoder)[:-len(CPU)], "--max-steps", "2", "--num-pictures", "1",
+               "--output-dir", str(out)]
+    result = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 and 0.0 <= metrics["mask_map50"] <= 1.0
+    assert result.stdout.count("validation mask mAP") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
 def test_offline_default_reaches_the_target(tmp_path):
     """`python recipes/segment.py --task instance` as it is: mask mAP50 >= 0.5 in under 10 minutes of training."""
     out = tmp_path / "default"
