@@ -1,7 +1,8 @@
-"""Semantic segmentation: UperNet on a Swin backbone, fine-tuned on any `datasets` segmentation set.
+"""Segmentation: UperNet (semantic, the default) or Mask2Former (--task instance) on a Swin backbone, fine-tuned on any `datasets` set.
 
     python recipes/segment.py                                   # built-in texture-collage set, offline: mIoU 0.84 in ~1 min CPU
     python recipes/segment.py --model outputs/swin-simmim       # start from a pre-trained encoder
+    python recipes/segment.py --task instance                   # Mask2Former instance masks, built-in pasted-objects set
     lightning run --accelerator cpu --devices 2 recipes/segment.py
     accelerate launch recipes/segment.py --dataset <hub id or saved DatasetDict> --num-labels 150 --reduce-labels
     torchrun --nproc-per-node 2 recipes/segment.py ...

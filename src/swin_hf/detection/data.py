@@ -134,14 +134,17 @@ def _object(rng: np.random.Generator, name: str, cutouts: list[Image.Image], siz
 
 def pasted_objects_scene(
     rng: np.random.Generator, size: int, objects: dict[str, list[Image.Image]], backgrounds: list[Image.Image],
-    max_objects: int = 3,
-) -> tuple[Image.Image, list[list[float]], list[int]]:
-    """One image of the built-in set: (RGB image, COCO boxes [x, y, w, h] in pixels, class indices).
+    max_objects: int = 3, with_masks: bool = False,
+) -> tuple:
+    """One image of the built-in set: (RGB image, COCO boxes [x, y, w, h] in pixels, class indices), and with
+    `with_masks` each object's exact mask too, (size, size) bool arrays of its pasted pixels with alpha >=
+    ALPHA_THRESHOLD (the pixels its box bounds). The same draws either way: masks change nothing else.
 
     Objects never overlap (a placement that would is drawn again, up to 20 times, then left out)."""
     image = _background(rng, backgrounds, size)
     boxes: list[list[float]] = []
     categories: list[int] = []
+    masks: list[np.ndarray] = []
     taken: list[tuple[int, int, int, int]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         label = int(rng.integers(len(BUILTIN_CLASSES)))
@@ -157,8 +160,12 @@ def pasted_objects_scene(
                 taken.append(box)
                 boxes.append([float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])])
                 categories.append(label)
+                if with_masks:
+                    mask = np.zeros((size, size), dtype=bool)
+                    mask[top:top + cut.height, left:left + cut.width] = np.asarray(cut.getchannel("A")) >= ALPHA_THRESHOLD
+                    masks.append(mask)
                 break
-    return image, boxes, categories
+    return (image, boxes, categories, masks) if with_masks else (image, boxes, categories)
 
 
 def detection_features(class_names):
@@ -238,13 +245,17 @@ def _image_folder(root: str, stem: str, first_file: str) -> str:
     )
 
 
-def coco_folder_dataset(root: str):
+def coco_folder_dataset(root: str, features=None):
     """A COCO-JSON folder (``annotations/<split>.json`` + images) as a `datasets.DatasetDict` in the Hub's
     detection convention, and its id2label. COCO's category ids (any integers, with gaps) become the indices
     0..K-1 in id order, named by the categories' `name`; every split must list the same categories. Crowd
     annotations (``iscrowd: 1``, regions of many objects) are left out, as DETR's training does, and counted
     in the log; images without annotations are kept (objects: none). Every `file_name` must lead inside
     `root` (training.data.path_inside: no '..', absolute paths or symlinks out of it).
+
+    `features(class_names)`: the `datasets.Features` to build (default `detection_features`); when its
+    objects have a ``segmentation`` field, each annotation's COCO `segmentation` (polygons or RLE) is kept
+    there as JSON text (the instance-segmentation convention, swin_hf.segmentation.instance_data).
 
     Example:
         >>> import json, os, tempfile
@@ -281,7 +292,10 @@ def coco_folder_dataset(root: str):
             raise DataError(f"{path} lists other categories than {files[0]}; every split must use the same list.")
         categories = found
         index = {cid: i for i, (cid, _) in enumerate(found)}
-        per_image: dict[int, dict] = {int(image["id"]): {"bbox": [], "category": []} for image in images}
+        features_of = features or detection_features
+        with_segmentation = "segmentation" in _object_fields(features_of([name for _, name in found]))
+        fields = ("bbox", "category", "segmentation") if with_segmentation else ("bbox", "category")
+        per_image: dict[int, dict] = {int(image["id"]): {k: [] for k in fields} for image in images}
         crowd = 0
         for annotation in annotations:
             if annotation.get("iscrowd", 0):
@@ -298,6 +312,8 @@ def coco_folder_dataset(root: str):
                                 "is not in 'images'.")
             objects["bbox"].append([float(v) for v in annotation["bbox"]])
             objects["category"].append(index[int(annotation["category_id"])])
+            if with_segmentation:
+                objects["segmentation"].append(json.dumps(annotation.get("segmentation")))
         if crowd:
             logger.info("%s: %d crowd annotation(s) (iscrowd=1) left out of training targets", path, crowd)
         if not images:
@@ -309,9 +325,16 @@ def coco_folder_dataset(root: str):
         splits[_split_name(stem)] = datasets.Dataset.from_dict(
             {"image": files,
              "objects": [per_image[int(image["id"])] for image in images]},
-            features=detection_features(names),
+            features=(features or detection_features)(names),
         )
     return datasets.DatasetDict(splits), {i: name for i, (_, name) in enumerate(categories)}
+
+
+def _object_fields(features) -> list[str]:
+    """The field names of the objects column of `features` (a Sequence of a dict, or a dict of lists)."""
+    objects = features["objects"]
+    objects = getattr(objects, "feature", objects)
+    return list(objects) if isinstance(objects, dict) else []
 
 
 def load_detection_splits(dataset: str, dataset_config: str | None = None, max_train: int | None = None,
@@ -416,7 +439,7 @@ class BoxStats:
         return "; ".join(parts)
 
 
-def _size_from_header(value) -> tuple[int, int] | None:
+def stored_image_size(value) -> tuple[int, int] | None:
     """(width, height) of a stored image as it will be decoded (EXIF rotations swap them), reading the
     header only; None when the file cannot be opened."""
     import io
@@ -484,7 +507,7 @@ def check_split(split, split_name: str, num_labels: int, image_column: str, obje
     if "width" in columns and "height" in columns:
         sizes = list(zip(split["width"], split["height"]))
     else:
-        sizes = [_size_from_header(v) for v in split.cast_column(image_column, datasets.Image(decode=False))[image_column]]
+        sizes = [stored_image_size(v) for v in split.cast_column(image_column, datasets.Image(decode=False))[image_column]]
     stats = BoxStats(images=len(split))
     corners, corner_sizes = [], []
     for row, (entry, size) in enumerate(zip(objects, sizes)):
@@ -838,6 +861,7 @@ __all__ = [
     "id2label_of",
     "is_coco_folder",
     "load_detection_splits",
+    "stored_image_size",
     "prepare_detection",
     "prepare_detection_stream",
     "to_detr_labels",

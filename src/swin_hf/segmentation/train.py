@@ -40,6 +40,7 @@ from ..training.settings import (
     below_one,
     nonnegative_float,
     nonnegative_int,
+    one_of,
     option,
     pair,
     positive_float,
@@ -117,6 +118,8 @@ def pixel_counts(split, label_column: str = "annotation", num_labels: int | None
 class SegmentSettings(RecipeSettings):
     """segment.py's settings: the shared ones, with segmentation's data, model and defaults."""
 
+    task: str = option("semantic", "semantic (UperNet, per-pixel classes) or instance (Mask2Former, a mask per object; "
+                       "see --task instance --help)", one_of("semantic", "instance"))
     dataset: str = dataset_option(BUILTIN)
     image_column: str = option("image", "image column", text, group="data")
     label_column: str = option("annotation", "label-map column (an image of class indices)", text, group="data")
@@ -326,9 +329,38 @@ DESCRIPTION = ("Semantic segmentation with UperNet on a Swin backbone (any `data
                "arguments, a small Swin trains on the built-in texture-collage set (offline).")
 
 
+def chosen_task(argv: list[str] | None) -> str | None:
+    """The --task of a command line (else the `task` of its --config file; None: not given). Read before the
+    settings, since the task picks them (instance segmentation has its own: segmentation.instance_train)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--task")
+    parser.add_argument("--config")
+    known, _ = parser.parse_known_args(argv)
+    if known.task is None and known.config and os.path.isfile(known.config):
+        try:
+            with open(known.config, encoding="utf-8") as f:
+                if known.config.endswith((".yaml", ".yml")):
+                    import yaml
+
+                    values = yaml.safe_load(f)
+                else:
+                    values = json.load(f)
+            return values.get("task") if isinstance(values, dict) else None
+        except Exception:  # (a bad file is named by the settings parser)
+            return None
+    return known.task
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..training.cli import launch
 
+    if chosen_task(argv) == "instance":
+        from .instance_train import DESCRIPTION as INSTANCE_DESCRIPTION
+        from .instance_train import InstanceSettings, InstanceTask
+
+        return launch(InstanceTask, InstanceSettings, argv, "segment.py", INSTANCE_DESCRIPTION)
     return launch(SegmentTask, SegmentSettings, argv, "segment.py", DESCRIPTION)
 
 
@@ -339,6 +371,7 @@ __all__ = [
     "SegmentSettings",
     "SegmentTask",
     "build_model",
+    "chosen_task",
     "image_processor_for",
     "load_data",
     "main",

@@ -156,6 +156,13 @@ CARD_TASKS = {
                'detector("image.png")  # boxes, labels and scores'],
         figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "pictures/validation_000.png")],
     ),
+    "instance-segmentation": dict(
+        pipeline="image-segmentation", title="Instance Segmentation", metric=("mask_map", "mAP", "mask mAP (IoU 0.50:0.95)"),
+        what="backbone in a transformers Mask2Former instance segmentation model, trained with the swin_hf segmentation recipe",
+        usage=['from transformers import pipeline', '', 'segmenter = pipeline("image-segmentation", model={name})',
+               'segmenter("image.png", subtask="instance")  # a mask, label and score per object'],
+        figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "pictures/validation_000.png")],
+    ),
     "masked-image-modeling": dict(
         pipeline=None, title="Masked Image Modeling", metric=None,
         what="encoder pre-trained with SimMIM (masked image modeling) by the swin_hf pre-training recipe",
