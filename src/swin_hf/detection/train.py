@@ -27,6 +27,7 @@ import torch
 
 from .. import PRESETS, SwinConfig
 from ..model_source import check_model_source
+from ..segmentation import BUILTIN_MODEL
 from ..training.checkpoint import gather_objects
 from ..training.cli import launch
 from ..training.data import DataError, SkipCounter
@@ -74,8 +75,6 @@ from .data import (
 )
 from .evaluate import evaluate_detection, normalise, save_pictures
 
-# a small Swin for the built-in set: 128 px -> maps of 32, 16, 8, 4 with 4x4 windows (as segment.py's)
-BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
 # settings a resumed run can never change: the checkpoint's weights are for this architecture and these classes
 RUN_FIXED = ("model", "head", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers",
              "denoising_queries", "class_names")

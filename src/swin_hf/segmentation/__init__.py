@@ -28,6 +28,9 @@ from ..modeling_swin import SwinBackbone
 logger = logging.getLogger(__name__)
 
 ALL_STAGES = ("stage1", "stage2", "stage3", "stage4")
+# the small Swin of the dense recipes' built-in runs (segment.py, its --task instance, detect.py): at 128 px,
+# maps of 32, 16, 8 and 4 with 4x4 windows
+BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
 
 
 def find_swin_backbone(model: nn.Module) -> SwinBackbone:
@@ -142,4 +145,4 @@ def upernet_from_encoder(
     return model
 
 
-__all__ = ["ALL_STAGES", "find_swin_backbone", "load_swin_encoder", "upernet_from_encoder"]
+__all__ = ["ALL_STAGES", "BUILTIN_MODEL", "find_swin_backbone", "load_swin_encoder", "upernet_from_encoder"]

@@ -24,25 +24,13 @@ import os
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 
 from ..configuration_swin import SwinConfig
+from ..detection import feature_geometry
 from . import load_swin_encoder
 
 logger = logging.getLogger(__name__)
 
 # the three coarsest maps feed Mask2Former's deformable pixel decoder; it needs at least one finer map too
 MIN_STAGES = 4
-
-
-def swin_geometry(backbone_config: SwinConfig, out_features) -> tuple[list[int], list[int]]:
-    """(channels, strides) of the named Swin stages: stage i has embed_dim * 2^(i-1) channels at stride
-    patch_size * 2^(i-1)."""
-    channels, strides = [], []
-    for name in out_features:
-        if name not in backbone_config.stage_names[1:]:
-            raise ValueError(f"out_features names {name!r}, which is not one of {backbone_config.stage_names[1:]}.")
-        level = backbone_config.stage_names.index(name) - 1
-        channels.append(backbone_config.embed_dim * 2**level)
-        strides.append(backbone_config.patch_size * 2**level)
-    return channels, strides
 
 
 def mask2former_config(
@@ -76,7 +64,7 @@ def mask2former_config(
             f"features); out_features {out_features} has {len(out_features)}. Use a Swin of {MIN_STAGES} stages or more."
         )
     backbone_config.out_features = out_features  # the setter re-derives out_indices
-    _, strides = swin_geometry(backbone_config, out_features)
+    _, strides = feature_geometry(backbone_config, out_features)
     kwargs = dict(head_kwargs)
     kwargs.update(feature_strides=strides)
     kwargs.setdefault("common_stride", min(strides))
@@ -168,5 +156,4 @@ __all__ = [
     "instance_processor",
     "mask2former_config",
     "mask2former_from_encoder",
-    "swin_geometry",
 ]

@@ -49,13 +49,12 @@ from ..training.settings import (
     up_to_one,
 )
 from ..training.task import Evaluation, Task, TaskData
+from . import BUILTIN_MODEL
 from .instance import head_settings, instance_processor, mask2former_from_encoder
 from .instance_data import BUILTIN, InstanceDataset, MaskAugment, collate, load_instance_splits, prepare_instances
 from .instance_evaluate import KEYS, evaluate_instances, save_instance_pictures
 
 TASKS = ("semantic", "instance")
-# a small Swin for the built-in set: 128 px -> maps of 32, 16, 8, 4 with 4x4 windows (as detect.py's)
-BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
 # settings a resumed run can never change: the checkpoint's weights are for this architecture and these classes
 RUN_FIXED = ("task", "model", "image_size", "hidden_size", "num_queries", "encoder_layers", "decoder_layers", "class_names")
 NOT_RECORDED = ("num_pictures", "picture_threshold")

@@ -50,14 +50,13 @@ from ..training.settings import (
     up_to_one,
 )
 from ..training.task import Evaluation, Task, TaskData
+from . import BUILTIN_MODEL
 from .data import IGNORE_INDEX, JointTransform, SegmentationDataset, SegmentationRows, collate, texture_collage_dataset
 from .evaluate import evaluate_segmentation, overlay_examples, save_overlays
 
 logger = logging.getLogger(__name__)
 
 BUILTIN = "texture-collage"
-# a small Swin for the built-in set: 64 px -> maps of 16, 8, 4, 2 with 4x4 windows
-BUILTIN_MODEL = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=4, patch_size=4)
 # metrics.json's result keys and their words (the curves plot their "val_" rows)
 SCORES = {"mean_iou": "mIoU", "overall_accuracy": "pixel accuracy", "mean_accuracy": "mean class accuracy"}
 scale_range = pair(float, "'lo,hi' with 0 < lo <= hi", lambda lo, hi: 0 < lo <= hi)
