@@ -109,6 +109,7 @@ def test_detect_recipe_reads_a_coco_folder_with_another_head(tmp_path):
     [
         ("xyxy", "look like corners (xyxy)"),
         ("category", "category_id 7"),
+        ("no bbox", "has no 'bbox'"),
         ("objects", "no 'objects' column"),
         ("image size", "multiple of 32"),
     ],
@@ -123,6 +124,12 @@ def test_bad_data_stops_with_one_line_naming_the_fix(tmp_path, capsys, problem, 
         folder = _coco_folder(tmp_path / "coco")
         coco = json.loads((folder / "annotations" / "train.json").read_text())
         coco["annotations"][0]["category_id"] = 7
+        (folder / "annotations" / "train.json").write_text(json.dumps(coco))
+        args += ["--dataset", str(folder)]
+    elif problem == "no bbox":
+        folder = _coco_folder(tmp_path / "coco")
+        coco = json.loads((folder / "annotations" / "train.json").read_text())
+        del coco["annotations"][3]["bbox"]
         (folder / "annotations" / "train.json").write_text(json.dumps(coco))
         args += ["--dataset", str(folder)]
     elif problem == "objects":

@@ -135,13 +135,14 @@ def test_builtin_masks_are_exact_and_leave_the_scene_unchanged():
 
 
 def _coco_folder(root: Path, train_segmentations, validation_segmentations, size=(40, 60)):
-    """A COCO folder with one 60 x 40 image per split and the given segmentations (category 7 = 'cat')."""
+    """A COCO folder with one 60 x 40 image per split and the given segmentations (category 7 = 'cat'), with
+    no 'bbox' in the annotations (instance sets take their boxes from the masks)."""
     height, width = size
     for split, segmentations in (("train", train_segmentations), ("val", validation_segmentations)):
         (root / split).mkdir(parents=True)
         Image.new("RGB", (width, height), (90, 120, 30)).save(root / split / "a.png")
-        annotations = [{"id": i, "image_id": 1, "category_id": 7, "bbox": [0, 0, 1, 1], "segmentation": s,
-                        "iscrowd": 0} for i, s in enumerate(segmentations)]
+        annotations = [{"id": i, "image_id": 1, "category_id": 7, "segmentation": s, "iscrowd": 0}
+                       for i, s in enumerate(segmentations)]
         (root / "annotations").mkdir(exist_ok=True)
         (root / "annotations" / f"{split}.json").write_text(json.dumps({
             "images": [{"id": 1, "file_name": "a.png", "width": width, "height": height}], "annotations": annotations,

@@ -310,7 +310,13 @@ def coco_folder_dataset(root: str, features=None):
             if objects is None:
                 raise DataError(f"{path}: annotation {annotation.get('id')} refers to image_id {annotation['image_id']}, which "
                                 "is not in 'images'.")
-            objects["bbox"].append([float(v) for v in annotation["bbox"]])
+            if "bbox" in annotation:
+                objects["bbox"].append([float(v) for v in annotation["bbox"]])
+            elif with_segmentation:  # (instance sets take their boxes from the masks)
+                objects["bbox"].append([0.0, 0.0, 0.0, 0.0])
+            else:
+                raise DataError(f"{path}: annotation {annotation.get('id')} has no 'bbox'; a detection set needs one per "
+                                "annotation, COCO [x, y, width, height] in pixels.")
             objects["category"].append(index[int(annotation["category_id"])])
             if with_segmentation:
                 objects["segmentation"].append(json.dumps(annotation.get("segmentation")))
