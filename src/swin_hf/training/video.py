@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import VIDEO_PRESETS, VideoSwinConfig, VideoSwinForVideoClassification, VideoSwinImageProcessor
-from ..configuration_swin import PRESETS
+from .. import PRESETS, VIDEO_PRESETS, VideoSwinConfig, VideoSwinForVideoClassification, VideoSwinImageProcessor
 from ..image_processing_video_swin import sample_frame_indices
 from ..metrics import load_accuracy
 from ..model_source import check_model_source
@@ -105,11 +104,12 @@ def moving_digits_dataset(num_train: int = 2000, num_validation: int = 400, fram
     import datasets
 
     videos, labels = moving_digits(num_train + num_validation, frames, size, seed)
-    features = datasets.Features({"video": datasets.Sequence(datasets.Image()), "label": datasets.ClassLabel(names=list(DIRECTIONS))})
+    features = datasets.Features({"video": datasets.Sequence(datasets.Image()),
+                                  "label": datasets.ClassLabel(names=list(DIRECTIONS))})
 
     def split(lo: int, hi: int):
-        rows = {"video": [[Image.fromarray(f, mode="L") for f in clip] for clip in videos[lo:hi]], "label": labels[lo:hi].tolist()}
-        return datasets.Dataset.from_dict(rows, features=features)
+        clips = [[Image.fromarray(frame, mode="L") for frame in clip] for clip in videos[lo:hi]]
+        return datasets.Dataset.from_dict({"video": clips, "label": labels[lo:hi].tolist()}, features=features)
 
     return datasets.DatasetDict(train=split(0, num_train), validation=split(num_train, num_train + num_validation))
 
@@ -332,13 +332,11 @@ def build_model(settings: VideoSettings, class_names: list[str]):
     id2label = dict(enumerate(class_names))
     label2id = {name: i for i, name in id2label.items()}
     sizes = dict(image_size=s.image_size, num_frames=s.frames, drop_path_rate=s.drop_path)
+    labels = dict(id2label=id2label, label2id=label2id)
     if s.model == "builtin":
-        return VideoSwinForVideoClassification(VideoSwinConfig(**BUILTIN_MODEL, **sizes, id2label=id2label, label2id=label2id)), True
+        return VideoSwinForVideoClassification(VideoSwinConfig(**BUILTIN_MODEL, **sizes, **labels)), True
     if s.model in VIDEO_PRESETS:
-        return VideoSwinForVideoClassification(VideoSwinConfig.from_preset(s.model, **sizes, id2label=id2label, label2id=label2id)), True
-    if s.model in PRESETS:
-        raise ModelError(f"--model {s.model!r} is an image preset (random weights): give 'builtin', a Video Swin preset "
-                         f"({', '.join(VIDEO_PRESETS)}), or a trained image checkpoint folder to inflate.")
+        return VideoSwinForVideoClassification(VideoSwinConfig.from_preset(s.model, **sizes, **labels)), True
     try:
         model_type = AutoConfig.from_pretrained(s.model).model_type
         if model_type == VideoSwinConfig.model_type:
@@ -351,7 +349,8 @@ def build_model(settings: VideoSettings, class_names: list[str]):
                                                                      drop_path_rate=s.drop_path, num_labels=len(class_names),
                                                                      id2label=id2label, label2id=label2id)
         else:
-            raise ModelError(f"--model {s.model!r} is a {model_type!r} model; give a Video Swin or swin_hf Swin image checkpoint.")
+            raise ModelError(f"--model {s.model!r} is a {model_type!r} model; give a Video Swin or a swin_hf Swin image "
+                             "checkpoint.")
     except (TypeError, ValueError, KeyError, OSError) as error:
         if isinstance(error, ModelError):
             raise
@@ -387,8 +386,12 @@ class VideoTask(Task):
         return self.builtin() and not (s.max_steps or s.max_train_samples or s.max_eval_samples or s.max_minutes)
 
     def check(self, fabric) -> None:
-        if self.settings.model != "builtin" and self.settings.model not in VIDEO_PRESETS:
-            check_model_source(self.settings.model, "--model", extra_presets=("builtin", *VIDEO_PRESETS))
+        model = self.settings.model
+        if model in PRESETS:
+            raise ModelError(f"--model {model!r} is an image preset (random weights): give 'builtin', a Video Swin preset "
+                             f"({', '.join(VIDEO_PRESETS)}), or a trained image checkpoint folder to inflate.")
+        if model != "builtin" and model not in VIDEO_PRESETS:
+            check_model_source(model, "--model", extra_presets=("builtin", *VIDEO_PRESETS))
 
     def load_data(self, fabric) -> TaskData:
         s = self.settings
