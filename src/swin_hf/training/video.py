@@ -310,7 +310,7 @@ def check_frame_counts(split, column: str, frames: int, frame_interval: int, whe
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = split.data.column(column)
+    values = split.with_format("arrow")[column]  # (the rows of this split, in its order, undecoded)
     if not (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)):
         return
     lengths = np.asarray(pc.list_value_length(values).to_numpy(zero_copy_only=False))
