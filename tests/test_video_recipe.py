@@ -17,8 +17,18 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_resume import sigkill_and_resume  # noqa: E402
 
-from swin_hf import SwinConfig, SwinForImageClassification, VideoSwinClassificationPipeline  # noqa: E402
-from swin_hf.training.video import DIRECTIONS, TARGET_MINUTES, TARGET_TOP1, main, moving_digits  # noqa: E402
+from swin_hf import (  # noqa: E402
+    SwinConfig,
+    SwinForImageClassification,
+    VideoSwinClassificationPipeline,
+)
+from swin_hf.training.video import (  # noqa: E402
+    DIRECTIONS,
+    TARGET_MINUTES,
+    TARGET_TOP1,
+    main,
+    moving_digits,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--builtin-clips", "48,16", "--batch-size", "8", "--no-progress", "--cpu-threads", "1", "--precision", "32-true"]

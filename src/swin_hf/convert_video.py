@@ -29,7 +29,7 @@ def mmaction_kind(keys) -> bool:
 
 def _to_torchvision_name(key: str) -> str | None:
     """torchvision's name of an official key (None: not a key of the official Video Swin)."""
-    if key.startswith("backbone.patch_embed.") or key.startswith("backbone.norm."):
+    if key.startswith(("backbone.patch_embed.", "backbone.norm.")):
         return key[len("backbone.") :] if key.count(".") == (3 if "patch_embed" in key else 2) else None
     if key.startswith("cls_head.fc_cls.") and key.count(".") == 2:
         return "head." + key[len("cls_head.fc_cls.") :]

@@ -30,14 +30,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import PRESETS, VIDEO_PRESETS, VideoSwinConfig, VideoSwinForVideoClassification, VideoSwinImageProcessor
+from .. import (
+    PRESETS,
+    VIDEO_PRESETS,
+    VideoSwinConfig,
+    VideoSwinForVideoClassification,
+    VideoSwinImageProcessor,
+)
 from ..image_processing_video_swin import sample_frame_indices
 from ..metrics import load_accuracy
 from ..model_source import check_model_source
 from . import report
 from .checkpoint import gather_objects
 from .cli import launch
-from .data import DataError, SkipCounter, check_labels, choose_splits, collate_skipping, decode_image, load_splits
+from .data import (
+    DataError,
+    SkipCounter,
+    check_labels,
+    choose_splits,
+    collate_skipping,
+    decode_image,
+    load_splits,
+)
 from .errors import ModelError
 from .loop import Run, run_lines
 from .settings import (
