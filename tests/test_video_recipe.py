@@ -165,6 +165,13 @@ def test_the_model_option_refuses_an_image_preset(tmp_path, capsys):
     assert "is an image preset" in err and "video-swin-tiny" in err
 
 
+def test_streaming_reads_the_builtin_set_as_a_stream(tmp_path):
+    out = tmp_path / "run"
+    assert main([*TINY, "--streaming", "--max-steps", "2", "--steps-per-epoch", "1", "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["streaming"] is True and metrics["steps"] == 2 and metrics["epochs"] == 2 and metrics["val_examples"] == 16
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
