@@ -95,7 +95,7 @@ print(json.dumps(results))
 
 def test_every_recipe_script_runs_as_plain_python_from_a_checkout(tmp_path):
     scripts = sorted(str(p) for p in (ROOT / "recipes").glob("*.py") if not p.name.startswith("_"))
-    assert {Path(s).name for s in scripts} == {"detect.py", "finetune.py", "pretrain_simmim.py", "segment.py"}
+    assert {Path(s).name for s in scripts} == {"detect.py", "finetune.py", "finetune_video.py", "pretrain_simmim.py", "segment.py"}
     env = {k: v for k, v in _env().items() if k != "PYTHONPATH"}  # the scripts find src/ themselves
     done = subprocess.run([sys.executable, "-c", _RUN_SCRIPTS, *scripts], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)

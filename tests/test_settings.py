@@ -21,9 +21,10 @@ def _recipe_settings():
     from swin_hf.detection.train import DetectSettings
     from swin_hf.segmentation.train import SegmentSettings
     from swin_hf.training.simmim import SimMIMSettings
+    from swin_hf.training.video import VideoSettings
 
     return {"finetune.py": ClassificationSettings, "segment.py": SegmentSettings, "detect.py": DetectSettings,
-            "pretrain_simmim.py": SimMIMSettings}
+            "pretrain_simmim.py": SimMIMSettings, "finetune_video.py": VideoSettings}
 
 
 def test_every_recipe_exposes_the_shared_options():

@@ -1,4 +1,4 @@
-"""The four recipes on the one training loop: the same options behave the same way in each, and a run
+"""The five recipes on the one training loop: the same options behave the same way in each, and a run
 killed after a mid-epoch checkpoint resumes to the weights of the run never interrupted."""
 
 import json
@@ -31,6 +31,8 @@ RECIPES = {
                 "--batch-size", "4", "--max-train-samples", "16", "--max-eval-samples", "4", "--num-pictures", "1"]),
     "pretrain_simmim": ("pretrain_simmim.py", "swin_hf.training.simmim",
                         ["--max-train-samples", "40", "--max-eval-samples", "8", "--batch-size", "8"]),
+    "finetune_video": ("finetune_video.py", "swin_hf.training.video",
+                       ["--builtin-clips", "40,8", "--batch-size", "8"]),
 }
 # options every recipe shares, each set away from its default
 SHARED = ["--grad-accum", "2", "--ema-decay", "0.5", "--checkpoint-every", "1", "--warmup-steps", "1", "--layer-decay", "0.9",

@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT_DIR is written only if the conversion succeeds.",
     )
     convert.add_argument(
-        "--from", dest="source", choices=(*SOURCES, "torchvision"), required=True,
-        help="layout of the source weights (torchvision: a swin_t/s/b, swin_v2_t/s/b or swin3d_t/s/b state-dict file)",
+        "--from", dest="source", choices=(*SOURCES, "torchvision", "mmaction"), required=True,
+        help="layout of the source weights (torchvision: a swin_t/s/b, swin_v2_t/s/b or swin3d_t/s/b state-dict file; "
+        "mmaction: an official Video Swin checkpoint, backbone.* and cls_head.fc_cls.*)",
     )  # fmt: skip
     convert.add_argument("src", metavar="SRC", help="checkpoint file, folder, or Hub id (org/name)")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="folder to create")

@@ -171,8 +171,8 @@ def convert_checkpoint(
     """
     from .resize import adapt_state_dict
 
-    if source == "torchvision":
-        return _convert_torchvision(src, Path(out_dir), overwrite, preset, config_file)
+    if source in ("torchvision", "mmaction"):
+        return _convert_torchvision(src, Path(out_dir), overwrite, preset, config_file, source)
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; expected one of {', '.join(SOURCES)}.")
     if preset is not None and config_file is not None:
@@ -250,22 +250,25 @@ def convert_checkpoint(
 _TORCHVISION_RESIZE = {(1, 96, 6): 232, (1, 96, 18): 246, (1, 128, 18): 238, (2, 96, 6): 260, (2, 96, 18): 260, (2, 128, 18): 272}
 
 
-def _convert_torchvision(src: str, out_dir: Path, overwrite: bool, preset, config_file) -> ConversionResult:
-    """A torchvision state dict file (swin_t/s/b, swin_v2_t/s/b, swin3d_t/s/b) as a swin_hf folder; the config is
-    inferred from the weights (convert_torchvision.from_torchvision)."""
+def _convert_torchvision(src: str, out_dir: Path, overwrite: bool, preset, config_file, source: str = "torchvision") -> ConversionResult:
+    """A torchvision state dict file (swin_t/s/b, swin_v2_t/s/b, swin3d_t/s/b) or an official Video Swin checkpoint
+    (`source` "mmaction": backbone.*, cls_head.fc_cls.*) as a swin_hf folder; the config is inferred from the
+    weights (convert_torchvision.from_torchvision, convert_video.from_mmaction)."""
     from .convert_torchvision import from_torchvision
+    from .convert_video import from_mmaction
     from .image_processing_swin import SwinImageProcessor
     from .modeling_video_swin import VideoSwinForVideoClassification
 
     if preset is not None or config_file is not None:
-        raise ValueError("--from torchvision infers the config from the weights; leave out --preset and --config.")
+        raise ValueError(f"--from {source} infers the config from the weights; leave out --preset and --config.")
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir} already exists and is not empty; choose a new folder or pass --overwrite.")
     path = Path(src)
+    example = "swin_tiny_patch244_window877_kinetics400_1k.pth" if source == "mmaction" else "swin3d_t-7615ae03.pth"
     if not path.is_file():
-        raise CheckpointError(f"{src}: no such file; --from torchvision reads a state-dict file such as swin3d_t-7615ae03.pth.")
+        raise CheckpointError(f"{src}: no such file; --from {source} reads a state-dict file such as {example}.")
     try:
-        config, state_dict = from_torchvision(read_checkpoint(path))
+        config, state_dict = (from_mmaction if source == "mmaction" else from_torchvision)(read_checkpoint(path))
     except ConversionError as error:
         raise ConversionError(f"{path}: {error}") from error
     video = not isinstance(config, SwinConfig)
@@ -273,7 +276,12 @@ def _convert_torchvision(src: str, out_dir: Path, overwrite: bool, preset, confi
     if video:
         model.load_state_dict(state_dict, strict="classifier.weight" in state_dict)
     processor = None
-    if not video:  # torchvision's evaluation transforms: bicubic resize of the shorter side, centre crop, ImageNet mean/std
+    if source == "mmaction":  # the official single-view test transforms: shorter side 224, centre crop 224, ImageNet mean/std
+        from .image_processing_video_swin import VideoSwinImageProcessor
+
+        processor = VideoSwinImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+                                            do_center_crop=True, resample=2)
+    elif not video:  # torchvision's evaluation transforms: bicubic resize of the shorter side, centre crop, ImageNet mean/std
         crop = config.image_size
         resize = _TORCHVISION_RESIZE.get((config.version, config.embed_dim, config.depths[2] if len(config.depths) > 2 else 0), round(crop / 0.875))
         processor = SwinImageProcessor(

@@ -163,6 +163,15 @@ CARD_TASKS = {
                'segmenter("image.png", subtask="instance")  # a mask, label and score per object'],
         figures=[("training curves", "training_curves.png"), ("validation image, truth and prediction", "pictures/validation_000.png")],
     ),
+    "video-classification": dict(
+        pipeline="video-classification", title="Video Classification", metric=("val_top1", "accuracy", "top-1 accuracy"),
+        what="video classifier in its Video Swin form (shifted windows over time, height and width), trained with the "
+             "swin_hf video recipe",
+        usage=['from transformers import pipeline', 'from swin_hf import VideoSwinClassificationPipeline', '',
+               'classifier = pipeline("video-classification", model={name}, pipeline_class=VideoSwinClassificationPipeline)',
+               'classifier(frames)  # a list of PIL images (or a video file, with PyAV installed)'],
+        figures=[("training curves", "training_curves.png"), ("confusion matrix", "confusion_matrix.png")],
+    ),
     "masked-image-modeling": dict(
         pipeline=None, title="Masked Image Modeling", metric=None,
         what="encoder pre-trained with SimMIM (masked image modeling) by the swin_hf pre-training recipe",
