@@ -119,7 +119,7 @@ class DetectSettings(RecipeSettings):
                                     "spread over groups (paper: 100; 0 = none; other heads have none)", nonnegative_int,
                                     group="model")
     drop_path: float = option(0.1, "stochastic depth of the backbone", below_one, group="model")
-    epochs: int = option(7, "training epochs", positive_int, group="optimisation")
+    epochs: int = option(6, "training epochs", positive_int, group="optimisation")
     batch_size: int = option(16, "images per process per micro-batch", positive_int, group="optimisation")
     lr: float = option(5e-4, "peak learning rate (AdamW; RT-DETR, pre-trained: 1e-4)", positive_float, group="optimisation")
     min_lr_ratio: float = option(0.05, "cosine floor, as a fraction of --lr", probability, group="optimisation")
