@@ -138,3 +138,18 @@ def test_serving_benchmark_checks_every_form_and_says_where_the_time_goes():
     products = next(line for line in table.splitlines() if line.strip().startswith("products"))
     assert float(products.split()[-2]) > 0  # the products were seen under the profiler
     assert "the same call untimed" in table
+
+
+def test_detection_step_benchmark_times_every_variant_on_the_same_batches():
+    """benchmarks/detection_step.py at its smallest: one line per variant, the first at 1.00x; a setting that
+    is not detect.py's is refused."""
+    script = THROUGHPUT.parent / "detection_step.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--variants", "denoising_queries=10,denoising_queries=0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if "s a step" in line]
+    assert [row.split()[0] for row in rows] == ["denoising_queries=10", "denoising_queries=0"], done.stdout
+    assert rows[0].rstrip().endswith("1.00x the first") and "commit" in done.stdout
+    refused = subprocess.run([sys.executable, str(script), "--smoke", "--variants", "queries=3"], capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "'queries' is not a detect.py setting" in refused.stderr
