@@ -11,9 +11,13 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForImageSegmentation,
     AutoModelForMaskedImageModeling,
     AutoModelForVideoClassification,
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_SEGMENTATION_MAPPING
 
 from .configuration_swin import PRESETS, SwinConfig
 from .configuration_video_swin import VIDEO_PRESETS, VideoSwinConfig
@@ -75,6 +79,12 @@ VideoSwinConfig.register_for_auto_class("AutoConfig")
 for _auto, _model in ((AutoModel, VideoSwinModel), (AutoModelForVideoClassification, VideoSwinForVideoClassification)):
     _auto.register(VideoSwinConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
+# pipeline("image-segmentation") loads a model through AutoModelForImageSegmentation (DETR only) and then the
+# class the folder names; transformers 5.22's second try passes the pipeline's `code_revision` to
+# Mask2FormerForUniversalSegmentation and fails, so segment.py --task instance's folders would not load there.
+# Listed here, Mask2Former loads on the first try on every supported version.
+if Mask2FormerConfig not in MODEL_FOR_IMAGE_SEGMENTATION_MAPPING:
+    AutoModelForImageSegmentation.register(Mask2FormerConfig, Mask2FormerForUniversalSegmentation, exist_ok=True)
 
 __all__ = [
     "SwinImageClassificationPipeline",
